@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One entry point for newcomers and CI: `./run.sh demo` or `./run.sh test`.
+# Creates/reuses .venv, installs torch's CPU build only when no torch is present,
+# installs capvector with its extras, and skips all of that when nothing changed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+VENV="${CAPVECTOR_VENV:-.venv}"
+PY="$VENV/bin/python"
+STAMP="$VENV/.capvector-setup"
+
+ensure_system_packages() {
+    # MuJoCo renders off-screen through OSMesa on CPU machines (EGL is not available there).
+    if ldconfig -p 2>/dev/null | grep -q libOSMesa; then return; fi
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+        echo "[setup] installing OSMesa for off-screen rendering (apt-get)"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libosmesa6 libgl1-mesa-dri >/dev/null
+    else
+        echo "[setup] warning: libOSMesa not found; install libosmesa6 for the simulator" >&2
+    fi
+}
+
+ensure_venv() {
+    [ -x "$PY" ] || python3 -m venv "$VENV"
+    local want
+    want="$(cat pyproject.toml run.sh | sha256sum | cut -d' ' -f1)"
+    if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then return; fi
+    echo "[setup] preparing $VENV (first run takes a few minutes)"
+    "$PY" -m pip install -q --upgrade pip
+    if ! "$PY" -c "import torch" 2>/dev/null; then
+        "$PY" -m pip install -q "torch==2.13.0"
+    fi
+    "$PY" -m pip install -q -e ".[sim,dev]"
+    echo "$want" > "$STAMP"
+}
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    test)
+        ensure_system_packages
+        ensure_venv
+        export MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa
+        exec "$PY" -m pytest -q "$@"
+        ;;
+    demo)
+        ensure_system_packages
+        ensure_venv
+        export MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa
+        exec "$VENV/bin/capvector" demo "$@"
+        ;;
+    *)
+        echo "usage: ./run.sh demo [options] | ./run.sh test [pytest args]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,3 @@
+"""capvector: capability vectors and VLA-GSE for Vision-Language-Action models."""
+
+__version__ = "0.1.0"
