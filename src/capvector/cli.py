@@ -2,9 +2,207 @@
 
 from __future__ import annotations
 
-import typer
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from capvector.errors import CapvectorError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Capability vectors (extract, merge, inspect) and VLA fine-tuning tools.",
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a CapvectorError into one clear line on stderr and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CapvectorError as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+Globs = Annotated[list[str] | None, typer.Option(help="Name glob (repeatable).")]
+
+
+@app.command()
+@user_errors
+def extract(
+    sft: Annotated[Path, typer.Option(help="Checkpoint fine-tuned with plain SFT (θ_sft).")],
+    aux: Annotated[Path, typer.Option(help="Checkpoint fine-tuned with SFT + auxiliary objective (θ_aux).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Vector directory to create.")],
+    pretrained: Annotated[Path | None, typer.Option(help="θ_pre, to validate against and record.")] = None,
+    include: Globs = None,
+    exclude: Globs = None,
+    preset: Annotated[str | None, typer.Option(help="Named selection (see `capvector presets`).")] = None,
+    dtype: Annotated[str, typer.Option(help="Storage dtype of the vector: fp32, bf16, fp16.")] = "fp32",
+    lora_storage: Annotated[str, typer.Option(help="For LoRA adapters: factored (exact) or dense.")] = "factored",
+    allow_missing: Annotated[bool, typer.Option(help="Skip (and report) tensors present in only one input.")] = False,
+    max_shard_size: Annotated[str, typer.Option(help="Largest vector shard, e.g. 5GB.")] = "5GB",
+    no_hash: Annotated[bool, typer.Option("--no-hash", help="Skip content hashes of the sources.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """τ_cap = θ_aux − θ_sft, in fp32, streamed one tensor at a time."""
+    from capvector.vectors import extract as run
+
+    result = run(sft, aux, output, pretrained=pretrained, include=include, exclude=exclude, preset=preset,
+                 dtype=dtype, lora_storage=lora_storage, allow_missing=allow_missing, overwrite=overwrite,
+                 max_shard_size=max_shard_size, hash_sources=not no_hash, progress=sys.stderr.isatty())
+    summary = {"output": str(result.path), "tensors": result.tensors, "norm": result.norm,
+               "skipped": {k: len(v) for k, v in result.skipped.items()}}
+    _emit(summary, as_json, f"wrote {result.path}: {result.tensors} tensors, ‖τ‖ = {result.norm:.6g}")
+    for reason, names in result.skipped.items():
+        console.print(f"skipped {len(names)} tensors ({reason}), first: {names[:3]}")
+
+
+@app.command()
+@user_errors
+def merge(
+    base: Annotated[Path, typer.Option(help="Pretrained checkpoint θ_pre.")],
+    vector: Annotated[list[Path], typer.Option(help="Vector directory (repeatable).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Merged checkpoint directory to create.")],
+    weight: Annotated[list[float] | None, typer.Option(help="λ per --vector (default 1.0).")] = None,
+    weights: Annotated[list[Path] | None, typer.Option(help="JSON glob→λ file per --vector.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Output float dtype (default: the base's).")] = None,
+    allow_missing: Annotated[bool, typer.Option(help="Skip vector tensors absent from the base.")] = False,
+    max_shard_size: Annotated[str | None, typer.Option(help="Reshard output (default: mirror the base).")] = None,
+    no_hash: Annotated[bool, typer.Option("--no-hash", help="Skip the base's content hash.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the recipe as JSON.")] = False,
+) -> None:
+    """θ_meta = θ_pre + Σ λ_i·τ_i, written with the base's layout, config and tokenizer files."""
+    from capvector.vectors import VectorWeight, load_weights_file
+    from capvector.vectors import merge as run
+
+    if weight and weights:
+        raise CapvectorError("give either --weight or --weights, not both")
+    specs: list[float | dict[str, float]]
+    if weights:
+        specs = [load_weights_file(p) for p in weights]
+    else:
+        specs = list(weight or [1.0] * len(vector))
+    if len(specs) == 1 and len(vector) > 1:
+        specs = specs * len(vector)
+    if len(specs) != len(vector):
+        raise CapvectorError(f"got {len(vector)} --vector but {len(specs)} weights; give one per vector")
+    items = [VectorWeight(v, w) for v, w in zip(vector, specs, strict=True)]
+    recipe = run(base, items, output, dtype=dtype, allow_missing=allow_missing, overwrite=overwrite,
+                 max_shard_size=max_shard_size, hash_sources=not no_hash, progress=sys.stderr.isatty())
+    _emit(recipe, as_json, f"wrote {output}: merged {recipe['merged_tensors']} of {recipe['total_tensors']} tensors")
+    for w in recipe["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+@app.command("export-lora")
+@user_errors
+def export_lora(
+    vector: Annotated[Path, typer.Argument(help="Factored (LoRA-derived) vector directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PEFT adapter directory to create.")],
+    weight: Annotated[float, typer.Option(help="λ folded into lora_B.")] = 1.0,
+    base_model: Annotated[str | None, typer.Option(help="base_model_name_or_path for the adapter config.")] = None,
+    embedding: Annotated[list[str] | None, typer.Option(help="Module name that is an nn.Embedding.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+) -> None:
+    """Write λ·τ as an exact PEFT LoRA adapter (rank r_aux + r_sft)."""
+    from capvector.vectors import export_peft_adapter
+
+    out = export_peft_adapter(vector, output, weight=weight, base_model_name_or_path=base_model,
+                              embedding_modules=tuple(embedding or ()), overwrite=overwrite)
+    console.print(f"wrote PEFT adapter {out}")
+
+
+@app.command()
+@user_errors
+def inspect(
+    path: Annotated[Path, typer.Argument(help="Vector directory or checkpoint.")],
+    base: Annotated[Path | None, typer.Option(help="Checkpoint for ‖τ‖/‖θ‖.")] = None,
+    other: Annotated[Path | None, typer.Option(help="Second vector/checkpoint for cosine similarity.")] = None,
+    top: Annotated[int, typer.Option(help="How many largest tensors to list.")] = 10,
+    plot: Annotated[Path | None, typer.Option(help="Write a per-layer PNG plot here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+) -> None:
+    """Per-tensor / per-layer norms, relative size, cosine between vectors, sparsity, largest modules."""
+    from capvector.vectors import inspect as run
+    from capvector.vectors import plot_layers
+
+    report = run(path, base=base, other=other, top=top)
+    if plot:
+        plot_layers(report, plot)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    out = Console()
+    totals = report["totals"]
+    out.print(f"[bold]{report['kind']}[/] {report['path']}: {totals['tensors']} tensors, "
+              f"{totals['numel']:,} elements, ‖·‖ = {totals['norm']:.6g}, zeros {totals['zero_fraction']:.2%}"
+              + (f", ‖τ‖/‖θ‖ = {totals['rel_norm']:.4g}" if totals.get("rel_norm") is not None else "")
+              + (f", cosine = {totals['cosine']:.4f}" if totals.get("cosine") is not None else ""))
+    table = Table("layer", "norm", "elements", *(["‖τ‖/‖θ‖"] if base else []), *(["cosine"] if other else []))
+    for row in report["layers"]:
+        table.add_row(row["layer"], f"{row['norm']:.4g}", f"{row['numel']:,}",
+                      *([_fmt(row.get("rel_norm"))] if base else []), *([_fmt(row.get("cosine"))] if other else []))
+    out.print(table)
+    largest = Table("largest tensors", "shape", "dtype", "norm", "max |x|", "zeros")
+    by_name = {t["name"]: t for t in report["tensors"]}
+    for name in report["largest"]:
+        t = by_name[name]
+        largest.add_row(name, "×".join(map(str, t["shape"])), t["dtype"], f"{t['norm']:.4g}",
+                        f"{t['max_abs']:.3g}", f"{t['zero_fraction']:.1%}")
+    out.print(largest)
+
+
+@app.command()
+@user_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where to write the demo's checkpoints.")] = Path("runs/tiny-demo"),
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps for θ_sft and θ_aux.")] = 30,
+    weight: Annotated[float, typer.Option(help="Vector weight λ.")] = 1.0,
+) -> None:
+    """Extract, merge and inspect a capability vector on a tiny random Llama (minutes on a laptop)."""
+    from capvector.tiny_demo import run
+
+    summary = run(workdir, steps=steps, weight=weight)
+    if summary["max_abs_error_vs_direct_formula"] > 1e-5:
+        raise CapvectorError(f"merged weights deviate from the direct formula: {summary}")
+
+
+@app.command()
+def presets() -> None:
+    """List the named selections usable with --preset."""
+    from capvector.selection import presets as all_presets
+
+    table = Table("preset", "include", "exclude", "description")
+    for name, p in all_presets().items():
+        table.add_row(name, " ".join(p.include), " ".join(p.exclude), p.description)
+    Console().print(table)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _emit(data: dict, as_json: bool, line: str) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        Console().print(line, highlight=False)
 
 
 def main() -> None:

@@ -1,0 +1,6 @@
+"""Checkpoint IO: lazy reading of any checkpoint layout, streaming atomic writing."""
+
+from capvector.io.checkpoint import Checkpoint, TensorInfo
+from capvector.io.writer import AtomicOutputDir, ShardedWriter, ShardPlan, parse_size, plan_resharded
+
+__all__ = ["AtomicOutputDir", "Checkpoint", "ShardPlan", "ShardedWriter", "TensorInfo", "parse_size", "plan_resharded"]

@@ -1,0 +1,102 @@
+"""PEFT LoRA adapter directories read as low-rank weight updates of the base model's parameters.
+
+An adapter stores, per target module, A (r×in) and B (out×r) with update ΔW = s·B·A, where
+s = lora_alpha/r (or lora_alpha/√r with rsLoRA), alpha per module from `alpha_pattern`.
+Embeddings store A (r×vocab) and B (dim×r) with ΔW = s·(B·A)ᵀ; `fan_in_fan_out` layers are
+transposed too. We return factors (B', A') with ΔW = B'·A' in the parameter's own layout.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from capvector.errors import CapvectorError
+from capvector.io.checkpoint import Checkpoint
+
+PREFIX = "base_model.model."
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.weight)?$")
+_UNSUPPORTED = ("lora_magnitude_vector", "lora_E", "lora_bias")
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    module: str
+    a_key: str
+    b_key: str
+    rank: int
+    scale: float
+    transposed: bool  # embeddings and fan_in_fan_out layers store ΔWᵀ
+
+
+def _pattern_value(patterns: dict, module: str, default: float) -> float:
+    # PEFT matches a pattern against the end of the module path, on a dot boundary.
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+class LoraAdapter:
+    """Parsed LoRA adapter: per-parameter factored updates plus dense (modules_to_save) tensors."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        if checkpoint.kind != "peft-adapter":
+            raise CapvectorError(f"{checkpoint.path}: not a PEFT adapter directory")
+        self.checkpoint = checkpoint
+        config = checkpoint.config() or {}
+        self.config = config
+        peft_type = config.get("peft_type", "LORA")
+        if peft_type != "LORA":
+            raise CapvectorError(f"{checkpoint.path}: adapter type {peft_type!r} is not supported (only LORA)")
+        if config.get("use_dora"):
+            raise CapvectorError(f"{checkpoint.path}: DoRA adapters are not supported (magnitude vectors)")
+        self.modules: dict[str, LoraModule] = {}
+        self.dense: dict[str, str] = {}  # parameter name -> key in the adapter file
+        parts: dict[str, dict[str, str]] = {}
+        for key in checkpoint.keys():
+            if any(u in key for u in _UNSUPPORTED):
+                raise CapvectorError(f"{checkpoint.path}: key {key!r} belongs to an unsupported LoRA variant")
+            name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
+            m = _LORA_KEY.match(name)
+            if m is None:
+                self.dense[name] = key
+            else:
+                parts.setdefault(m["module"], {})[m["part"]] = key
+        for module, p in parts.items():
+            self.modules[module + ".weight"] = self._module(module, p)
+
+    def _module(self, module: str, p: dict[str, str]) -> LoraModule:
+        embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
+        a_key = p.get("lora_embedding_A" if embedding else "lora_A")
+        b_key = p.get("lora_embedding_B" if embedding else "lora_B")
+        if a_key is None or b_key is None:
+            raise CapvectorError(f"{self.checkpoint.path}: module {module!r} has only one of LoRA A/B")
+        rank = self.checkpoint.info(a_key).shape[0]
+        if self.checkpoint.info(b_key).shape[-1] != rank:
+            raise CapvectorError(
+                f"{self.checkpoint.path}: module {module!r} has A rank {rank} but B shape "
+                f"{list(self.checkpoint.info(b_key).shape)}"
+            )
+        alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config.get("lora_alpha", 8))
+        scale = alpha / math.sqrt(rank) if self.config.get("use_rslora") else alpha / rank
+        transposed = embedding or bool(self.config.get("fan_in_fan_out"))
+        return LoraModule(module, a_key, b_key, rank, scale, transposed)
+
+    def update_shape(self, name: str) -> tuple[int, ...]:
+        mod = self.modules[name]
+        out_dim = self.checkpoint.info(mod.b_key).shape[0]
+        in_dim = self.checkpoint.info(mod.a_key).shape[1]
+        return (in_dim, out_dim) if mod.transposed else (out_dim, in_dim)
+
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B', A') fp32 with the parameter update ΔW = B'·A' in the parameter's layout."""
+        mod = self.modules[name]
+        a = self.checkpoint.read(mod.a_key).float()
+        b = self.checkpoint.read(mod.b_key).float()
+        if mod.transposed:
+            return a.T.contiguous() * mod.scale, b.T.contiguous()
+        return b * mod.scale, a

@@ -1,0 +1,168 @@
+"""Writing checkpoints: atomic output directories and shard plans written tensor by tensor."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import torch
+
+from capvector.errors import CapvectorError
+from capvector.io.safetensors_format import StreamingSafetensorsWriter, itemsize
+
+TensorSpec = tuple[str, torch.dtype, tuple[int, ...]]
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB', '500MiB', '2e9' or an int -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(i?)B?\s*", text, flags=re.IGNORECASE)
+    if not m:
+        raise CapvectorError(f"invalid size {text!r} (examples: 5GB, 500MiB, 2000000000)")
+    number, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    base = 1024 if binary else 1000
+    return int(number * base ** "_KMGT".index(unit or "_"))
+
+
+def check_output_path(target: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse to write over an input (or inside one), or over existing output unless asked."""
+    t = target.resolve()
+    for src in inputs:
+        s = src.resolve()
+        root = s if s.is_dir() else s.parent
+        if t in (s, root) or root in t.parents or t in s.parents:
+            raise CapvectorError(f"output {target} overlaps input {src}; choose another output path")
+    if target.exists() and not overwrite:
+        raise CapvectorError(f"output {target} already exists (pass --overwrite to replace it)")
+
+
+class AtomicOutputDir:
+    """A directory built beside its final location and renamed into place only once complete.
+
+    A crash or SIGKILL leaves only a hidden `.NAME.partial-*` sibling, never something that looks
+    like a finished output; any exception removes it.
+    """
+
+    def __init__(self, target: str | Path, overwrite: bool = False, inputs: list[Path] | None = None) -> None:
+        self.target = Path(target)
+        self.overwrite = overwrite
+        check_output_path(self.target, inputs or [], overwrite)
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        _fsync_dir(self.tmp)
+        old = None
+        if self.target.exists():
+            if not self.overwrite:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise CapvectorError(f"output {self.target} appeared while writing; not replacing it")
+            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
+            os.rename(self.target, old)
+        os.rename(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+@dataclass
+class ShardPlan:
+    """Which tensors go into which file, in write order."""
+
+    shards: dict[str, list[TensorSpec]] = field(default_factory=dict)
+    index_name: str | None = None  # written when not None
+
+    def order(self) -> list[str]:
+        return [spec[0] for specs in self.shards.values() for spec in specs]
+
+
+def nbytes(spec: TensorSpec) -> int:
+    numel = 1
+    for d in spec[2]:
+        numel *= d
+    return numel * itemsize(spec[1])
+
+
+def plan_resharded(specs: list[TensorSpec], max_shard_bytes: int, stem: str = "model") -> ShardPlan:
+    """Pack tensors in order into shards of at most `max_shard_bytes` (a bigger tensor gets its own)."""
+    groups: list[list[TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        b = nbytes(spec)
+        if groups[-1] and size + b > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(spec)
+        size += b
+    if len(groups) == 1:
+        return ShardPlan({f"{stem}.safetensors": groups[0]})
+    n = len(groups)
+    shards = {f"{stem}-{i + 1:05d}-of-{n:05d}.safetensors": g for i, g in enumerate(groups)}
+    return ShardPlan(shards, index_name=f"{stem}.safetensors.index.json")
+
+
+class ShardedWriter:
+    """Writes a `ShardPlan` into a directory, tensor chunks arriving in plan order."""
+
+    def __init__(self, directory: Path, plan: ShardPlan, metadata: dict[str, str] | None = None) -> None:
+        self.directory = directory
+        self.plan = plan
+        self.metadata = metadata or {"format": "pt"}
+        self._pending = list(plan.shards.items())
+        self._current: StreamingSafetensorsWriter | None = None
+        self._current_names: set[str] = set()
+
+    def write(self, name: str, flat: torch.Tensor) -> None:
+        while self._current is None or name not in self._current_names:
+            self._next_shard()
+        self._current.write(name, flat)
+
+    def _next_shard(self) -> None:
+        if self._current is not None:
+            self._current.close()
+        if not self._pending:
+            raise RuntimeError(f"{self.directory}: no shard left in the plan")
+        fname, specs = self._pending.pop(0)
+        path = self.directory / fname
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._current = StreamingSafetensorsWriter(path, specs, self.metadata)
+        self._current_names = {s[0] for s in specs}
+
+    def close(self) -> None:
+        while self._pending:  # shards whose tensors are all empty, or a plan with nothing written yet
+            self._next_shard()
+        if self._current is not None:
+            self._current.close()
+        if self.plan.index_name is not None:
+            weight_map = {spec[0]: fname for fname, specs in self.plan.shards.items() for spec in specs}
+            total = sum(nbytes(spec) for specs in self.plan.shards.values() for spec in specs)
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.directory / self.plan.index_name).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write JSON atomically (temp file in the same directory, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)

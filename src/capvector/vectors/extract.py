@@ -1,0 +1,332 @@
+"""τ_cap = θ_aux − θ_sft, streamed tensor by tensor in fp32 into a vector directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from capvector import __version__
+from capvector.errors import CapvectorError
+from capvector.io import AtomicOutputDir, Checkpoint, ShardedWriter, parse_size, plan_resharded
+from capvector.io.hashing import BackgroundHasher
+from capvector.io.peft_adapter import LoraAdapter
+from capvector.io.writer import write_json
+from capvector.progress import ByteProgress
+from capvector.selection import Selection, make_selection
+from capvector.vectors.format import FACTOR_A, FACTOR_B, FORMAT, FORMAT_VERSION, META_FILE
+from capvector.vectors.stats import RunningStats, row_chunks
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    tensors: int
+    norm: float
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise CapvectorError(f"unsupported dtype {name!r}; choose one of {sorted(DTYPES)}") from None
+
+
+def _first(names: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(repr(x) for x in list(names)[:n])
+    return shown + (", ..." if len(names) > n else "")
+
+
+def _architecture(ckpt: Checkpoint) -> dict | None:
+    cfg = ckpt.config()
+    if not cfg:
+        return None
+    if "base_model_name_or_path" in cfg:
+        return {"base_model_name_or_path": cfg.get("base_model_name_or_path")}
+    return {"architectures": cfg.get("architectures"), "model_type": cfg.get("model_type")}
+
+
+def extract(
+    sft: str | Path,
+    aux: str | Path,
+    output: str | Path,
+    *,
+    pretrained: str | Path | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    preset: str | None = None,
+    dtype: str = "fp32",
+    lora_storage: str = "factored",
+    allow_missing: bool = False,
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+    hash_sources: bool = True,
+    progress: bool = True,
+) -> ExtractResult:
+    """Compute the capability vector between two fine-tunes of the same model and save it.
+
+    Both inputs are full checkpoints, or both are PEFT LoRA adapters on the same base (then the
+    vector is stored factored, exactly, unless `lora_storage="dense"`).
+    """
+    out_dtype = parse_dtype(dtype)
+    selection = make_selection(include, exclude, preset)
+    sources = {"sft": Path(sft), "aux": Path(aux)} | ({"pretrained": Path(pretrained)} if pretrained else {})
+    ckpts = {role: Checkpoint(p) for role, p in sources.items()}
+    hasher = BackgroundHasher()
+    try:
+        hashes = {r: hasher.submit(c.root, c.weight_files) for r, c in ckpts.items()} if hash_sources else {}
+        s, a = ckpts["sft"], ckpts["aux"]
+        adapters = [c.kind == "peft-adapter" for c in (s, a)]
+        if any(adapters) and not all(adapters):
+            raise CapvectorError(
+                f"one input is a PEFT adapter and the other is a full checkpoint ({s.path}: {s.kind}, "
+                f"{a.path}: {a.kind}); merge the adapter into its base first or give two adapters"
+            )
+        builder = _LoraBuilder(s, a) if all(adapters) else _DenseBuilder(s, a)
+        with AtomicOutputDir(output, overwrite, inputs=list(sources.values())) as tmp:
+            plan_specs, skipped = builder.plan(selection, allow_missing, out_dtype, lora_storage)
+            pre = ckpts.get("pretrained")
+            if pre is not None:
+                _check_against_pretrained(pre, builder.shapes, allow_missing, skipped)
+            plan = plan_resharded(plan_specs, parse_size(max_shard_size), stem="vector")
+            writer = ShardedWriter(tmp, plan, {"format": "pt", "capvector": FORMAT})
+            total_bytes = sum(builder.read_bytes(n) for n in builder.shapes)
+            tensors_meta: dict[str, dict] = {}
+            total = RunningStats()
+            with ByteProgress("extract", total_bytes, enabled=progress) as bar:
+                for name in builder.shapes:
+                    entry = builder.write(name, writer, out_dtype, total, bar)
+                    if pre is not None and name in pre:
+                        pre_norm = _norm(pre, name)
+                        entry["rel_norm"] = entry["norm"] / pre_norm if pre_norm > 0 else None
+                    tensors_meta[name] = entry
+            writer.close()
+            meta = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "tool_version": __version__,
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "definition": "tau_cap = theta_aux - theta_sft",
+                "sources": {
+                    r: {"path": str(p.resolve()), "kind": ckpts[r].kind, "hash": hashes[r].result() if hashes else None}
+                    for r, p in sources.items()
+                },
+                "architecture": _architecture(ckpts.get("pretrained") or s),
+                "selection": selection.to_json(),
+                "dtype": str(out_dtype).removeprefix("torch."),
+                "default_weight": 1.0,
+                "totals": {"tensors": len(tensors_meta), "norm": total.norm, "numel": total.numel},
+                "skipped": skipped,
+                "tensors": tensors_meta,
+            }
+            write_json(tmp / META_FILE, meta)
+    finally:
+        hasher.shutdown()
+        for c in ckpts.values():
+            c.close()
+    return ExtractResult(Path(output), len(tensors_meta), total.norm, skipped)
+
+
+def _norm(ckpt: Checkpoint, name: str) -> float:
+    stats = RunningStats()
+    for start, count in row_chunks(ckpt.info(name).shape):
+        stats.update(ckpt.read_flat(name, start, count).float())
+    return stats.norm
+
+
+def _check_against_pretrained(
+    pre: Checkpoint, shapes: dict[str, tuple[int, ...]], allow_missing: bool, skipped: dict[str, list[str]]
+) -> None:
+    missing = [n for n in shapes if n not in pre]
+    if missing:
+        if not allow_missing:
+            raise CapvectorError(
+                f"{pre.path}: {len(missing)} vector tensors are missing from the pretrained checkpoint "
+                f"(first: {_first(missing)}); pass --allow-missing to record them anyway"
+            )
+        skipped["missing_in_pretrained"] = missing
+    for name, shape in shapes.items():
+        if name in pre and pre.info(name).shape != shape:
+            raise CapvectorError(
+                f"{pre.path}: key {name!r} has shape {list(pre.info(name).shape)}, fine-tunes have {list(shape)}"
+            )
+
+
+class _DenseBuilder:
+    """Vector from two full checkpoints, chunk by chunk."""
+
+    def __init__(self, sft: Checkpoint, aux: Checkpoint) -> None:
+        self.sft, self.aux = sft, aux
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def plan(self, selection: Selection, allow_missing: bool, out_dtype: torch.dtype, lora_storage: str):
+        s_names, a_names = selection.filter(self.sft.keys()), selection.filter(self.aux.keys())
+        aux_only = [n for n in a_names if n not in self.sft]
+        sft_only = [n for n in s_names if n not in self.aux]
+        if (aux_only or sft_only) and not allow_missing:
+            raise CapvectorError(
+                f"key sets differ: {len(aux_only)} tensors only in aux {self.aux.path} (first: {_first(aux_only)}), "
+                f"{len(sft_only)} only in sft {self.sft.path} (first: {_first(sft_only)}). Auxiliary-only "
+                "modules such as alignment projectors are never part of a vector: pass --allow-missing to skip "
+                "and report them, or --exclude their names"
+            )
+        skipped: dict[str, list[str]] = {}
+        if aux_only:
+            skipped["aux_only"] = aux_only
+        if sft_only:
+            skipped["sft_only"] = sft_only
+        specs = []
+        for name in (n for n in a_names if n in self.sft):
+            si, ai = self.sft.info(name), self.aux.info(name)
+            if si.shape != ai.shape:
+                raise CapvectorError(
+                    f"key {name!r}: shape {list(si.shape)} in sft {self.sft.path} ({si.file}) but "
+                    f"{list(ai.shape)} in aux {self.aux.path} ({ai.file})"
+                )
+            if not (si.is_float and ai.is_float):
+                self._check_non_float_equal(name)
+                skipped.setdefault("non_float_equal", []).append(name)
+                continue
+            self.shapes[name] = ai.shape
+            specs.append((name, out_dtype, ai.shape))
+        if not specs:
+            raise CapvectorError(f"selection {selection.to_json()} matches no floating-point tensor in both inputs")
+        return specs, skipped
+
+    def _check_non_float_equal(self, name: str) -> None:
+        if not torch.equal(self.sft.read(name), self.aux.read(name)):
+            raise CapvectorError(
+                f"key {name!r}: non-float tensor ({self.aux.info(name).dtype}) differs between sft and aux; "
+                "a capability vector is defined only for floating-point parameters (exclude it with --exclude)"
+            )
+
+    def read_bytes(self, name: str) -> int:
+        si, ai = self.sft.info(name), self.aux.info(name)
+        return si.numel * si.dtype.itemsize + ai.numel * ai.dtype.itemsize
+
+    def write(self, name, writer: ShardedWriter, out_dtype, total: RunningStats, bar) -> dict:
+        stats = RunningStats()
+        for start, count in row_chunks(self.shapes[name]):
+            a = self.aux.read_flat(name, start, count).float()
+            s = self.sft.read_flat(name, start, count).float()
+            for ckpt, x in ((self.aux, a), (self.sft, s)):
+                if not torch.isfinite(x).all():
+                    raise CapvectorError(f"{ckpt.path} ({ckpt.info(name).file}): key {name!r} contains NaN or Inf")
+            d = a.sub_(s)
+            stats.update(d)
+            writer.write(name, d.to(out_dtype))
+            bar.advance(count * (self.sft.info(name).dtype.itemsize + self.aux.info(name).dtype.itemsize))
+        total.sumsq += stats.sumsq
+        total.numel += stats.numel
+        return {"shape": list(self.shapes[name]), "storage": "dense", **stats.to_json()}
+
+
+class _LoraBuilder:
+    """Vector from two LoRA adapters: τ = s_aux·B_aux·A_aux − s_sft·B_sft·A_sft per module."""
+
+    def __init__(self, sft: Checkpoint, aux: Checkpoint) -> None:
+        self.sft, self.aux = LoraAdapter(sft), LoraAdapter(aux)
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.storage = "factored"
+
+    def plan(self, selection: Selection, allow_missing: bool, out_dtype: torch.dtype, lora_storage: str):
+        if lora_storage not in ("factored", "dense"):
+            raise CapvectorError(f"lora storage must be 'factored' or 'dense', got {lora_storage!r}")
+        self.storage = lora_storage
+        s_names = selection.filter([*self.sft.modules, *self.sft.dense])
+        a_names = selection.filter([*self.aux.modules, *self.aux.dense])
+        aux_only = [n for n in a_names if n not in s_names]
+        sft_only = [n for n in s_names if n not in a_names]
+        if (aux_only or sft_only) and not allow_missing:
+            raise CapvectorError(
+                f"adapters target different parameters: {len(aux_only)} only in aux (first: {_first(aux_only)}), "
+                f"{len(sft_only)} only in sft (first: {_first(sft_only)}); pass --allow-missing to treat a "
+                "missing update as zero"
+            )
+        skipped: dict[str, list[str]] = {}
+        specs = []
+        for name in dict.fromkeys(a_names + s_names):
+            in_lora = {name in ad.modules for ad in (self.sft, self.aux) if name in ad.modules or name in ad.dense}
+            if len(in_lora) > 1:
+                raise CapvectorError(f"parameter {name!r} is a LoRA module in one adapter, a full tensor in the other")
+            shape = self._shape(name)
+            self.shapes[name] = shape
+            if in_lora == {True} and self.storage == "factored":
+                rank = sum(ad.modules[name].rank for ad in (self.sft, self.aux) if name in ad.modules)
+                specs.append((name + FACTOR_B, out_dtype, (shape[0], rank)))
+                specs.append((name + FACTOR_A, out_dtype, (rank, shape[1])))
+            else:
+                specs.append((name, out_dtype, shape))
+        return specs, skipped
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        shapes = set()
+        for ad in (self.sft, self.aux):
+            if name in ad.modules:
+                shapes.add(ad.update_shape(name))
+            elif name in ad.dense:
+                shapes.add(ad.checkpoint.info(ad.dense[name]).shape)
+        if len(shapes) != 1:
+            raise CapvectorError(f"parameter {name!r} has different shapes in the two adapters: {sorted(shapes)}")
+        return shapes.pop()
+
+    def read_bytes(self, name: str) -> int:
+        return 0 if name in self.aux.modules or name in self.sft.modules else 2 * _numel(self.shapes[name]) * 4
+
+    def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        bs, as_ = [], []
+        for ad, sign in ((self.aux, 1.0), (self.sft, -1.0)):
+            if name in ad.modules:
+                b, a = ad.factors(name)
+                bs.append(sign * b)
+                as_.append(a)
+        return torch.cat(bs, dim=1), torch.cat(as_, dim=0)
+
+    def _dense_delta(self, name: str) -> torch.Tensor:
+        if name in self.aux.modules or name in self.sft.modules:
+            b, a = self._factors(name)
+            return b @ a
+        out = torch.zeros(self.shapes[name])
+        for ad, sign in ((self.aux, 1.0), (self.sft, -1.0)):
+            if name in ad.dense:
+                out.add_(ad.checkpoint.read(ad.dense[name]).float(), alpha=sign)
+        return out
+
+    def write(self, name, writer: ShardedWriter, out_dtype, total: RunningStats, bar) -> dict:
+        factored = self.storage == "factored" and (name in self.aux.modules or name in self.sft.modules)
+        stats = RunningStats()
+        entry: dict = {"shape": list(self.shapes[name])}
+        if factored:
+            b, a = self._factors(name)
+            for t in (b, a):
+                if not torch.isfinite(t).all():
+                    raise CapvectorError(f"LoRA factors of {name!r} contain NaN or Inf")
+            writer.write(name + FACTOR_B, b.to(out_dtype))
+            writer.write(name + FACTOR_A, a.to(out_dtype))
+            stats.update(b.to(out_dtype).float() @ a.to(out_dtype).float())
+            entry |= {"storage": "factored", "rank": a.shape[0]}
+        else:
+            d = self._dense_delta(name)
+            if not torch.isfinite(d).all():
+                raise CapvectorError(f"update of {name!r} contains NaN or Inf")
+            writer.write(name, d.to(out_dtype))
+            stats.update(d)
+            entry["storage"] = "dense"
+        total.sumsq += stats.sumsq
+        total.numel += stats.numel
+        bar.advance(self.read_bytes(name))
+        return entry | stats.to_json()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

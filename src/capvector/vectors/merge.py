@@ -1,0 +1,192 @@
+"""θ_meta = θ_pre + Σ_i λ_i·τ_i, streamed in fp32 into a checkpoint with the base's layout."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import torch
+
+from capvector import __version__
+from capvector.errors import CapvectorError
+from capvector.io import AtomicOutputDir, Checkpoint, ShardedWriter, ShardPlan, parse_size, plan_resharded
+from capvector.io.hashing import BackgroundHasher
+from capvector.io.writer import write_json
+from capvector.progress import ByteProgress
+from capvector.vectors.extract import _first, parse_dtype
+from capvector.vectors.format import CapabilityVector
+from capvector.vectors.stats import row_chunks
+
+RECIPE_FILE = "capvector-merge.json"
+WeightSpec = float | Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class VectorWeight:
+    """A vector directory and its weight: a scalar λ, or ordered globs -> λ (first match wins, else 0)."""
+
+    path: Path
+    weight: WeightSpec = 1.0
+
+    def weight_for(self, name: str) -> float:
+        if not isinstance(self.weight, Mapping):
+            return float(self.weight)
+        for pattern, value in self.weight.items():
+            if fnmatchcase(name, pattern):
+                return float(value)
+        return 0.0
+
+
+def load_weights_file(path: str | Path) -> dict[str, float]:
+    """A JSON object mapping name globs to weights, in priority order."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise CapvectorError(f"{p}: cannot read weights file ({e})") from e
+    if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
+        raise CapvectorError(
+            f'{p}: weights file must be a JSON object of glob -> number, e.g. {{"*vision*": 0.5, "*": 1}}'
+        )
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def merge(
+    base: str | Path,
+    vectors: Sequence[VectorWeight | str | Path],
+    output: str | Path,
+    *,
+    dtype: str | None = None,
+    allow_missing: bool = False,
+    overwrite: bool = False,
+    max_shard_size: str | int | None = None,
+    hash_sources: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Merge capability vectors into a base checkpoint; returns the resolved recipe (also saved)."""
+    items = [v if isinstance(v, VectorWeight) else VectorWeight(Path(v)) for v in vectors]
+    if not items:
+        raise CapvectorError("no vector given to merge")
+    base_ckpt = Checkpoint(base)
+    if base_ckpt.kind == "peft-adapter":
+        base_ckpt.close()
+        raise CapvectorError(f"{base}: the base must be a model checkpoint, not a PEFT adapter")
+    opened = [CapabilityVector(v.path) for v in items]
+    hasher = BackgroundHasher()
+    try:
+        base_hash = hasher.submit(base_ckpt.root, base_ckpt.weight_files) if hash_sources else None
+        warnings = _validate(base_ckpt, opened, allow_missing)
+        out_float = parse_dtype(dtype) if dtype else None
+        specs = [
+            (n, out_float if (out_float and i.is_float) else i.dtype, i.shape) for n, i in base_ckpt.infos.items()
+        ]
+        plan = _plan(base_ckpt, specs, max_shard_size)
+        contributions = {
+            name: [(vec, w) for vec, item in zip(opened, items, strict=True)
+                   if name in vec.tensors and (w := item.weight_for(name)) != 0.0]
+            for name in base_ckpt.keys()
+        }
+        total_bytes = sum(i.numel * i.dtype.itemsize for i in base_ckpt.infos.values())
+        with AtomicOutputDir(output, overwrite, inputs=[Path(base), *(v.path for v in items)]) as tmp:
+            writer = ShardedWriter(tmp, plan, {"format": "pt"})
+            out_dtypes = {spec[0]: spec[1] for spec in specs}
+            with ByteProgress("merge", total_bytes, enabled=progress) as bar:
+                for name in plan.order():
+                    _merge_tensor(base_ckpt, name, contributions[name], out_dtypes[name], writer)
+                    info = base_ckpt.info(name)
+                    bar.advance(info.numel * info.dtype.itemsize)
+            writer.close()
+            for rel in base_ckpt.non_weight_files():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(base_ckpt.root / rel, tmp / rel)
+            recipe = {
+                "tool_version": __version__,
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "definition": "theta_meta = theta_base + sum_i weight_i * tau_i (fp32, cast to output dtype)",
+                "base": {"path": str(Path(base).resolve()), "hash": base_hash.result() if base_hash else None},
+                "vectors": [
+                    {
+                        "path": str(item.path.resolve()),
+                        "weight": dict(item.weight) if isinstance(item.weight, Mapping) else item.weight,
+                        "sources": vec.meta.get("sources"),
+                    }
+                    for vec, item in zip(opened, items, strict=True)
+                ],
+                "dtype": dtype or "base",
+                "merged_tensors": sum(1 for c in contributions.values() if c),
+                "total_tensors": len(base_ckpt),
+                "warnings": warnings,
+            }
+            write_json(tmp / RECIPE_FILE, recipe)
+    finally:
+        hasher.shutdown()
+        base_ckpt.close()
+        for v in opened:
+            v.close()
+    return recipe
+
+
+def _validate(base: Checkpoint, vectors: list[CapabilityVector], allow_missing: bool) -> list[str]:
+    warnings = []
+    base_arch = (base.config() or {}).get("architectures")
+    for vec in vectors:
+        vec_arch = (vec.meta.get("architecture") or {}).get("architectures")
+        if base_arch and vec_arch and base_arch != vec_arch:
+            raise CapvectorError(
+                f"{vec.path}: vector was extracted from architecture {vec_arch}, base {base.path} is {base_arch}"
+            )
+        names = vec.names()
+        missing = [n for n in names if n not in base]
+        if missing and len(missing) == len(names):
+            raise CapvectorError(
+                f"{vec.path}: none of its {len(names)} tensors exist in base {base.path} "
+                f"(first: {_first(missing)}); is this vector for another model family?"
+            )
+        if missing:
+            msg = (f"{vec.path}: {len(missing)} of {len(names)} vector tensors are missing from base "
+                   f"{base.path} (first: {_first(missing)})")
+            if not allow_missing:
+                raise CapvectorError(msg + "; pass --allow-missing to skip them")
+            warnings.append(msg + "; skipped")
+        for name in names:
+            if name not in base:
+                continue
+            info = base.info(name)
+            if info.shape != vec.shape(name):
+                raise CapvectorError(
+                    f"key {name!r}: base {base.path} ({info.file}) has shape {list(info.shape)}, "
+                    f"vector {vec.path} has {list(vec.shape(name))}"
+                )
+            if not info.is_float:
+                raise CapvectorError(f"key {name!r}: base tensor is {info.dtype}, cannot add a float vector to it")
+    return warnings
+
+
+def _plan(base: Checkpoint, specs: list, max_shard_size: str | int | None) -> ShardPlan:
+    """Mirror the base's shard files and index unless resharding was asked for (or the base is pickle)."""
+    if max_shard_size is not None or base.kind in ("pickle", "sharded-pickle"):
+        return plan_resharded(specs, parse_size(max_shard_size or "5GB"), stem="model")
+    by_name = {s[0]: s for s in specs}
+    shards = {rel: [by_name[n] for n in names] for rel, names in base.layout().items()}
+    return ShardPlan(shards, index_name=base.index_file)
+
+
+def _merge_tensor(
+    base: Checkpoint, name: str, contributions: list[tuple[CapabilityVector, float]],
+    out_dtype: torch.dtype, writer: ShardedWriter,
+) -> None:
+    info = base.info(name)
+    for start, count in row_chunks(info.shape):
+        x = base.read_flat(name, start, count)
+        if contributions:
+            x = x.float()
+            for vec, weight in contributions:
+                x.add_(vec.read_flat(name, start, count), alpha=weight)
+            if not torch.isfinite(x).all():
+                raise CapvectorError(f"key {name!r}: merged values are not finite (check the vector and weights)")
+        writer.write(name, x.to(out_dtype))

@@ -1,0 +1,55 @@
+"""Streaming statistics of tensors seen chunk by chunk, accumulated in float64."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 24  # 16M elements: 64 MiB per fp32 temporary
+
+
+def row_chunks(shape: tuple[int, ...], max_elements: int = CHUNK_ELEMENTS) -> Iterator[tuple[int, int]]:
+    """(start, count) pairs over a flat tensor, aligned to whole rows of the last dimension.
+
+    Row alignment lets factored tensors (B @ A) be produced for exactly the same chunks.
+    """
+    numel = math.prod(shape)
+    if numel == 0:
+        return
+    row = shape[-1] if len(shape) >= 2 else 1
+    step = max(row, (max_elements // row) * row)
+    for start in range(0, numel, step):
+        yield start, min(step, numel - start)
+
+
+@dataclass
+class RunningStats:
+    """L2 norm, max |x|, zero fraction and element count of a tensor fed in chunks."""
+
+    sumsq: float = 0.0
+    max_abs: float = 0.0
+    zeros: int = 0
+    numel: int = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        x64 = x.double()
+        self.sumsq += float(x64.square().sum())
+        if x.numel():
+            self.max_abs = max(self.max_abs, float(x.abs().max()))
+        self.zeros += int((x == 0).sum())
+        self.numel += x.numel()
+
+    @property
+    def norm(self) -> float:
+        return math.sqrt(self.sumsq)
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "norm": self.norm,
+            "max_abs": self.max_abs,
+            "zero_fraction": self.zeros / self.numel if self.numel else 0.0,
+            "numel": self.numel,
+        }
