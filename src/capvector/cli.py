@@ -207,3 +207,7 @@ def _emit(data: dict, as_json: bool, line: str) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -240,6 +240,8 @@ class Checkpoint:
         info = self.info(name)
         if count is None:
             count = info.numel - start
+        if start < 0 or count < 0 or start + count > info.numel:
+            raise ValueError(f"{name!r}: range [{start}, {start + count}) outside its {info.numel} elements")
         return self._files[info.file].read_flat(name, start, count)
 
     def read(self, name: str) -> torch.Tensor:

@@ -56,13 +56,17 @@ class LoraAdapter:
             raise CapvectorError(f"{checkpoint.path}: DoRA adapters are not supported (magnitude vectors)")
         self.modules: dict[str, LoraModule] = {}
         self.dense: dict[str, str] = {}  # parameter name -> key in the adapter file
+        # PEFT saves the base weights of targeted embeddings (`save_embedding_layers`): copies of θ_pre.
+        self.base_copies: dict[str, str] = {}
         parts: dict[str, dict[str, str]] = {}
         for key in checkpoint.keys():
             if any(u in key for u in _UNSUPPORTED):
                 raise CapvectorError(f"{checkpoint.path}: key {key!r} belongs to an unsupported LoRA variant")
             name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
             m = _LORA_KEY.match(name)
-            if m is None:
+            if ".base_layer." in name:
+                self.base_copies[name.replace(".base_layer.", ".")] = key
+            elif m is None:
                 self.dense[name] = key
             else:
                 parts.setdefault(m["module"], {})[m["part"]] = key

@@ -251,6 +251,17 @@ class _LoraBuilder:
                 "missing update as zero"
             )
         skipped: dict[str, list[str]] = {}
+        copies = sorted(set(self.sft.base_copies) | set(self.aux.base_copies))
+        for name in copies:
+            keys = [ad.base_copies.get(name) for ad in (self.sft, self.aux)]
+            if None in keys or not torch.equal(*(ad.checkpoint.read(k) for ad, k in zip((self.sft, self.aux), keys,
+                                                                                         strict=True))):
+                raise CapvectorError(
+                    f"base weights saved with the adapters differ for {name!r} (resized or trained embeddings?); "
+                    "the two fine-tunes must share the same base model"
+                )
+        if copies:
+            skipped["base_layer_copies"] = copies
         specs = []
         for name in dict.fromkeys(a_names + s_names):
             in_lora = {name in ad.modules for ad in (self.sft, self.aux) if name in ad.modules or name in ad.dense}
