@@ -106,7 +106,8 @@ def test_selection_presets_and_globs(llama_trio, tmp_path):
     merge(llama_trio["pre"], [tmp_path / "v"], tmp_path / "m", progress=False)
     pre, merged = load_dir(llama_trio["pre"]), load_dir(tmp_path / "m")
     assert torch.equal(merged["model.layers.0.mlp.up_proj.weight"], pre["model.layers.0.mlp.up_proj.weight"])
-    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], pre["model.layers.0.self_attn.q_proj.weight"])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[q], pre[q])
 
 
 def test_weights_map_and_several_vectors(llama_trio, tmp_path):
@@ -158,13 +159,13 @@ def test_inspect_against_direct_norms_and_cosine(llama_trio, tmp_path):
     flat1 = torch.cat([t.reshape(-1) for t in t1.values()]).double()
     flat2 = torch.cat([t.reshape(-1) for t in t2.values()]).double()
     flatp = torch.cat([t.reshape(-1) for t in pre.values()]).double()
-    assert math.isclose(report["totals"]["norm"], float(flat1.norm()), rel_tol=1e-9)
-    assert math.isclose(report["totals"]["rel_norm"], float(flat1.norm() / flatp.norm()), rel_tol=1e-9)
-    assert math.isclose(report["totals"]["cosine"], float(flat1 @ flat2 / flat1.norm() / flat2.norm()), rel_tol=1e-9)
+    assert math.isclose(report["totals"]["norm"], float(flat1.norm()), rel_tol=1e-6)
+    assert math.isclose(report["totals"]["rel_norm"], float(flat1.norm() / flatp.norm()), rel_tol=1e-6)
+    assert math.isclose(report["totals"]["cosine"], float(flat1 @ flat2 / flat1.norm() / flat2.norm()), rel_tol=1e-6)
     layer0 = next(r for r in report["layers"] if r["layer"] == "model.layers.0")
     sel = [n for n in pre if n.startswith("model.layers.0.")]
     direct = math.sqrt(sum(float(t1[n].double().square().sum()) for n in sel))
-    assert math.isclose(layer0["norm"], direct, rel_tol=1e-9)
+    assert math.isclose(layer0["norm"], direct, rel_tol=1e-6)
     row = next(t for t in report["tensors"] if t["name"] == "lm_head.weight")
     assert math.isclose(row["max_abs"], float(t1["lm_head.weight"].abs().max()), rel_tol=1e-6)
     assert report["largest"][0] == max(t1, key=lambda n: float(t1[n].norm()))

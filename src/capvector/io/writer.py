@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -159,6 +161,56 @@ class ShardedWriter:
             total = sum(nbytes(spec) for specs in self.plan.shards.values() for spec in specs)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.directory / self.plan.index_name).write_text(json.dumps(index, indent=2) + "\n")
+
+
+class BackgroundWriter:
+    """Runs a `ShardedWriter` on its own thread so disk writes overlap with the arithmetic.
+
+    At most `depth` chunks wait in the queue, so memory stays bounded; an error on the writer
+    thread is raised again in the caller at the next `write` or at `close`.
+    """
+
+    def __init__(self, writer: ShardedWriter, depth: int = 2) -> None:
+        self._writer = writer
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="capvector-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write(*item)
+                except BaseException as e:  # re-raised in the caller
+                    self._error = e
+
+    def write(self, name: str, flat: torch.Tensor) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((name, flat))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._writer.close()
+
+    def abort(self) -> None:
+        """Stop the thread after a failure in the caller (the output directory is discarded)."""
+        self._error = self._error or RuntimeError("aborted")
+        self._queue.put(None)
+        self._thread.join()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_json(path: Path, data: object) -> None:

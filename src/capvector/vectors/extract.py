@@ -11,7 +11,7 @@ import torch
 
 from capvector import __version__
 from capvector.errors import CapvectorError
-from capvector.io import AtomicOutputDir, Checkpoint, ShardedWriter, parse_size, plan_resharded
+from capvector.io import AtomicOutputDir, BackgroundWriter, Checkpoint, ShardedWriter, parse_size, plan_resharded
 from capvector.io.hashing import BackgroundHasher
 from capvector.io.peft_adapter import LoraAdapter
 from capvector.io.writer import write_json
@@ -96,18 +96,17 @@ def extract(
             if pre is not None:
                 _check_against_pretrained(pre, builder.shapes, allow_missing, skipped)
             plan = plan_resharded(plan_specs, parse_size(max_shard_size), stem="vector")
-            writer = ShardedWriter(tmp, plan, {"format": "pt", "capvector": FORMAT})
             total_bytes = sum(builder.read_bytes(n) for n in builder.shapes)
             tensors_meta: dict[str, dict] = {}
             total = RunningStats()
-            with ByteProgress("extract", total_bytes, enabled=progress) as bar:
+            sharded = ShardedWriter(tmp, plan, {"format": "pt", "capvector": FORMAT})
+            with BackgroundWriter(sharded) as writer, ByteProgress("extract", total_bytes, enabled=progress) as bar:
                 for name in builder.shapes:
                     entry = builder.write(name, writer, out_dtype, total, bar)
                     if pre is not None and name in pre:
                         pre_norm = _norm(pre, name)
                         entry["rel_norm"] = entry["norm"] / pre_norm if pre_norm > 0 else None
                     tensors_meta[name] = entry
-            writer.close()
             meta = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -137,7 +136,8 @@ def extract(
 def _norm(ckpt: Checkpoint, name: str) -> float:
     stats = RunningStats()
     for start, count in row_chunks(ckpt.info(name).shape):
-        stats.update(ckpt.read_flat(name, start, count).float())
+        if not stats.update(ckpt.read_flat(name, start, count).float()):
+            raise CapvectorError(f"{ckpt.path} ({ckpt.info(name).file}): key {name!r} contains NaN or Inf")
     return stats.norm
 
 
@@ -207,6 +207,12 @@ class _DenseBuilder:
                 "a capability vector is defined only for floating-point parameters (exclude it with --exclude)"
             )
 
+    def _raise_non_finite(self, name: str, start: int, count: int) -> None:
+        for ckpt in (self.aux, self.sft):
+            if not torch.isfinite(ckpt.read_flat(name, start, count).float()).all():
+                raise CapvectorError(f"{ckpt.path} ({ckpt.info(name).file}): key {name!r} contains NaN or Inf")
+        raise CapvectorError(f"key {name!r}: the difference overflows the output dtype")
+
     def read_bytes(self, name: str) -> int:
         si, ai = self.sft.info(name), self.aux.info(name)
         return si.numel * si.dtype.itemsize + ai.numel * ai.dtype.itemsize
@@ -214,13 +220,10 @@ class _DenseBuilder:
     def write(self, name, writer: ShardedWriter, out_dtype, total: RunningStats, bar) -> dict:
         stats = RunningStats()
         for start, count in row_chunks(self.shapes[name]):
-            a = self.aux.read_flat(name, start, count).float()
-            s = self.sft.read_flat(name, start, count).float()
-            for ckpt, x in ((self.aux, a), (self.sft, s)):
-                if not torch.isfinite(x).all():
-                    raise CapvectorError(f"{ckpt.path} ({ckpt.info(name).file}): key {name!r} contains NaN or Inf")
-            d = a.sub_(s)
-            stats.update(d)
+            d = self.aux.read_flat(name, start, count).float()
+            d.sub_(self.sft.read_flat(name, start, count).float())
+            if not stats.update(d):  # NaN/Inf in either input propagates into d
+                self._raise_non_finite(name, start, count)
             writer.write(name, d.to(out_dtype))
             bar.advance(count * (self.sft.info(name).dtype.itemsize + self.aux.info(name).dtype.itemsize))
         total.sumsq += stats.sumsq
@@ -321,14 +324,14 @@ class _LoraBuilder:
                     raise CapvectorError(f"LoRA factors of {name!r} contain NaN or Inf")
             writer.write(name + FACTOR_B, b.to(out_dtype))
             writer.write(name + FACTOR_A, a.to(out_dtype))
-            stats.update(b.to(out_dtype).float() @ a.to(out_dtype).float())
+            stats.update((b.to(out_dtype).float() @ a.to(out_dtype).float()).reshape(-1))
             entry |= {"storage": "factored", "rank": a.shape[0]}
         else:
             d = self._dense_delta(name)
             if not torch.isfinite(d).all():
                 raise CapvectorError(f"update of {name!r} contains NaN or Inf")
             writer.write(name, d.to(out_dtype))
-            stats.update(d)
+            stats.update(d.reshape(-1))
             entry["storage"] = "dense"
         total.sumsq += stats.sumsq
         total.numel += stats.numel

@@ -119,7 +119,8 @@ def _tensor_row(main: _Tensors, name: str, refs: dict[str, _Tensors]) -> dict:
     usable = {k: r for k, r in refs.items() if name in r.names and r.shape(name) == shape}
     for start, count in row_chunks(shape):
         x = main.read(name, start, count)
-        stats.update(x)
+        if not stats.update(x):
+            raise CapvectorError(f"{main.path}: tensor {name!r} contains NaN or Inf")
         if "base" in usable:
             base_sq += float(usable["base"].read(name, start, count).double().square().sum())
         if "other" in usable:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,15 @@ import torch
 
 from capvector import __version__
 from capvector.errors import CapvectorError
-from capvector.io import AtomicOutputDir, Checkpoint, ShardedWriter, ShardPlan, parse_size, plan_resharded
+from capvector.io import (
+    AtomicOutputDir,
+    BackgroundWriter,
+    Checkpoint,
+    ShardedWriter,
+    ShardPlan,
+    parse_size,
+    plan_resharded,
+)
 from capvector.io.hashing import BackgroundHasher
 from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
@@ -93,14 +102,13 @@ def merge(
         }
         total_bytes = sum(i.numel * i.dtype.itemsize for i in base_ckpt.infos.values())
         with AtomicOutputDir(output, overwrite, inputs=[Path(base), *(v.path for v in items)]) as tmp:
-            writer = ShardedWriter(tmp, plan, {"format": "pt"})
             out_dtypes = {spec[0]: spec[1] for spec in specs}
-            with ByteProgress("merge", total_bytes, enabled=progress) as bar:
+            sharded = ShardedWriter(tmp, plan, {"format": "pt"})
+            with BackgroundWriter(sharded) as writer, ByteProgress("merge", total_bytes, enabled=progress) as bar:
                 for name in plan.order():
                     _merge_tensor(base_ckpt, name, contributions[name], out_dtypes[name], writer)
                     info = base_ckpt.info(name)
                     bar.advance(info.numel * info.dtype.itemsize)
-            writer.close()
             for rel in base_ckpt.non_weight_files():
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(base_ckpt.root / rel, tmp / rel)
@@ -178,7 +186,7 @@ def _plan(base: Checkpoint, specs: list, max_shard_size: str | int | None) -> Sh
 
 def _merge_tensor(
     base: Checkpoint, name: str, contributions: list[tuple[CapabilityVector, float]],
-    out_dtype: torch.dtype, writer: ShardedWriter,
+    out_dtype: torch.dtype, writer: BackgroundWriter,
 ) -> None:
     info = base.info(name)
     for start, count in row_chunks(info.shape):
@@ -187,6 +195,7 @@ def _merge_tensor(
             x = x.float()
             for vec, weight in contributions:
                 x.add_(vec.read_flat(name, start, count), alpha=weight)
-            if not torch.isfinite(x).all():
+            lo, hi = torch.aminmax(x)
+            if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
                 raise CapvectorError(f"key {name!r}: merged values are not finite (check the vector and weights)")
         writer.write(name, x.to(out_dtype))

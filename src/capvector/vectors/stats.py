@@ -34,13 +34,27 @@ class RunningStats:
     zeros: int = 0
     numel: int = 0
 
-    def update(self, x: torch.Tensor) -> None:
-        x64 = x.double()
-        self.sumsq += float(x64.square().sum())
-        if x.numel():
-            self.max_abs = max(self.max_abs, float(x.abs().max()))
-        self.zeros += int((x == 0).sum())
+    def update(self, x: torch.Tensor) -> bool:
+        """Add a chunk (1-D float); returns False if it holds NaN or Inf (then nothing is added).
+
+        One fused reduction per statistic and no temporaries: these run on every byte of a merge.
+        Chunk sums are fp32 (blocked reductions), accumulated across chunks in Python floats.
+        """
+        if not x.numel():
+            return True
+        lo, hi = torch.aminmax(x)
+        lo_f, hi_f = float(lo), float(hi)
+        if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
+            return False
+        flat = x.reshape(-1)
+        if flat.dtype == torch.float32:
+            self.sumsq += float(torch.dot(flat, flat))
+        else:
+            self.sumsq += float(flat.double().square().sum())
+        self.max_abs = max(self.max_abs, abs(lo_f), abs(hi_f))
+        self.zeros += x.numel() - int(torch.count_nonzero(x))
         self.numel += x.numel()
+        return True
 
     @property
     def norm(self) -> float:

@@ -1,0 +1,222 @@
+"""Extract/merge throughput and memory vs raw IO and vs mergekit, on synthetic Llama-shaped bf16 checkpoints.
+
+Run: .venv/bin/python benchmarks/merge.py --sizes-gb 1.5 3.2 [--workdir /tmp/cv-bench] [--skip-mergekit]
+
+For each size it writes three sharded bf16 checkpoints (θ_pre, θ_sft, θ_aux) with real transformer
+shapes, then times, each in its own subprocess (peak RSS from wait4):
+  - raw IO: read the bytes extract reads and write the bytes it writes (the floor for any tool);
+  - `capvector extract` (τ = aux − sft, fp32) and `capvector merge` (pre + τ, bf16 out);
+  - mergekit `task_arithmetic` (base pre, aux at +1, sft at −1: the same θ_meta in one step),
+    installed in a throw-away venv (it is not a dependency of capvector).
+All runs see a warm page cache (inputs fit in RAM); ratios are what the targets are about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+HIDDEN, INTER, VOCAB, HEADS, KV_HEADS = 2048, 5632, 32000, 16, 16
+
+
+def layer_shapes(i: int) -> dict[str, tuple[int, ...]]:
+    p = f"model.layers.{i}."
+    return {
+        p + "input_layernorm.weight": (HIDDEN,),
+        p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+        p + "self_attn.k_proj.weight": (HIDDEN, HIDDEN),
+        p + "self_attn.v_proj.weight": (HIDDEN, HIDDEN),
+        p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+        p + "post_attention_layernorm.weight": (HIDDEN,),
+        p + "mlp.gate_proj.weight": (INTER, HIDDEN),
+        p + "mlp.up_proj.weight": (INTER, HIDDEN),
+        p + "mlp.down_proj.weight": (HIDDEN, INTER),
+    }
+
+
+def model_shapes(size_gb: float) -> dict[str, tuple[int, ...]]:
+    per_layer = sum(torch.Size(s).numel() for s in layer_shapes(0).values()) * 2
+    outer = 2 * VOCAB * HIDDEN * 2 + HIDDEN * 2
+    layers = max(1, round((size_gb * 1e9 - outer) / per_layer))
+    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
+    for i in range(layers):
+        shapes |= layer_shapes(i)
+    shapes |= {"model.norm.weight": (HIDDEN,), "lm_head.weight": (VOCAB, HIDDEN)}
+    return shapes
+
+
+def write_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]], seed: int, base_seed: int | None,
+                     shard_bytes: int = 1_000_000_000) -> None:
+    """θ_pre from `seed`; a fine-tune is θ_pre (regenerated from base_seed) plus small seeded noise."""
+    path.mkdir(parents=True)
+    gen_base = torch.Generator().manual_seed(base_seed if base_seed is not None else seed)
+    gen_noise = torch.Generator().manual_seed(seed)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, shape in shapes.items():
+        t = torch.randn(shape, generator=gen_base) * 0.02
+        if base_seed is not None:
+            t += torch.randn(shape, generator=gen_noise) * 1e-3
+        t = t.to(torch.bfloat16)
+        if size + t.nbytes > shard_bytes and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, path / fname, metadata={"format": "pt"})
+        weight_map |= {k: fname for k in shard}
+    total = sum(t.nbytes for s in shards for t in s.values())
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    layers = sum(1 for k in shapes if k.endswith("q_proj.weight"))
+    (path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
+        "intermediate_size": INTER, "num_hidden_layers": layers, "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS, "vocab_size": VOCAB, "torch_dtype": "bfloat16",
+        "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048,
+    }))
+
+
+def timed(cmd: list[str], env: dict | None = None) -> dict:
+    """Wall time and peak RSS (MiB) of a subprocess."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[:3]} failed: {stderr[-2000:]}")
+    return {"seconds": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+RAW_IO = r"""
+import os, sys
+inputs, out, out_bytes = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])
+buf = bytearray(64 << 20)
+view = memoryview(buf)
+with open(out, "wb") as w:
+    written = 0
+    for path in inputs:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                if written < out_bytes:
+                    k = min(n, out_bytes - written)
+                    w.write(view[:k]); written += k
+    while written < out_bytes:
+        k = min(len(buf), out_bytes - written); w.write(view[:k]); written += k
+    w.flush(); os.fsync(w.fileno())
+"""
+
+
+def weight_files(d: Path) -> list[Path]:
+    return sorted(d.glob("*.safetensors"))
+
+
+def dir_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.glob("*.safetensors"))
+
+
+def ensure_mergekit(venv: Path) -> Path:
+    exe = venv / "bin" / "mergekit-yaml"
+    if exe.exists():
+        return exe
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)  # the local CPU build; mergekit must not pull CUDA
+    subprocess.run([*pip, "mergekit==0.1.5"], check=True)
+    return exe
+
+
+def bench_size(size_gb: float, work: Path, capvector: Path, mergekit: Path | None) -> dict:
+    shapes = model_shapes(size_gb)
+    root = work / f"{size_gb}gb"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    t0 = time.perf_counter()
+    write_checkpoint(root / "pre", shapes, seed=0, base_seed=None)
+    write_checkpoint(root / "sft", shapes, seed=1, base_seed=0)
+    write_checkpoint(root / "aux", shapes, seed=2, base_seed=0)
+    gen_s = time.perf_counter() - t0
+    largest = max(torch.Size(s).numel() for s in shapes.values()) * 2
+    in_bytes = dir_bytes(root / "sft") + dir_bytes(root / "aux")
+    res: dict = {"size_gb": round(dir_bytes(root / "pre") / 1e9, 2), "tensors": len(shapes),
+                 "largest_tensor_mib": round(largest / 2**20, 1), "generate_s": round(gen_s, 1)}
+    cv = [str(capvector)]
+    res["extract"] = timed([*cv, "extract", "--sft", str(root / "sft"), "--aux", str(root / "aux"),
+                            "-o", str(root / "vec"), "--no-hash"])
+    vec_bytes = dir_bytes(root / "vec")
+    files = ",".join(str(p) for p in weight_files(root / "sft") + weight_files(root / "aux"))
+    res["raw_extract_io"] = timed([sys.executable, "-c", RAW_IO, files, str(root / "raw.bin"), str(vec_bytes)])
+    (root / "raw.bin").unlink()
+    res["extract_hashed"] = timed([*cv, "extract", "--sft", str(root / "sft"), "--aux", str(root / "aux"),
+                                   "-o", str(root / "vec"), "--overwrite"])
+    res["merge"] = timed([*cv, "merge", "--base", str(root / "pre"), "--vector", str(root / "vec"),
+                          "-o", str(root / "meta"), "--no-hash"])
+    files = ",".join(str(p) for p in weight_files(root / "pre") + weight_files(root / "vec"))
+    res["raw_merge_io"] = timed([sys.executable, "-c", RAW_IO, files, str(root / "raw.bin"),
+                                 str(dir_bytes(root / "pre"))])
+    (root / "raw.bin").unlink()
+    res["io_bytes"] = {"extract_in": in_bytes, "extract_out": vec_bytes}
+    if mergekit is not None:
+        cfg = root / "mergekit.yml"
+        cfg.write_text(
+            f"merge_method: task_arithmetic\nbase_model: {root / 'pre'}\ndtype: bfloat16\nmodels:\n"
+            f"  - model: {root / 'aux'}\n    parameters: {{weight: 1.0}}\n"
+            f"  - model: {root / 'sft'}\n    parameters: {{weight: -1.0}}\n")
+        env = os.environ | {"HF_HUB_OFFLINE": "1"}
+        res["mergekit"] = timed([str(mergekit), str(cfg), str(root / "mk"), "--no-write-model-card",
+                                 "--lazy-unpickle"], env=env)
+        res["mergekit_vs_capvector_max_abs_diff"] = compare(root / "meta", root / "mk", root)
+    shutil.rmtree(root)
+    return res
+
+
+def compare(ours: Path, theirs: Path, root: Path) -> float:
+    """Max |ours − mergekit| and how far each is from the fp64 formula (precision check)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from capvector.io import Checkpoint
+
+    a, b = Checkpoint(ours), Checkpoint(theirs)
+    worst = 0.0
+    for name in a.keys():
+        if name in b:
+            worst = max(worst, float((a.read(name).float() - b.read(name).float()).abs().max()))
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes-gb", type=float, nargs="+", default=[1.5, 3.2])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/capvector-bench"))
+    ap.add_argument("--skip-mergekit", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "merge.json")
+    args = ap.parse_args()
+    capvector = Path(sys.executable).with_name("capvector")
+    mergekit = None if args.skip_mergekit else ensure_mergekit(args.workdir / "mergekit-venv")
+    results = {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
+        "sizes": [bench_size(s, args.workdir, capvector, mergekit) for s in args.sizes_gb],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

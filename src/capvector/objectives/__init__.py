@@ -1,0 +1,25 @@
+"""Auxiliary training objectives (spatial alignment first) and the frozen teachers that give their targets."""
+
+from capvector.objectives.alignment import AlignmentProjector, SpatialAlignment, cosine_alignment_loss
+from capvector.objectives.teachers import (
+    DepthGeometryTeacher,
+    PrecomputedTeacher,
+    Teacher,
+    backproject_world,
+    feature_key,
+    make_teacher,
+    write_teacher_features,
+)
+
+__all__ = [
+    "AlignmentProjector",
+    "DepthGeometryTeacher",
+    "PrecomputedTeacher",
+    "SpatialAlignment",
+    "Teacher",
+    "backproject_world",
+    "cosine_alignment_loss",
+    "feature_key",
+    "make_teacher",
+    "write_teacher_features",
+]

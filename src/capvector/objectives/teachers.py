@@ -1,0 +1,191 @@
+"""Frozen geometric teachers: per-visual-token target features for the spatial-alignment objective.
+
+A teacher maps a collated batch (see the data contract in docs/policy.md) to targets of shape
+(B, V·N, D), camera-major then row-major patches, the same order as the policy's visual tokens.
+
+- `DepthGeometryTeacher`: from the simulator's metric depth, intrinsics and cam_to_world (OpenCV
+  convention), back-projects every pixel to world xyz and summarises each patch.
+- `PrecomputedTeacher`: reads features computed offline (e.g. VGGT) from safetensors files keyed
+  "<episode>/<step>" — the path a user with a real model takes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from capvector.errors import CapvectorError
+
+
+class Teacher(Protocol):
+    """Anything that turns a batch into per-token targets; it is frozen (no parameters are trained)."""
+
+    target_dim: int
+
+    def __call__(self, batch: Mapping[str, Any], grid: int) -> torch.Tensor: ...
+
+
+def _require(batch: Mapping[str, Any], key: str, dims: int) -> torch.Tensor:
+    if key not in batch:
+        raise CapvectorError(f"teacher: batch has no {key!r}; found keys {sorted(batch)}")
+    t = torch.as_tensor(batch[key])
+    if t.dim() != dims:
+        raise CapvectorError(f"teacher: batch[{key!r}] should have {dims} dims, found shape {tuple(t.shape)}")
+    return t
+
+
+def backproject_world(depth: torch.Tensor, intrinsics: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:
+    """(B,V,H,W) depth, (B,V,3,3) K, (B,V,4,4) pose → (B,V,H,W,3) world points of pixel centres."""
+    b, v, h, w = depth.shape
+    dev = depth.device
+    vs, us = torch.meshgrid(torch.arange(h, device=dev) + 0.5, torch.arange(w, device=dev) + 0.5, indexing="ij")
+    fx, fy = intrinsics[..., 0, 0], intrinsics[..., 1, 1]
+    cx, cy = intrinsics[..., 0, 2], intrinsics[..., 1, 2]
+    x = (us - cx[..., None, None]) / fx[..., None, None] * depth
+    y = (vs - cy[..., None, None]) / fy[..., None, None] * depth
+    cam = torch.stack([x, y, depth], dim=-1)  # (B,V,H,W,3)
+    rot, trans = cam_to_world[..., :3, :3], cam_to_world[..., :3, 3]
+    return torch.einsum("bvij,bvhwj->bvhwi", rot, cam) + trans[:, :, None, None, :]
+
+
+class DepthGeometryTeacher:
+    """Per patch: mean/min/max of world x, y, z and of depth (12 features), standardised per sample.
+
+    Standardising each feature over all tokens of a sample (zero mean, unit std) makes the targets
+    describe where a patch sits relative to the rest of the scene, which is what a cosine can compare.
+    Depth is clamped to [0, max_depth] (non-finite → max_depth) so sky/far-plane pixels stay bounded.
+    """
+
+    target_dim = 12
+
+    def __init__(self, max_depth: float = 10.0, standardise: bool = True) -> None:
+        self.max_depth = max_depth
+        self.standardise = standardise
+
+    @torch.no_grad()
+    def __call__(self, batch: Mapping[str, Any], grid: int) -> torch.Tensor:
+        depth = _require(batch, "depth", 4).float()
+        intr = _require(batch, "intrinsics", 4).float()
+        pose = _require(batch, "cam_to_world", 4).float()
+        b, v, h, w = depth.shape
+        if tuple(intr.shape) != (b, v, 3, 3) or tuple(pose.shape) != (b, v, 4, 4):
+            raise CapvectorError(
+                f"teacher: expected intrinsics ({b}, {v}, 3, 3) and cam_to_world ({b}, {v}, 4, 4) for depth "
+                f"{tuple(depth.shape)}; found {tuple(intr.shape)} and {tuple(pose.shape)}"
+            )
+        if h % grid or w % grid:
+            raise CapvectorError(f"teacher: depth {h}x{w} is not divisible into a {grid}x{grid} patch grid")
+        depth = torch.nan_to_num(depth, nan=self.max_depth, posinf=self.max_depth, neginf=0.0)
+        depth = depth.clamp(0.0, self.max_depth)
+        world = backproject_world(depth, intr, pose)  # (B,V,H,W,3)
+        maps = torch.cat([world.permute(0, 1, 4, 2, 3), depth.unsqueeze(2)], dim=2)  # (B,V,4,H,W)
+        maps = maps.reshape(b * v, 4, h, w)
+        k = (h // grid, w // grid)
+        feats = torch.cat(
+            [F.avg_pool2d(maps, k), -F.max_pool2d(-maps, k), F.max_pool2d(maps, k)], dim=1
+        )  # (B·V, 12, g, g): mean xyz d, min xyz d, max xyz d
+        feats = feats.reshape(b, v, 12, grid * grid).permute(0, 1, 3, 2).reshape(b, v * grid * grid, 12)
+        if self.standardise:
+            mean = feats.mean(dim=1, keepdim=True)
+            std = feats.std(dim=1, keepdim=True, unbiased=False)
+            feats = (feats - mean) / std.clamp_min(1e-6)
+        return feats
+
+
+class PrecomputedTeacher:
+    """Features from safetensors files (one file, or every *.safetensors in a directory) keyed "<episode>/<step>".
+
+    A stored tensor is (V, h, w, D) (bilinearly resampled to the policy grid when h, w differ),
+    (V·N, D) or (N, D) for one camera. Files are opened lazily; each key is read when needed.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        if not files or not all(f.is_file() for f in files):
+            raise CapvectorError(f"precomputed teacher: no safetensors feature file at {path}")
+        self.path = path
+        self._where: dict[str, Path] = {}
+        for f in files:
+            with safe_open(str(f), framework="pt") as sf:
+                for key in sf.keys():
+                    if key in self._where:
+                        raise CapvectorError(f"precomputed teacher: key {key!r} is in both {self._where[key]} and {f}")
+                    self._where[key] = f
+        if not self._where:
+            raise CapvectorError(f"precomputed teacher: {path} holds no tensors")
+        first = next(iter(self._where))
+        self.target_dim = int(self._read(first).shape[-1])
+
+    def _read(self, key: str) -> torch.Tensor:
+        if key not in self._where:
+            raise CapvectorError(f"precomputed teacher: key {key!r} not found in {self.path}")
+        with safe_open(str(self._where[key]), framework="pt") as sf:
+            return sf.get_tensor(key).float()
+
+    def _to_tokens(self, t: torch.Tensor, key: str, grid: int, views: int) -> torch.Tensor:
+        n = grid * grid
+        if t.dim() == 4:
+            if t.shape[0] != views:
+                raise CapvectorError(f"precomputed teacher: {key!r} has {t.shape[0]} views, the batch has {views}")
+            if t.shape[1:3] != (grid, grid):
+                t = F.interpolate(t.permute(0, 3, 1, 2), size=(grid, grid), mode="bilinear", align_corners=False)
+                t = t.permute(0, 2, 3, 1)
+            t = t.reshape(views * n, t.shape[-1])
+        elif t.dim() != 2 or t.shape[0] != views * n:
+            raise CapvectorError(
+                f"precomputed teacher: {key!r} has shape {tuple(t.shape)}; expected ({views}, h, w, D) or "
+                f"({views * n}, D)"
+            )
+        if t.shape[-1] != self.target_dim:
+            raise CapvectorError(f"precomputed teacher: {key!r} has width {t.shape[-1]}, expected {self.target_dim}")
+        return t
+
+    @torch.no_grad()
+    def __call__(self, batch: Mapping[str, Any], grid: int) -> torch.Tensor:
+        episodes = torch.as_tensor(_require(batch, "episode", 1)).tolist()
+        steps = torch.as_tensor(_require(batch, "step", 1)).tolist()
+        views = int(torch.as_tensor(batch["image"]).shape[1]) if "image" in batch else 1
+        rows = []
+        for e, s in zip(episodes, steps, strict=True):
+            key = feature_key(e, s)
+            rows.append(self._to_tokens(self._read(key), key, grid, views))
+        return torch.stack(rows)
+
+
+def feature_key(episode: int, step: int) -> str:
+    return f"{int(episode)}/{int(step)}"
+
+
+def write_teacher_features(path: str | Path, features: Mapping[str, torch.Tensor]) -> Path:
+    """Write a feature file for `PrecomputedTeacher` atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in features.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def make_teacher(kind: str, path: str | Path | None = None) -> Teacher:
+    """'geometry' (simulator depth) or 'precomputed' (needs `path`)."""
+    if kind == "geometry":
+        return DepthGeometryTeacher()
+    if kind == "precomputed":
+        if path is None:
+            raise CapvectorError("teacher 'precomputed' needs a feature path (--teacher-path)")
+        return PrecomputedTeacher(path)
+    raise CapvectorError(f"unknown teacher {kind!r}; expected 'geometry' or 'precomputed'")

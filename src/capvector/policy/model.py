@@ -1,0 +1,349 @@
+"""The tiny reference VLA: patch tokens + instruction token + proprio token + action queries → transformer → actions.
+
+Parameter names are grouped so capability-vector presets can select them by glob:
+
+- `vlm.vision.*`   image encoder (linear patch embedding, positional and camera embeddings)
+- `vlm.language.*` projection of the frozen instruction embedding into the trunk width
+- `vlm.trunk.*`    transformer blocks; every matrix is an `nn.Linear` named q_proj/k_proj/v_proj/o_proj/
+                   up_proj/down_proj so PEFT LoRA (or GSE) can target them by those names
+- `action_expert.*` proprio projection, K learned action queries and the L1 action-chunk head
+
+All tokens attend to all tokens (parallel decoding, as in OpenVLA-OFT): the K action-query tokens read
+the K-step action chunk out of the trunk in one forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from capvector.errors import CapvectorError
+from capvector.policy.config import PolicyConfig
+from capvector.policy.text import InstructionEmbedder, get_embedder
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.o_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.heads
+
+        def split(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, h, d // h).transpose(1, 2)
+
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(width, hidden)
+        self.down_proj = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.up_proj(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width)
+        self.attn = Attention(cfg.width, cfg.heads, cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.width)
+        self.mlp = MLP(cfg.width, int(cfg.width * cfg.mlp_ratio))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class VisionEncoder(nn.Module):
+    """Non-overlapping patches → linear embedding, plus learned per-patch position and per-camera embeddings."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.patch = cfg.patch_size
+        self.patch_embed = nn.Linear(3 * cfg.patch_size**2, cfg.width)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.pos_embed = nn.Parameter(torch.randn(cfg.tokens_per_camera, cfg.width) * 0.02)
+        self.camera_embed = nn.Parameter(torch.randn(cfg.num_cameras, cfg.width) * 0.02)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, V, 3, H, W) pixels in [0, 1] → (B, V·N, width), camera-major then row-major patches."""
+        b, v, c, hgt, wid = images.shape
+        p = self.patch
+        x = images.reshape(b, v, c, hgt // p, p, wid // p, p)
+        x = x.permute(0, 1, 3, 5, 2, 4, 6).reshape(b, v, (hgt // p) * (wid // p), c * p * p)
+        x = self.norm(self.patch_embed(x * 2.0 - 1.0))
+        x = x + self.pos_embed[None, None] + self.camera_embed[None, :, None]
+        return x.reshape(b, -1, x.shape[-1])
+
+
+class LanguageProjector(nn.Module):
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(cfg.text_dim, cfg.width)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.proj(emb).unsqueeze(1)
+
+
+class Trunk(nn.Module):
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.width)
+
+
+class VLM(nn.Module):
+    """Everything a capability-vector 'vlm' preset selects: vision, language projection, trunk."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.vision = VisionEncoder(cfg)
+        self.language = LanguageProjector(cfg)
+        self.trunk = Trunk(cfg)
+
+
+class ActionExpert(nn.Module):
+    """Proprio token, K action queries and the MLP head that reads one action per query."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.proprio_proj = nn.Linear(cfg.proprio_dim, cfg.width)
+        self.queries = nn.Parameter(torch.randn(cfg.chunk, cfg.width) * 0.02)
+        self.head_fc1 = nn.Linear(cfg.width, cfg.width)
+        self.head_fc2 = nn.Linear(cfg.width, cfg.action_dim)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head_fc2(F.gelu(self.head_fc1(h)))
+
+
+@dataclass
+class PolicyOutput:
+    actions: torch.Tensor  # (B, K, action_dim)
+    visual_hidden: torch.Tensor | None  # (B, V·N, width) at the requested layer, else None
+
+
+class TinyVLA(nn.Module, PyTorchModelHubMixin, library_name="capvector", tags=["capvector", "vla"]):
+    """A few-hundred-thousand to few-million parameter VLA for CPU experiments (see module docstring)."""
+
+    def __init__(self, config: PolicyConfig | dict | None = None) -> None:
+        super().__init__()
+        if config is None:
+            config = PolicyConfig()
+        elif isinstance(config, Mapping):
+            config = PolicyConfig.from_dict(dict(config))
+        self.config = config
+        self.vlm = VLM(config)
+        self.action_expert = ActionExpert(config)
+        self.apply(_init_linear)
+
+    # ---- inputs -------------------------------------------------------------------------------
+    @property
+    def embedder(self) -> InstructionEmbedder:
+        """The frozen, process-wide cached instruction embedder named in the config (not a submodule)."""
+        return get_embedder(self.config.embedder, self.config.text_dim)
+
+    def embed_instructions(self, instructions: list[str] | tuple[str, ...]) -> torch.Tensor:
+        device = self.action_expert.queries.device
+        return self.embedder(list(instructions)).to(device)
+
+    def _check_inputs(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor) -> None:
+        c = self.config
+        want = (c.num_cameras, 3, c.image_size, c.image_size)
+        if image.dim() != 5 or tuple(image.shape[1:]) != want:
+            raise CapvectorError(f"policy input 'image': expected (B, {', '.join(map(str, want))}), "
+                                 f"found {tuple(image.shape)}")
+        b = image.shape[0]
+        if tuple(proprio.shape) != (b, c.proprio_dim):
+            raise CapvectorError(f"policy input 'proprio': expected ({b}, {c.proprio_dim}), found {tuple(proprio.shape)}")
+        if tuple(text.shape) != (b, c.text_dim):
+            raise CapvectorError(f"policy input 'instruction embedding': expected ({b}, {c.text_dim}), "
+                                 f"found {tuple(text.shape)}")
+
+    # ---- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        image: torch.Tensor,
+        proprio: torch.Tensor,
+        instruction_embedding: torch.Tensor,
+        hidden_layer: int | None = None,
+    ) -> PolicyOutput:
+        """Predict the action chunk; optionally also return the visual tokens' hidden state at `hidden_layer`.
+
+        `image` is uint8 (B, V, 3, H, W) (or float in [0, 1]); `hidden_layer` counts like HF hidden states:
+        0 is the token embeddings, i the output of block i (1..depth).
+        """
+        self._check_inputs(image, proprio, instruction_embedding)
+        if hidden_layer is not None and not 0 <= hidden_layer <= self.config.depth:
+            raise CapvectorError(f"hidden_layer must be in [0, {self.config.depth}], found {hidden_layer}")
+        pixels = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        b = pixels.shape[0]
+        vis = self.vlm.vision(pixels)
+        n_vis = vis.shape[1]
+        tokens = torch.cat(
+            [
+                vis,
+                self.vlm.language(instruction_embedding.float()),
+                self.action_expert.proprio_proj(proprio.float()).unsqueeze(1),
+                self.action_expert.queries.unsqueeze(0).expand(b, -1, -1),
+            ],
+            dim=1,
+        )
+        captured = tokens[:, :n_vis] if hidden_layer == 0 else None
+        x = tokens
+        for i, block in enumerate(self.vlm.trunk.layers, start=1):
+            x = block(x)
+            if hidden_layer == i:
+                captured = x[:, :n_vis]
+        x = self.vlm.trunk.norm(x)
+        actions = self.action_expert.head(x[:, -self.config.chunk :])
+        return PolicyOutput(actions=actions, visual_hidden=captured)
+
+    @torch.no_grad()
+    def act(self, observation: Mapping[str, Any]) -> np.ndarray:
+        """One unbatched observation (image (V,3,H,W) uint8, proprio (4,), instruction str) → (K, 4) actions."""
+        for key in ("image", "proprio", "instruction"):
+            if key not in observation:
+                raise CapvectorError(f"observation: missing key {key!r}; found keys {sorted(observation)}")
+        instruction = observation["instruction"]
+        if not isinstance(instruction, str):
+            raise CapvectorError(f"observation 'instruction': expected str, found {type(instruction).__name__}")
+        device = self.action_expert.queries.device
+        image = torch.as_tensor(np.asarray(observation["image"])).unsqueeze(0).to(device)
+        proprio = torch.as_tensor(np.asarray(observation["proprio"], dtype=np.float32)).unsqueeze(0).to(device)
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(image, proprio, self.embed_instructions([instruction]))
+        finally:
+            self.train(was_training)
+        return out.actions[0].clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
+
+    # ---- persistence --------------------------------------------------------------------------
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Weights as safetensors, written to a temp file then renamed (the mixin writes config.json)."""
+        _atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                                 Path(save_directory) / WEIGHTS_NAME, metadata={"format": "pt"})
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = True, **kwargs: Any):
+        """Local directories only (the toolkit never downloads at run time); strict key and shape check."""
+        return load_policy(model_id, map_location=map_location)
+
+
+def _init_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_policy(model: TinyVLA, directory: str | Path) -> Path:
+    """Write `config.json` + `model.safetensors` (each atomically); the layout `TinyVLA.from_pretrained` reads."""
+    directory = Path(directory)
+    model._save_pretrained(directory)
+    _atomic_write_text(directory / CONFIG_NAME, json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def load_policy(directory: str | Path, map_location: str = "cpu") -> TinyVLA:
+    """Read a policy directory strictly: every key present, no extra keys, shapes as the config says."""
+    directory = Path(directory)
+    cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise CapvectorError(f"policy directory {directory}: missing {p.name}")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CapvectorError(f"{cfg_path}: not valid JSON ({e})") from e
+    cfg_dict = raw.get("config", raw) if isinstance(raw, dict) else None
+    if not isinstance(cfg_dict, dict):
+        raise CapvectorError(f"{cfg_path}: expected a JSON object with the policy config")
+    model = TinyVLA(PolicyConfig.from_dict(cfg_dict, source=str(cfg_path)))
+    state = load_file(str(w_path), device=map_location)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        raise CapvectorError(f"{w_path}: keys do not match the config; missing {missing[:5]}, unexpected {extra[:5]}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CapvectorError(f"{w_path}: tensor {k!r} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location).eval()
+
+
+def action_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean |pred − target| over real (mask True) steps and action dims; padded steps contribute nothing."""
+    if pred.shape != target.shape:
+        raise CapvectorError(f"action_l1: prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+    err = (pred - target.to(pred.dtype)).abs()
+    if mask is None:
+        return err.mean()
+    if tuple(mask.shape) != tuple(pred.shape[:2]):
+        raise CapvectorError(f"action_l1: mask shape {tuple(mask.shape)}, expected {tuple(pred.shape[:2])}")
+    w = mask.to(pred.dtype).unsqueeze(-1)
+    return (err * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["PolicyOutput", "TinyVLA", "action_l1", "count_parameters", "load_policy", "save_policy"]

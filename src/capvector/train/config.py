@@ -1,0 +1,79 @@
+"""Training run configuration, resolved and saved as `config.json` in the run directory."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from capvector.errors import CapvectorError
+from capvector.policy.presets import LORA_TARGETS
+
+TUNERS = ("full", "lora", "peft")
+# Fields that may differ between a run and its resumption; everything else must match.
+RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "threads",
+                     "num_workers")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a run. Two runs with equal configs (and data) see the same batches in the same order.
+
+    tuner: "full" (every policy parameter), "lora" (PEFT LoRA on the trunk's linear layers), or "peft"
+    (a PEFT config object passed to the Trainer, e.g. `capvector.gse.GSEConfig`).
+    `also_train`: globs of base-model parameter names kept trainable beside the adapters (e.g. "action_expert.*").
+    `aux_weight` > 0 turns on spatial alignment at trunk layer `aux_layer` (default ≈ 3/4 of the depth).
+    """
+
+    output_dir: str = "runs/train"
+    init: str | None = None  # policy directory to start from; None = fresh init from `seed`
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    tuner: str = "full"
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    also_train: list[str] = field(default_factory=list)
+    aux_weight: float = 0.0
+    aux_layer: int | None = None
+    aux_hidden: int | None = None
+    aux_layernorm: bool = True
+    teacher: str = "geometry"
+    teacher_path: str | None = None
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only the final checkpoint
+    keep_checkpoints: int = 2
+    num_workers: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tuner not in TUNERS:
+            raise CapvectorError(f"train config: tuner must be one of {TUNERS}, found {self.tuner!r}")
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(self, name) <= 0:
+                raise CapvectorError(f"train config: {name} must be positive, found {getattr(self, name)}")
+        if self.lr <= 0:
+            raise CapvectorError(f"train config: lr must be positive, found {self.lr}")
+        if self.aux_weight < 0:
+            raise CapvectorError(f"train config: aux_weight must be >= 0, found {self.aux_weight}")
+        if self.checkpoint_every < 0 or self.warmup_steps < 0:
+            raise CapvectorError("train config: checkpoint_every and warmup_steps must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "train config") -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CapvectorError(f"{source}: unknown keys {unknown}")
+        return cls(**data)
