@@ -66,5 +66,6 @@ class PolicyConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise CapvectorError(f"{source}: unknown policy config keys {unknown}; expected a subset of {sorted(known)}")
+            raise CapvectorError(f"{source}: unknown policy config keys {unknown}; "
+                                 f"expected a subset of {sorted(known)}")
         return cls(**data)

@@ -186,7 +186,8 @@ class TinyVLA(nn.Module, PyTorchModelHubMixin, library_name="capvector", tags=["
                                  f"found {tuple(image.shape)}")
         b = image.shape[0]
         if tuple(proprio.shape) != (b, c.proprio_dim):
-            raise CapvectorError(f"policy input 'proprio': expected ({b}, {c.proprio_dim}), found {tuple(proprio.shape)}")
+            raise CapvectorError(f"policy input 'proprio': expected ({b}, {c.proprio_dim}), "
+                                 f"found {tuple(proprio.shape)}")
         if tuple(text.shape) != (b, c.text_dim):
             raise CapvectorError(f"policy input 'instruction embedding': expected ({b}, {c.text_dim}), "
                                  f"found {tuple(text.shape)}")

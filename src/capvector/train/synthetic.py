@@ -83,7 +83,7 @@ class SyntheticDemoDataset(Dataset):
         mask = torch.arange(self.chunk) < remaining
         acts = torch.stack(actions)
         last = int(mask.sum()) - 1
-        acts[~mask] = acts[last]
+        acts[~mask] = acts[last].clone()
         views = [render(block, self.image_size, v) for v in range(self.num_cameras)]
         return {
             "image": torch.stack([x[0] for x in views]),

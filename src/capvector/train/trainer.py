@@ -1,0 +1,405 @@
+"""One trainer for full fine-tuning, PEFT LoRA and any PEFT tuner (e.g. GSE), with optional spatial alignment.
+
+Loss = action L1 + α·alignment (if `aux_weight` > 0) + Σ regularisers() + tuner aux loss (if the tuner has one).
+
+Determinism: the data order is a function of (seed, step) (`order.py`); the model, LoRA and projector
+initialisations use separate seeded RNG streams, so a plain SFT run and an aux-SFT run with the same
+seed start from the same weights and see the same batches — the assumption CapVector rests on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from capvector.errors import CapvectorError
+from capvector.objectives import SpatialAlignment, Teacher, make_teacher
+from capvector.policy import PolicyConfig, TinyVLA, action_l1, load_policy, save_policy
+from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
+from capvector.train.order import StepBatchSampler
+from capvector.train.state import (
+    PROJECTOR,
+    latest_checkpoint,
+    load_optimizer,
+    prune_checkpoints,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+Regularizer = Callable[..., torch.Tensor]  # reg() or reg(model) → scalar added to the loss
+REQUIRED_KEYS = ("image", "proprio", "instruction", "actions")
+_INIT_SEED_OFFSET = {"model": 0, "tuner": 101, "projector": 202}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    policy_dir: Path
+    steps: int
+    final_loss: float
+    history: list[dict] = field(default_factory=list)
+
+
+def _call_reg(reg: Regularizer, model: nn.Module) -> torch.Tensor:
+    """Regularisers may take no argument (`reg()`, as the orthogonal regulariser does) or the model."""
+    try:
+        params = inspect.signature(reg).parameters.values()
+        wants_model = any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                                           p.POSITIONAL_OR_KEYWORD) for p in params)
+    except (TypeError, ValueError):
+        wants_model = False
+    return reg(model) if wants_model else reg()
+
+
+def tuner_aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """The tuner's own auxiliary loss, already weighted by the tuner's config (GSE load balancing).
+
+    Seam for `capvector.gse`: a PEFT model whose tuner defines `gse_aux_loss()` gets it added to the loss.
+    """
+    fn = getattr(model, "gse_aux_loss", None)
+    return fn() if callable(fn) else None
+
+
+class _LossModule(nn.Module):
+    """Policy (+ projector) in one module so DDP synchronises every trained parameter."""
+
+    def __init__(self, model: nn.Module, alignment: SpatialAlignment | None) -> None:
+        super().__init__()
+        self.model = model
+        self.alignment = alignment
+
+    def forward(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor, actions: torch.Tensor,
+                mask: torch.Tensor | None, targets: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        layer = self.alignment.layer if self.alignment is not None else None
+        out = self.model(image, proprio, text, hidden_layer=layer)
+        l1 = action_l1(out.actions, actions, mask)
+        parts = {"action_l1": l1}
+        total = l1
+        if self.alignment is not None:
+            align = self.alignment(out.visual_hidden, targets)
+            parts["align"] = align
+            total = total + self.alignment.weight * align
+        return total, parts
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to `min_ratio` at the last step."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Train a `TinyVLA` (or resume a run) on a dataset that follows the data contract.
+
+    `policy`: a model to start from (else `config.init`, else a fresh `TinyVLA(policy_config)`).
+    `peft_config`: used with tuner "peft" (any PEFT config, e.g. GSE); tuner "lora" builds a LoraConfig.
+    `regularizers`: name → callable added to the loss every step (e.g. the orthogonal regulariser).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: Dataset,
+        policy: TinyVLA | None = None,
+        policy_config: PolicyConfig | None = None,
+        peft_config: Any = None,
+        regularizers: Mapping[str, Regularizer] | None = None,
+        teacher: Teacher | None = None,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        self.cfg = config
+        self.dataset = dataset
+        self.regularizers = dict(regularizers or {})
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.run_dir = Path(config.output_dir)
+        self.policy = self._build_policy(policy, policy_config)
+        self.model = self._apply_tuner(peft_config)
+        if teacher is None and config.aux_weight > 0:
+            teacher = make_teacher(config.teacher, config.teacher_path)
+        self.teacher = teacher
+        self.alignment = self._build_alignment()
+        self.loss_module = _LossModule(self.model, self.alignment)
+        self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not self.trainable:
+            raise CapvectorError("nothing to train: no parameter requires grad after applying the tuner")
+        params = [p for _, p in self.trainable]
+        if self.alignment is not None:
+            params += list(self.alignment.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(config.beta1, config.beta2),
+                                           weight_decay=config.weight_decay)
+        self.loss_module, self.optimizer = self.accelerator.prepare(self.loss_module, self.optimizer)
+        self.step = 0
+        self.history: list[dict] = []
+
+    # ---- construction -------------------------------------------------------------------------
+    def _build_policy(self, policy: TinyVLA | None, policy_config: PolicyConfig | None) -> TinyVLA:
+        with torch.random.fork_rng():
+            torch.manual_seed(self.cfg.seed + _INIT_SEED_OFFSET["model"])
+            if policy is None:
+                policy = load_policy(self.cfg.init) if self.cfg.init else TinyVLA(policy_config or PolicyConfig())
+        return policy.train()
+
+    def _apply_tuner(self, peft_config: Any) -> nn.Module:
+        cfg = self.cfg
+        if cfg.tuner == "full":
+            if peft_config is not None:
+                raise CapvectorError("a PEFT config was given but tuner is 'full'; use tuner 'peft'")
+            for p in self.policy.parameters():
+                p.requires_grad_(True)
+            return self.policy
+        from peft import LoraConfig, get_peft_model
+
+        if cfg.tuner == "lora":
+            if peft_config is not None:
+                raise CapvectorError("tuner 'lora' builds its own LoraConfig; pass a config with tuner 'peft'")
+            peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                     target_modules=list(cfg.lora_targets), bias="none")
+        elif peft_config is None:
+            raise CapvectorError("tuner 'peft' needs a PEFT config object (e.g. capvector.gse.GSEConfig)")
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed + _INIT_SEED_OFFSET["tuner"])
+            model = get_peft_model(self.policy, peft_config)
+        for name, p in self.policy.named_parameters():
+            if any(fnmatchcase(name, g) for g in cfg.also_train):
+                p.requires_grad_(True)
+        return model
+
+    def _build_alignment(self) -> SpatialAlignment | None:
+        cfg, pc = self.cfg, self.policy.config
+        if cfg.aux_weight == 0:
+            return None
+        layer = cfg.aux_layer if cfg.aux_layer is not None else max(1, round(0.75 * pc.depth))
+        if not 0 <= layer <= pc.depth:
+            raise CapvectorError(f"aux_layer must be in [0, {pc.depth}] for this policy, found {layer}")
+        teacher_dim = self.teacher.target_dim
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed + _INIT_SEED_OFFSET["projector"])
+            return SpatialAlignment(pc.width, teacher_dim, layer, cfg.aux_weight, cfg.aux_hidden, cfg.aux_layernorm)
+
+    # ---- batches ------------------------------------------------------------------------------
+    def _loader(self, start: int, stop: int) -> DataLoader:
+        acc = self.accelerator
+        sampler = StepBatchSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, start, stop,
+                                   acc.process_index, acc.num_processes)
+        return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=default_collate,
+                          num_workers=self.cfg.num_workers)
+
+    def _prepare(self, batch: Mapping[str, Any]) -> tuple:
+        missing = [k for k in REQUIRED_KEYS if k not in batch]
+        if missing:
+            raise CapvectorError(f"training batch is missing keys {missing}; found {sorted(batch)}")
+        dev = self.accelerator.device
+        instructions = batch["instruction"]
+        if isinstance(instructions, str):
+            instructions = [instructions]
+        text = self.policy.embed_instructions(list(instructions)).to(dev)
+        mask = batch.get("action_mask")
+        targets = None
+        if self.alignment is not None:
+            targets = self.teacher(batch, self.policy.config.grid).to(dev)
+        return (batch["image"].to(dev), batch["proprio"].to(dev), text, batch["actions"].to(dev),
+                None if mask is None else mask.to(dev), targets)
+
+    # ---- state --------------------------------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.trainable}
+
+    def _save(self, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        proj = self.alignment.state_dict() if self.alignment is not None else None
+        save_checkpoint(self.run_dir / "checkpoints", step, self._trainable_state(), self.optimizer, proj,
+                        {"config": self.cfg.to_dict()})
+        prune_checkpoints(self.run_dir / "checkpoints", self.cfg.keep_checkpoints)
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir / "checkpoints")
+        if ckpt is None:
+            return
+        state, trainable, opt_tensors, proj, rng = read_checkpoint(ckpt)
+        saved = dict(state.get("config", {}))
+        now = self.cfg.to_dict()
+        diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+        if diff:
+            raise CapvectorError(f"cannot resume {ckpt}: config differs in {diff} "
+                                 f"(saved {[saved.get(k) for k in diff]}, now {[now[k] for k in diff]})")
+        names = {n for n, _ in self.trainable}
+        if set(trainable) != names:
+            missing, extra = sorted(names - set(trainable))[:5], sorted(set(trainable) - names)[:5]
+            raise CapvectorError(f"checkpoint {ckpt}: trainable tensors differ from this run "
+                                 f"(missing {missing}, extra {extra})")
+        with torch.no_grad():
+            for n, p in self.trainable:
+                p.copy_(trainable[n].to(p.device))
+            if self.alignment is not None:
+                if proj is None:
+                    raise CapvectorError(f"checkpoint {ckpt}: no {PROJECTOR} but this run uses the alignment loss")
+                self.alignment.load_state_dict(proj)
+        load_optimizer(self.optimizer, opt_tensors, state["param_groups"])
+        torch.set_rng_state(rng)
+        self.step = int(state["step"])
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file() or not self.accelerator.is_main_process:
+            return
+        kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        _atomic_write(path, "".join(ln + "\n" for ln in kept))
+        self.history = [json.loads(ln) for ln in kept]
+
+    def _write_config(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        resolved = {"train": self.cfg.to_dict(), "policy": self.policy.config.to_dict(),
+                    "tuner": type(self.model).__name__, "processes": self.accelerator.num_processes,
+                    "regularizers": sorted(self.regularizers),
+                    "aux_layer": self.alignment.layer if self.alignment is not None else None,
+                    "trainable_parameters": sum(p.numel() for _, p in self.trainable)}
+        _atomic_write(self.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+
+    # ---- training -----------------------------------------------------------------------------
+    def train(self, resume: bool = True, stop_at: int | None = None) -> TrainResult:
+        """Train to `config.steps` (or stop early at `stop_at`, e.g. to test resumption); returns the run summary."""
+        cfg, acc = self.cfg, self.accelerator
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._resume()
+        self._write_config()
+        end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        metrics_path = self.run_dir / "metrics.jsonl"
+        progress = _Progress(cfg.progress and acc.is_main_process, self.step, cfg.steps)
+        t_last, samples = time.perf_counter(), 0
+        last_loss = float("nan")
+        self.loss_module.train()
+        with progress:
+            for batch in self._loader(self.step, end):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(self.step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+                loss, parts = self.loss_module(*self._prepare(batch))
+                for name, reg in self.regularizers.items():
+                    value = _call_reg(reg, self.model)
+                    parts[f"reg/{name}"] = value
+                    loss = loss + value
+                aux = tuner_aux_loss(self.model)
+                if aux is not None:
+                    parts["tuner_aux"] = aux
+                    loss = loss + aux
+                self.optimizer.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                grad_norm = acc.clip_grad_norm_(self._clip_params(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+                self.optimizer.step()
+                self.step += 1
+                samples += cfg.batch_size
+                last_loss = float(acc.reduce(loss.detach(), "mean"))
+                if self.step % cfg.log_every == 0 or self.step == end:
+                    now = time.perf_counter()
+                    record = {"step": self.step, "loss": last_loss,
+                              **{k: float(acc.reduce(v.detach(), "mean")) for k, v in parts.items()},
+                              "lr": self.optimizer.param_groups[0]["lr"],
+                              "grad_norm": None if grad_norm is None else float(grad_norm),
+                              "samples_per_s": samples / max(now - t_last, 1e-9)}
+                    t_last, samples = now, 0
+                    self.history.append(record)
+                    if acc.is_main_process:
+                        with open(metrics_path, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                    progress.update(self.step, record)
+                else:
+                    progress.update(self.step, None)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
+                    self._save(self.step)
+        acc.wait_for_everyone()
+        self._save(self.step)
+        policy_dir = self.export(self.run_dir / "policy") if self.step >= cfg.steps else self.run_dir / "policy"
+        return TrainResult(self.run_dir, policy_dir, self.step, last_loss, list(self.history))
+
+    def _clip_params(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def export(self, directory: Path) -> Path:
+        """Save the trained policy as a plain `TinyVLA` directory (adapters merged), plus the adapter and projector.
+
+        The policy directory is what `capvector extract/merge` and evaluation read; the alignment
+        projector goes beside it (`aux_projector.safetensors` in the run dir), never inside it.
+        """
+        if not self.accelerator.is_main_process:
+            return directory
+        if self.model is self.policy:
+            save_policy(self.policy, directory)
+        else:
+            import copy
+
+            self.model.save_pretrained(str(self.run_dir / "adapter"))
+            merged = copy.deepcopy(self.model).merge_and_unload()
+            save_policy(merged, directory)
+        if self.alignment is not None:
+            from capvector.policy.model import _atomic_save_safetensors
+
+            _atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in self.alignment.state_dict().items()},
+                                     self.run_dir / PROJECTOR)
+        return directory
+
+
+class _Progress:
+    """A rich progress bar with loss and throughput; silent when disabled or not on a terminal."""
+
+    def __init__(self, enabled: bool, start: int, total: int) -> None:
+        import sys
+
+        self.enabled = enabled and sys.stderr.isatty()
+        self.start, self.total = start, total
+        self._bar = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("", total=self.total, completed=self.start, info="")
+        return self
+
+    def update(self, step: int, record: dict | None) -> None:
+        if self._bar is None:
+            return
+        info = None
+        if record is not None:
+            info = f"loss {record['loss']:.4f}  {record['samples_per_s']:.0f} samples/s"
+        self._bar.update(self._task, completed=step, **({"info": info} if info else {}))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
