@@ -1,9 +1,11 @@
 """Training: one trainer for full / LoRA / PEFT-tuner fine-tuning with optional spatial alignment and regularisers."""
 
+from capvector.train.cli import open_dataset, train_command
 from capvector.train.config import TrainConfig
 from capvector.train.order import global_batch
 from capvector.train.synthetic import SyntheticDemoDataset
 from capvector.train.trainer import Trainer, TrainResult, lr_factor, tuner_aux_loss
 
-__all__ = ["SyntheticDemoDataset", "TrainConfig", "TrainResult", "Trainer", "global_batch", "lr_factor",
+__all__ = ["SyntheticDemoDataset", "TrainConfig", "TrainResult", "Trainer", "global_batch", "lr_factor", "open_dataset",
+           "train_command",
            "tuner_aux_loss"]

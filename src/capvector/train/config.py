@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from capvector.errors import CapvectorError
 from capvector.policy.presets import LORA_TARGETS
 
-TUNERS = ("full", "lora", "peft")
+TUNERS = ("full", "lora", "gse", "peft")
 # Fields that may differ between a run and its resumption; everything else must match.
 RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "threads",
                      "num_workers")
@@ -17,8 +17,9 @@ RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "keep_checkpoints
 class TrainConfig:
     """Everything that determines a run. Two runs with equal configs (and data) see the same batches in the same order.
 
-    tuner: "full" (every policy parameter), "lora" (PEFT LoRA on the trunk's linear layers), or "peft"
-    (a PEFT config object passed to the Trainer, e.g. `capvector.gse.GSEConfig`).
+    tuner: "full" (every policy parameter), "lora" (PEFT LoRA on the trunk's linear layers), "gse"
+    (`capvector.gse.GSEConfig(target_modules=lora_targets, **gse_options)` through PEFT) or "peft"
+    (any PEFT config object passed to the Trainer).
     `also_train`: globs of base-model parameter names kept trainable beside the adapters (e.g. "action_expert.*").
     `aux_weight` > 0 turns on spatial alignment at trunk layer `aux_layer` (default ≈ 3/4 of the depth).
     """
@@ -40,6 +41,7 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    gse_options: dict = field(default_factory=dict)
     also_train: list[str] = field(default_factory=list)
     aux_weight: float = 0.0
     aux_layer: int | None = None

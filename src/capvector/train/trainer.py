@@ -150,6 +150,10 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
 
+    def add_regularizer(self, name: str, reg: Regularizer) -> None:
+        """Add a loss term built from the tuned model, e.g. `OrthogonalRegularizer.from_vector(trainer.model, ...)`."""
+        self.regularizers[name] = reg
+
     # ---- construction -------------------------------------------------------------------------
     def _build_policy(self, policy: TinyVLA | None, policy_config: PolicyConfig | None) -> TinyVLA:
         with torch.random.fork_rng():
@@ -173,6 +177,14 @@ class Trainer:
                 raise CapvectorError("tuner 'lora' builds its own LoraConfig; pass a config with tuner 'peft'")
             peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                      target_modules=list(cfg.lora_targets), bias="none")
+        elif cfg.tuner == "gse":
+            if peft_config is not None:
+                raise CapvectorError("tuner 'gse' builds its own GSEConfig; pass a config with tuner 'peft'")
+            try:
+                from capvector.gse import GSEConfig
+            except ImportError as e:
+                raise CapvectorError("tuner 'gse' needs capvector.gse (the VLA-GSE tuner); not available") from e
+            peft_config = GSEConfig(target_modules=list(cfg.lora_targets), **cfg.gse_options)
         elif peft_config is None:
             raise CapvectorError("tuner 'peft' needs a PEFT config object (e.g. capvector.gse.GSEConfig)")
         with torch.random.fork_rng():
