@@ -330,8 +330,13 @@ def load_policy(directory: str | Path, map_location: str = "cpu") -> TinyVLA:
     return model.to(map_location).eval()
 
 
-def action_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean |pred − target| over real (mask True) steps and action dims; padded steps contribute nothing."""
+def action_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+              denominator: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Mean |pred − target| over real (mask True) steps and action dims; padded steps contribute nothing.
+
+    `denominator` replaces the local count of real entries (data-parallel training passes the global
+    count divided by the number of processes, so averaging the processes' losses gives the global mean).
+    """
     if pred.shape != target.shape:
         raise CapvectorError(f"action_l1: prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
     err = (pred - target.to(pred.dtype)).abs()
@@ -340,7 +345,9 @@ def action_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     if tuple(mask.shape) != tuple(pred.shape[:2]):
         raise CapvectorError(f"action_l1: mask shape {tuple(mask.shape)}, expected {tuple(pred.shape[:2])}")
     w = mask.to(pred.dtype).unsqueeze(-1)
-    return (err * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
+    if denominator is None:
+        denominator = (w.sum() * pred.shape[-1]).clamp_min(1.0)
+    return (err * w).sum() / denominator
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -83,10 +83,11 @@ class _LossModule(nn.Module):
         self.alignment = alignment
 
     def forward(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor, actions: torch.Tensor,
-                mask: torch.Tensor | None, targets: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+                mask: torch.Tensor | None, targets: torch.Tensor | None,
+                l1_denominator: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         layer = self.alignment.layer if self.alignment is not None else None
         out = self.model(image, proprio, text, hidden_layer=layer)
-        l1 = action_l1(out.actions, actions, mask)
+        l1 = action_l1(out.actions, actions, mask, l1_denominator)
         parts = {"action_l1": l1}
         total = l1
         if self.alignment is not None:
@@ -228,8 +229,15 @@ class Trainer:
         targets = None
         if self.alignment is not None:
             targets = self.teacher(batch, self.policy.config.grid).to(dev)
-        return (batch["image"].to(dev), batch["proprio"].to(dev), text, batch["actions"].to(dev),
-                None if mask is None else mask.to(dev), targets)
+        denominator = None
+        if mask is not None:
+            mask = mask.to(dev)
+            if self.accelerator.num_processes > 1:
+                # Global count of real action entries / processes: the processes' mean loss is the global mean.
+                count = self.accelerator.reduce(mask.sum().float() * batch["actions"].shape[-1], "sum")
+                denominator = count.clamp_min(1.0) / self.accelerator.num_processes
+        return (batch["image"].to(dev), batch["proprio"].to(dev), text, batch["actions"].to(dev), mask, targets,
+                denominator)
 
     # ---- state --------------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,52 @@
+"""Two CPU processes (gloo, launched by torchrun, driven by accelerate) follow the same loss curve as one."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    from capvector.policy import PolicyConfig
+    from capvector.train import SyntheticDemoDataset, Trainer, TrainConfig
+    cfg = TrainConfig(output_dir=sys.argv[1], steps=4, batch_size=8, lr=3e-3, warmup_steps=1, log_every=1,
+                      progress=False, seed=1, aux_weight=0.5, aux_layer=1)
+    Trainer(cfg, SyntheticDemoDataset(length=32, chunk=4),
+            policy_config=PolicyConfig(width=32, depth=2, heads=2, embedder="hash", chunk=4)).train()
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _curve(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["action_l1"], r["align"]) for r in rows]
+
+
+def test_two_processes_match_one(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+                          str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["processes"] == 2
+    c1, c2 = _curve(tmp_path / "one"), _curve(tmp_path / "two")
+    assert [r[0] for r in c1] == [r[0] for r in c2] == [1, 2, 3, 4]
+    for a, b in zip(c1, c2, strict=True):
+        assert a[1:] == pytest.approx(b[1:], rel=1e-4, abs=1e-5)
