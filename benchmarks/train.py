@@ -1,0 +1,115 @@
+"""Training throughput and peak memory of the tiny VLA on CPU: full / LoRA / +aux (and GSE, +orth when available).
+
+Each mode runs in its own process (so peak RSS is its own) through the real `Trainer`, on samples
+generated once and held in memory (data generation is not timed). The first half of the steps is
+warm-up; samples/s is measured over the second half. Ratios are relative to full fine-tuning.
+
+    python benchmarks/train.py [--threads 2] [--batch-size 64] [--steps 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+MODES = {
+    "full": {"tuner": "full"},
+    "full+aux": {"tuner": "full", "aux_weight": 0.5},
+    "lora": {"tuner": "lora", "lora_r": 16},
+    "lora+aux": {"tuner": "lora", "lora_r": 16, "aux_weight": 0.5},
+    "gse": {"tuner": "gse"},
+}
+
+
+def _child(mode: str, threads: int, batch: int, steps: int, width: int, depth: int, cameras: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    from torch.utils.data import Dataset
+
+    from capvector.policy import PolicyConfig
+    from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
+
+    if mode == "gse":
+        try:
+            import capvector.gse  # noqa: F401
+        except ImportError:
+            return {"mode": mode, "skipped": "capvector.gse not available"}
+
+    class InMemory(Dataset):
+        def __init__(self, src, n):
+            self.items = [src[i] for i in range(n)]
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    pcfg = PolicyConfig(width=width, depth=depth, heads=max(1, width // 32), num_cameras=cameras, embedder="hash")
+    data = InMemory(SyntheticDemoDataset(length=4 * batch, num_cameras=cameras, chunk=pcfg.chunk), 4 * batch)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    half = steps // 2
+    with tempfile.TemporaryDirectory() as d:
+        cfg = TrainConfig(output_dir=d, steps=steps, batch_size=batch, log_every=half, progress=False,
+                          **MODES[mode])
+        trainer = Trainer(cfg, data, policy_config=pcfg)
+        t = time.perf_counter()
+        result = trainer.train()
+        wall = time.perf_counter() - t
+        trainable = sum(p.numel() for _, p in trainer.trainable)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"mode": mode, "samples_per_s": result.history[-1]["samples_per_s"],
+            "step_ms": 1000 * batch / result.history[-1]["samples_per_s"], "wall_s": wall,
+            "trainable_params": trainable, "peak_rss_mb": rss1 / 1024, "train_rss_growth_mb": (rss1 - rss0) / 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--cameras", type=int, default=1)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(_child(a.child, a.threads, a.batch_size, a.steps, a.width, a.depth, a.cameras)))
+        return
+    rows = []
+    for mode in a.modes.split(","):
+        cmd = [sys.executable, __file__, "--child", mode, "--threads", str(a.threads), "--batch-size",
+               str(a.batch_size), "--steps", str(a.steps), "--width", str(a.width), "--depth", str(a.depth),
+               "--cameras", str(a.cameras)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    base = next((r for r in rows if r["mode"] == "full" and "skipped" not in r), None)
+    print(f"# tiny VLA training, width {a.width}, depth {a.depth}, {a.cameras} camera(s), batch {a.batch_size}, "
+          f"{a.threads} threads, {platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}")
+    print("| mode | trainable params | samples/s | ms/step | step time vs full | peak RSS MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        if "skipped" in r:
+            print(f"| {r['mode']} | skipped: {r['skipped']} | | | | |")
+            continue
+        ratio = r["step_ms"] / base["step_ms"] if base else float("nan")
+        print(f"| {r['mode']} | {r['trainable_params']:,} | {r['samples_per_s']:.0f} | {r['step_ms']:.0f} | "
+              f"{ratio:.2f}× | {r['peak_rss_mb']:.0f} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"args": vars(a), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
