@@ -4,6 +4,7 @@ from capvector.io.checkpoint import Checkpoint, TensorInfo
 from capvector.io.writer import (
     AtomicOutputDir,
     BackgroundWriter,
+    BufferPool,
     ShardedWriter,
     ShardPlan,
     parse_size,
@@ -13,6 +14,7 @@ from capvector.io.writer import (
 __all__ = [
     "AtomicOutputDir",
     "BackgroundWriter",
+    "BufferPool",
     "Checkpoint",
     "ShardPlan",
     "ShardedWriter",

@@ -53,10 +53,10 @@ class _SafetensorsFile:
         self.entries: dict[str, TensorEntry] = {e.name: e for e in entries}
         self._handle: BinaryIO | None = None
 
-    def read_flat(self, name: str, start: int, count: int) -> torch.Tensor:
+    def read_flat(self, name: str, start: int, count: int, into: torch.Tensor | None = None) -> torch.Tensor:
         if self._handle is None:
             self._handle = open(self.path, "rb")
-        return read_range(self._handle, self.path, self.entries[name], start, count)
+        return read_range(self._handle, self.path, self.entries[name], start, count, into)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -88,7 +88,7 @@ class _PickleFile:
             raise CapvectorError(f"{path}: expected a state dict mapping names to tensors")
         self.tensors: dict[str, torch.Tensor] = obj
 
-    def read_flat(self, name: str, start: int, count: int) -> torch.Tensor:
+    def read_flat(self, name: str, start: int, count: int, into: torch.Tensor | None = None) -> torch.Tensor:
         return self.tensors[name].reshape(-1)[start : start + count].clone()
 
     def close(self) -> None:
@@ -235,14 +235,19 @@ class Checkpoint:
         except KeyError:
             raise CapvectorError(f"{self.path}: no tensor named {name!r}") from None
 
-    def read_flat(self, name: str, start: int = 0, count: int | None = None) -> torch.Tensor:
-        """Elements [start, start+count) of a tensor, flat, in its stored dtype."""
+    def read_flat(
+        self, name: str, start: int = 0, count: int | None = None, into: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Elements [start, start+count) of a tensor, flat, in its stored dtype.
+
+        `into`: optional reusable uint8 scratch buffer the bytes are read into (safetensors only).
+        """
         info = self.info(name)
         if count is None:
             count = info.numel - start
         if start < 0 or count < 0 or start + count > info.numel:
             raise ValueError(f"{name!r}: range [{start}, {start + count}) outside its {info.numel} elements")
-        return self._files[info.file].read_flat(name, start, count)
+        return self._files[info.file].read_flat(name, start, count, into)
 
     def read(self, name: str) -> torch.Tensor:
         """A whole tensor in its stored dtype and shape."""

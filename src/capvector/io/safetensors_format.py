@@ -114,11 +114,17 @@ def _parse_entry(path: Path, name: str, info: object, data_start: int, data_len:
     return TensorEntry(name, dtype, shape, data_start + begin, data_start + end)
 
 
-def read_range(f: BinaryIO, path: Path, entry: TensorEntry, start: int, count: int) -> torch.Tensor:
-    """Read elements [start, start+count) of a tensor as a flat tensor of its own dtype."""
+def read_range(
+    f: BinaryIO, path: Path, entry: TensorEntry, start: int, count: int, into: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Read elements [start, start+count) of a tensor as a flat tensor of its own dtype.
+
+    `into` is a reusable uint8 scratch buffer (at least the chunk's bytes): streaming loops pass one
+    so that no fresh, page-faulting allocation happens per chunk.
+    """
     size = itemsize(entry.dtype)
     nbytes = count * size
-    buf = torch.empty(nbytes, dtype=torch.uint8)
+    buf = torch.empty(nbytes, dtype=torch.uint8) if into is None else into[:nbytes]
     f.seek(entry.begin + start * size)
     got = f.readinto(memoryview(buf.numpy()))
     if got != nbytes:

@@ -9,6 +9,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -163,6 +164,25 @@ class ShardedWriter:
             (self.directory / self.plan.index_name).write_text(json.dumps(index, indent=2) + "\n")
 
 
+class BufferPool:
+    """A fixed set of reusable byte buffers passed from the compute thread to the writer thread.
+
+    Fresh multi-MB allocations page-fault on every chunk; recycling a few buffers avoids that and
+    bounds memory. The writer returns a buffer to the pool once its bytes are on disk.
+    """
+
+    def __init__(self, nbytes: int, count: int = 4) -> None:
+        self._free: queue.Queue[torch.Tensor] = queue.Queue()
+        for _ in range(count):
+            self._free.put(torch.empty(nbytes, dtype=torch.uint8))
+
+    def acquire(self) -> torch.Tensor:
+        return self._free.get()
+
+    def release(self, buf: torch.Tensor) -> None:
+        self._free.put(buf)
+
+
 class BackgroundWriter:
     """Runs a `ShardedWriter` on its own thread so disk writes overlap with the arithmetic.
 
@@ -179,16 +199,20 @@ class BackgroundWriter:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
+            name, flat, done = item
             if self._error is None:
                 try:
-                    self._writer.write(*item)
+                    self._writer.write(name, flat)
                 except BaseException as e:  # re-raised in the caller
                     self._error = e
+            if done is not None:
+                done()
 
-    def write(self, name: str, flat: torch.Tensor) -> None:
+    def write(self, name: str, flat: torch.Tensor, done: Callable[[], None] | None = None) -> None:
+        """Queue a chunk; `done` runs on the writer thread once the chunk's memory may be reused."""
         if self._error is not None:
             raise self._error
-        self._queue.put((name, flat))
+        self._queue.put((name, flat, done))
 
     def close(self) -> None:
         self._queue.put(None)

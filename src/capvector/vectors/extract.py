@@ -5,20 +5,29 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from capvector import __version__
 from capvector.errors import CapvectorError
-from capvector.io import AtomicOutputDir, BackgroundWriter, Checkpoint, ShardedWriter, parse_size, plan_resharded
+from capvector.io import (
+    AtomicOutputDir,
+    BackgroundWriter,
+    BufferPool,
+    Checkpoint,
+    ShardedWriter,
+    parse_size,
+    plan_resharded,
+)
 from capvector.io.hashing import BackgroundHasher
 from capvector.io.peft_adapter import LoraAdapter
 from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
 from capvector.selection import Selection, make_selection
 from capvector.vectors.format import FACTOR_A, FACTOR_B, FORMAT, FORMAT_VERSION, META_FILE
-from capvector.vectors.stats import RunningStats, row_chunks
+from capvector.vectors.stats import RunningStats, max_chunk_elements, row_chunks
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -165,6 +174,7 @@ class _DenseBuilder:
     def __init__(self, sft: Checkpoint, aux: Checkpoint) -> None:
         self.sft, self.aux = sft, aux
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self._scratch: tuple[torch.Tensor, torch.Tensor, BufferPool] | None = None
 
     def plan(self, selection: Selection, allow_missing: bool, out_dtype: torch.dtype, lora_storage: str):
         s_names, a_names = selection.filter(self.sft.keys()), selection.filter(self.aux.keys())
@@ -217,18 +227,36 @@ class _DenseBuilder:
         si, ai = self.sft.info(name), self.aux.info(name)
         return si.numel * si.dtype.itemsize + ai.numel * ai.dtype.itemsize
 
-    def write(self, name, writer: ShardedWriter, out_dtype, total: RunningStats, bar) -> dict:
+    def write(self, name, writer: BackgroundWriter, out_dtype, total: RunningStats, bar) -> dict:
+        scratch_a, scratch_s, pool = self._buffers()
         stats = RunningStats()
         for start, count in row_chunks(self.shapes[name]):
-            d = self.aux.read_flat(name, start, count).float()
-            d.sub_(self.sft.read_flat(name, start, count).float())
+            out_buf = pool.acquire()
+            d = out_buf[: count * 4].view(torch.float32)
+            d.copy_(self.aux.read_flat(name, start, count, into=scratch_a))
+            d.sub_(self.sft.read_flat(name, start, count, into=scratch_s))  # mixed dtype, computed in fp32
             if not stats.update(d):  # NaN/Inf in either input propagates into d
+                pool.release(out_buf)
                 self._raise_non_finite(name, start, count)
-            writer.write(name, d.to(out_dtype))
+            if out_dtype == torch.float32:
+                writer.write(name, d, done=partial(pool.release, out_buf))
+            else:
+                converted = d.to(out_dtype)
+                pool.release(out_buf)
+                writer.write(name, converted)
             bar.advance(count * (self.sft.info(name).dtype.itemsize + self.aux.info(name).dtype.itemsize))
         total.sumsq += stats.sumsq
         total.numel += stats.numel
         return {"shape": list(self.shapes[name]), "storage": "dense", **stats.to_json()}
+
+    def _buffers(self) -> tuple[torch.Tensor, torch.Tensor, BufferPool]:
+        """Two input scratch buffers and an output pool, sized for the largest chunk, made once."""
+        if self._scratch is None:
+            chunk = max_chunk_elements(list(self.shapes.values()))
+            item = max(max(self.aux.info(n).dtype.itemsize, self.sft.info(n).dtype.itemsize) for n in self.shapes)
+            scratch = (torch.empty(chunk * item, dtype=torch.uint8), torch.empty(chunk * item, dtype=torch.uint8))
+            self._scratch = (*scratch, BufferPool(chunk * 4))
+        return self._scratch
 
 
 class _LoraBuilder:
@@ -313,7 +341,7 @@ class _LoraBuilder:
                 out.add_(ad.checkpoint.read(ad.dense[name]).float(), alpha=sign)
         return out
 
-    def write(self, name, writer: ShardedWriter, out_dtype, total: RunningStats, bar) -> dict:
+    def write(self, name, writer: BackgroundWriter, out_dtype, total: RunningStats, bar) -> dict:
         factored = self.storage == "factored" and (name in self.aux.modules or name in self.sft.modules)
         stats = RunningStats()
         entry: dict = {"shape": list(self.shapes[name])}

@@ -64,10 +64,14 @@ class CapabilityVector:
         a = self.checkpoint.read(name + FACTOR_A).float()
         return b, a
 
-    def read_flat(self, name: str, start: int, count: int) -> torch.Tensor:
-        """fp32 elements [start, start+count) of τ[name]; row-aligned chunks for factored tensors."""
+    def read_flat(self, name: str, start: int, count: int, into: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 elements [start, start+count) of τ[name]; row-aligned chunks for factored tensors.
+
+        `into`: reusable uint8 scratch buffer for dense tensors (fp32-stored chunks land there as-is).
+        """
         if not self.is_factored(name):
-            return self.checkpoint.read_flat(name, start, count).float()
+            t = self.checkpoint.read_flat(name, start, count, into)
+            return t if t.dtype == torch.float32 else t.float()
         cols = self.shape(name)[-1]
         if start % cols or count % cols:
             raise ValueError(f"factored tensor {name!r} must be read in whole rows")

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from capvector.errors import CapvectorError
 from capvector.io import (
     AtomicOutputDir,
     BackgroundWriter,
+    BufferPool,
     Checkpoint,
     ShardedWriter,
     ShardPlan,
@@ -29,7 +31,7 @@ from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
 from capvector.vectors.extract import _first, parse_dtype
 from capvector.vectors.format import CapabilityVector
-from capvector.vectors.stats import row_chunks
+from capvector.vectors.stats import max_chunk_elements, row_chunks
 
 RECIPE_FILE = "capvector-merge.json"
 WeightSpec = float | Mapping[str, float]
@@ -104,9 +106,10 @@ def merge(
         with AtomicOutputDir(output, overwrite, inputs=[Path(base), *(v.path for v in items)]) as tmp:
             out_dtypes = {spec[0]: spec[1] for spec in specs}
             sharded = ShardedWriter(tmp, plan, {"format": "pt"})
+            buffers = _MergeBuffers(base_ckpt, out_dtypes, opened)
             with BackgroundWriter(sharded) as writer, ByteProgress("merge", total_bytes, enabled=progress) as bar:
                 for name in plan.order():
-                    _merge_tensor(base_ckpt, name, contributions[name], out_dtypes[name], writer)
+                    _merge_tensor(base_ckpt, name, contributions[name], out_dtypes[name], writer, buffers)
                     info = base_ckpt.info(name)
                     bar.advance(info.numel * info.dtype.itemsize)
             for rel in base_ckpt.non_weight_files():
@@ -184,18 +187,38 @@ def _plan(base: Checkpoint, specs: list, max_shard_size: str | int | None) -> Sh
     return ShardPlan(shards, index_name=base.index_file)
 
 
+class _MergeBuffers:
+    """Reusable memory for the merge loop: input scratch, an fp32 accumulator, an output pool."""
+
+    def __init__(self, base: Checkpoint, out_dtypes: dict[str, torch.dtype], vectors: list[CapabilityVector]) -> None:
+        chunk = max_chunk_elements([i.shape for i in base.infos.values()])
+        base_item = max(i.dtype.itemsize for i in base.infos.values())
+        out_item = max(d.itemsize for d in out_dtypes.values())
+        self.base = torch.empty(chunk * base_item, dtype=torch.uint8)
+        self.vector = torch.empty(chunk * 8, dtype=torch.uint8)
+        self.acc = torch.empty(chunk, dtype=torch.float32)
+        self.pool = BufferPool(chunk * max(out_item, 4))
+
+
 def _merge_tensor(
     base: Checkpoint, name: str, contributions: list[tuple[CapabilityVector, float]],
-    out_dtype: torch.dtype, writer: BackgroundWriter,
+    out_dtype: torch.dtype, writer: BackgroundWriter, buffers: _MergeBuffers,
 ) -> None:
     info = base.info(name)
     for start, count in row_chunks(info.shape):
-        x = base.read_flat(name, start, count)
+        x = base.read_flat(name, start, count, into=buffers.base)
+        out_buf = buffers.pool.acquire()
+        out = out_buf[: count * out_dtype.itemsize].view(out_dtype)
         if contributions:
-            x = x.float()
+            acc = out if out_dtype == torch.float32 else buffers.acc[:count]
+            acc.copy_(x)
             for vec, weight in contributions:
-                x.add_(vec.read_flat(name, start, count), alpha=weight)
-            lo, hi = torch.aminmax(x)
+                acc.add_(vec.read_flat(name, start, count, into=buffers.vector), alpha=weight)
+            lo, hi = torch.aminmax(acc)
             if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+                buffers.pool.release(out_buf)
                 raise CapvectorError(f"key {name!r}: merged values are not finite (check the vector and weights)")
-        writer.write(name, x.to(out_dtype))
+            x = acc
+        if x.data_ptr() != out.data_ptr():
+            out.copy_(x)
+        writer.write(name, out, done=partial(buffers.pool.release, out_buf))
