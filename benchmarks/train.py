@@ -66,7 +66,18 @@ def _child(mode: str, threads: int, batch: int, steps: int, width: int, depth: i
         wall = time.perf_counter() - t
         trainable = sum(p.numel() for _, p in trainer.trainable)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"mode": mode, "samples_per_s": result.history[-1]["samples_per_s"],
+    act_ms = None
+    if mode == "full":  # batch-1 inference latency of the trained policy, as rollouts call it
+        policy = trainer.policy
+        obs = {"image": data[0]["image"].numpy(), "proprio": data[0]["proprio"].numpy(),
+               "instruction": data[0]["instruction"]}
+        for _ in range(5):
+            policy.act(obs)
+        t = time.perf_counter()
+        for _ in range(50):
+            policy.act(obs)
+        act_ms = (time.perf_counter() - t) / 50 * 1000
+    return {"mode": mode, "act_ms": act_ms, "samples_per_s": result.history[-1]["samples_per_s"],
             "step_ms": 1000 * batch / result.history[-1]["samples_per_s"], "wall_s": wall,
             "trainable_params": trainable, "peak_rss_mb": rss1 / 1024, "train_rss_growth_mb": (rss1 - rss0) / 1024}
 
@@ -106,6 +117,8 @@ def main() -> None:
         ratio = r["step_ms"] / base["step_ms"] if base else float("nan")
         print(f"| {r['mode']} | {r['trainable_params']:,} | {r['samples_per_s']:.0f} | {r['step_ms']:.0f} | "
               f"{ratio:.2f}× | {r['peak_rss_mb']:.0f} |")
+    if base and base.get("act_ms") is not None:
+        print(f"\nbatch-1 `act()` latency (full): {base['act_ms']:.1f} ms")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": vars(a), "rows": rows}, f, indent=2)

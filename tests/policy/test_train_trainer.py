@@ -11,7 +11,7 @@ from policy_helpers import small_config
 
 from capvector.errors import CapvectorError
 from capvector.policy import TinyVLA, load_policy, save_policy
-from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer, global_batch, lr_factor
+from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer, global_batch, load_trained, lr_factor
 
 
 def _cfg(tmp_path, name, **kw) -> TrainConfig:
@@ -140,3 +140,26 @@ def test_bad_batches_and_configs(tmp_path):
         Trainer(_cfg(tmp_path, "bad", steps=1), ds, policy_config=small_config()).train()
     with pytest.raises(CapvectorError, match="needs a PEFT config"):
         Trainer(_cfg(tmp_path, "bad2", tuner="peft"), ds, policy_config=small_config())
+
+
+def test_unmergeable_peft_tuner_exports_base_and_adapter(tmp_path, tiny_ds):
+    """Tuner 'peft' with a real PEFT method (IA3 stands in for GSE): base_policy/ + adapter/ reload identically."""
+    from peft import IA3Config
+
+    ia3 = IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])
+    cfg = _cfg(tmp_path, "ia3", tuner="peft", also_train=["action_expert.head_fc2.*"], lr=1e-2)
+    trainer = Trainer(cfg, tiny_ds, policy_config=small_config(), peft_config=ia3)
+    result = trainer.train()
+    assert result.policy_dir == tmp_path / "ia3" and not (tmp_path / "ia3" / "policy").exists()
+    reloaded = load_trained(result.policy_dir)
+    s = tiny_ds[3]
+    obs = {"image": s["image"].numpy(), "proprio": s["proprio"].numpy(), "instruction": s["instruction"]}
+    trainer.model.eval()
+    assert (reloaded.act(obs) == trainer.policy.act(obs)).all()
+    base = load_policy(tmp_path / "ia3" / "base_policy").state_dict()
+    torch.manual_seed(cfg.seed)
+    fresh = TinyVLA(small_config()).state_dict()
+    assert torch.equal(base["vlm.trunk.layers.0.attn.k_proj.weight"], fresh["vlm.trunk.layers.0.attn.k_proj.weight"])
+    assert not torch.equal(base["action_expert.head_fc2.weight"], fresh["action_expert.head_fc2.weight"])
+    with pytest.raises(CapvectorError, match="no trained policy"):
+        load_trained(tmp_path / "nothing")

@@ -4,8 +4,17 @@ from capvector.train.cli import open_dataset, train_command
 from capvector.train.config import TrainConfig
 from capvector.train.order import global_batch
 from capvector.train.synthetic import SyntheticDemoDataset
-from capvector.train.trainer import Trainer, TrainResult, lr_factor, tuner_aux_loss
+from capvector.train.trainer import Trainer, TrainResult, load_trained, lr_factor, tuner_aux_loss
 
-__all__ = ["SyntheticDemoDataset", "TrainConfig", "TrainResult", "Trainer", "global_batch", "lr_factor", "open_dataset",
-           "train_command",
-           "tuner_aux_loss"]
+__all__ = [
+    "SyntheticDemoDataset",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "global_batch",
+    "load_trained",
+    "lr_factor",
+    "open_dataset",
+    "train_command",
+    "tuner_aux_loss",
+]

@@ -9,6 +9,7 @@ seed start from the same weights and see the same batches — the assumption Cap
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -133,6 +134,9 @@ class Trainer:
             torch.set_num_threads(config.threads)
         self.run_dir = Path(config.output_dir)
         self.policy = self._build_policy(policy, policy_config)
+        # Tuners that cannot be merged into dense weights (GSE's routed experts) ship base + adapter instead.
+        self._base_state = ({k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+                            if config.tuner in ("gse", "peft") else None)
         self.model = self._apply_tuner(peft_config)
         if teacher is None and config.aux_weight > 0:
             teacher = make_teacher(config.teacher, config.teacher_path)
@@ -357,10 +361,12 @@ class Trainer:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def export(self, directory: Path) -> Path:
-        """Save the trained policy as a plain `TinyVLA` directory (adapters merged), plus the adapter and projector.
+        """Save what evaluation and `capvector extract/merge` read; returns the directory `load_trained` opens.
 
-        The policy directory is what `capvector extract/merge` and evaluation read; the alignment
-        projector goes beside it (`aux_projector.safetensors` in the run dir), never inside it.
+        full: `policy/` (a TinyVLA directory). lora: `adapter/` and `policy/` with the adapter merged in.
+        gse / peft: `adapter/` and `base_policy/` (the frozen base plus any `also_train` updates), since
+        routed experts have no dense equivalent. The alignment projector is saved beside them
+        (`aux_projector.safetensors`), never inside a policy.
         """
         if not self.accelerator.is_main_process:
             return directory
@@ -369,15 +375,46 @@ class Trainer:
         else:
             import copy
 
-            self.model.save_pretrained(str(self.run_dir / "adapter"))
-            merged = copy.deepcopy(self.model).merge_and_unload()
-            save_policy(merged, directory)
+            self.model.save_pretrained(str(self.run_dir / ADAPTER_DIR))
+            if self.cfg.tuner == "lora":
+                save_policy(copy.deepcopy(self.model).merge_and_unload(), directory)
+            else:
+                base = TinyVLA(self.policy.config)
+                state = dict(self._base_state)
+                for name, p in self.policy.named_parameters():
+                    plain = name.replace(".base_layer.", ".")
+                    if p.requires_grad and plain in state:
+                        state[plain] = p.detach().clone()
+                base.load_state_dict(state)
+                save_policy(base, self.run_dir / BASE_DIR)
+                directory = self.run_dir
         if self.alignment is not None:
             from capvector.policy.model import _atomic_save_safetensors
 
             _atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in self.alignment.state_dict().items()},
                                      self.run_dir / PROJECTOR)
         return directory
+
+
+ADAPTER_DIR = "adapter"
+BASE_DIR = "base_policy"
+
+
+def load_trained(path: str | Path) -> nn.Module:
+    """A trained policy ready for `act()`: a policy dir, or a run dir with `policy/` or `base_policy/` + `adapter/`."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return load_policy(path)
+    if (path / "policy" / "model.safetensors").is_file():
+        return load_policy(path / "policy")
+    if (path / BASE_DIR).is_dir() and (path / ADAPTER_DIR).is_dir():
+        from peft import PeftModel
+
+        with contextlib.suppress(ImportError):
+            import capvector.gse  # noqa: F401  (registers the GSE tuner with PEFT)
+        return PeftModel.from_pretrained(load_policy(path / BASE_DIR), str(path / ADAPTER_DIR)).eval()
+    raise CapvectorError(f"{path}: no trained policy (expected model.safetensors, policy/, or "
+                         f"{BASE_DIR}/ + {ADAPTER_DIR}/)")
 
 
 class _Progress:
