@@ -163,3 +163,15 @@ def test_unmergeable_peft_tuner_exports_base_and_adapter(tmp_path, tiny_ds):
     assert not torch.equal(base["action_expert.head_fc2.weight"], fresh["action_expert.head_fc2.weight"])
     with pytest.raises(CapvectorError, match="no trained policy"):
         load_trained(tmp_path / "nothing")
+
+
+def test_action_expert_learning_rate_group(tmp_path, tiny_ds):
+    cfg = _cfg(tmp_path, "lrs", steps=3, lr=1e-3, lr_action_expert=1e-2, warmup_steps=0, aux_weight=0.5)
+    trainer = Trainer(cfg, tiny_ds, policy_config=small_config())
+    trainer.train()
+    groups = trainer.optimizer.param_groups
+    head = {id(p) for n, p in trainer.model.named_parameters() if n.startswith("action_expert.")}
+    assert [len(g["params"]) for g in groups] == [len(trainer.trainable) - len(head), len(head), 6]
+    assert all(id(p) in head for p in groups[1]["params"])
+    factor = lr_factor(2, 3, 0, cfg.min_lr_ratio)
+    assert groups[0]["lr"] == pytest.approx(1e-3 * factor) and groups[1]["lr"] == pytest.approx(1e-2 * factor)

@@ -46,6 +46,7 @@ def train_command(
     steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (warmup, then cosine).")] = None,
+    lr_action_expert: Annotated[float | None, typer.Option(help="Peak lr of the action expert (default: lr).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of init and data order.")] = None,
     tuner: Annotated[str | None, typer.Option(help="full | lora | gse.")] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
@@ -69,7 +70,8 @@ def train_command(
     fields = json.loads(config.read_text()) if config else {}
     if not isinstance(fields, dict):
         raise CapvectorError(f"{config}: expected a JSON object of TrainConfig fields")
-    overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "tuner": tuner, "lora_r": lora_r,
+    overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "lr_action_expert": lr_action_expert,
+                 "seed": seed, "tuner": tuner, "lora_r": lora_r,
                  "also_train": also_train, "aux_weight": aux_weight, "aux_layer": aux_layer, "teacher": teacher,
                  "teacher_path": str(teacher_path) if teacher_path else None, "checkpoint_every": checkpoint_every,
                  "threads": threads, "init": str(init) if init else None}

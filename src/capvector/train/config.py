@@ -29,6 +29,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
     lr: float = 3e-4
+    lr_action_expert: float | None = None  # None: same as lr (GSE's reference uses 10× lr for the head)
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.95

@@ -146,11 +146,14 @@ class Trainer:
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not self.trainable:
             raise CapvectorError("nothing to train: no parameter requires grad after applying the tuner")
-        params = [p for _, p in self.trainable]
-        if self.alignment is not None:
-            params += list(self.alignment.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(config.beta1, config.beta2),
-                                           weight_decay=config.weight_decay)
+        head_lr = config.lr_action_expert if config.lr_action_expert is not None else config.lr
+        groups = [
+            {"params": [p for n, p in self.trainable if ".action_expert." not in f".{n}"], "base_lr": config.lr},
+            {"params": [p for n, p in self.trainable if ".action_expert." in f".{n}"], "base_lr": head_lr},
+            {"params": list(self.alignment.parameters()) if self.alignment is not None else [], "base_lr": config.lr},
+        ]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
+                                           betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
         self.loss_module, self.optimizer = self.accelerator.prepare(self.loss_module, self.optimizer)
         self.step = 0
         self.history: list[dict] = []
@@ -318,7 +321,7 @@ class Trainer:
         with progress:
             for batch in self._loader(self.step, end):
                 for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(self.step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+                    group["lr"] = group["base_lr"] * lr_factor(self.step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
                 loss, parts = self.loss_module(*self._prepare(batch))
                 for name, reg in self.regularizers.items():
                     value = _call_reg(reg, self.model)
