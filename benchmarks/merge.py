@@ -91,16 +91,24 @@ def write_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]], seed: int, 
     }))
 
 
-def timed(cmd: list[str], env: dict | None = None) -> dict:
-    """Wall time and peak RSS (MiB) of a subprocess."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd[:3]} failed: {stderr[-2000:]}")
-    return {"seconds": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+def timed(cmd: list[str], env: dict | None = None, repeats: int = 2) -> dict:
+    """Best wall time and peak RSS (MiB) over `repeats` runs, measured by GNU time (apt-get install time).
+
+    rusage from wait4 would be wrong here: a forked child starts with its parent's peak RSS. The
+    best of several runs filters out noise from other processes on a shared machine.
+    """
+    runs = [_timed_once(cmd, env) for _ in range(repeats)]
+    return {"seconds": min(r["seconds"] for r in runs), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "all_seconds": [r["seconds"] for r in runs]}
+
+
+def _timed_once(cmd: list[str], env: dict | None) -> dict:
+    proc = subprocess.run(["/usr/bin/time", "-f", "BENCH %e %M", *cmd], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed: {proc.stderr[-2000:]}")
+    seconds, kib = proc.stderr.strip().splitlines()[-1].split()[1:]
+    return {"seconds": float(seconds), "peak_rss_mib": round(int(kib) / 1024, 1)}
 
 
 RAW_IO = r"""
@@ -157,15 +165,15 @@ def bench_size(size_gb: float, work: Path, capvector: Path, mergekit: Path | Non
                  "largest_tensor_mib": round(largest / 2**20, 1), "generate_s": round(gen_s, 1)}
     cv = [str(capvector)]
     res["extract"] = timed([*cv, "extract", "--sft", str(root / "sft"), "--aux", str(root / "aux"),
-                            "-o", str(root / "vec"), "--no-hash"])
+                            "-o", str(root / "vec"), "--no-hash", "--overwrite"])
     vec_bytes = dir_bytes(root / "vec")
     files = ",".join(str(p) for p in weight_files(root / "sft") + weight_files(root / "aux"))
     res["raw_extract_io"] = timed([sys.executable, "-c", RAW_IO, files, str(root / "raw.bin"), str(vec_bytes)])
     (root / "raw.bin").unlink()
     res["extract_hashed"] = timed([*cv, "extract", "--sft", str(root / "sft"), "--aux", str(root / "aux"),
-                                   "-o", str(root / "vec"), "--overwrite"])
+                                   "-o", str(root / "vec"), "--overwrite"], repeats=1)
     res["merge"] = timed([*cv, "merge", "--base", str(root / "pre"), "--vector", str(root / "vec"),
-                          "-o", str(root / "meta"), "--no-hash"])
+                          "-o", str(root / "meta"), "--no-hash", "--overwrite"])
     files = ",".join(str(p) for p in weight_files(root / "pre") + weight_files(root / "vec"))
     res["raw_merge_io"] = timed([sys.executable, "-c", RAW_IO, files, str(root / "raw.bin"),
                                  str(dir_bytes(root / "pre"))])
