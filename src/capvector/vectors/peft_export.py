@@ -18,6 +18,8 @@ from capvector.io.peft_adapter import PREFIX
 from capvector.io.writer import write_json
 from capvector.vectors.format import CapabilityVector
 
+EXPORT_RECORD = "capvector-export.json"
+
 
 def export_peft_adapter(
     vector: str | Path,
@@ -72,9 +74,10 @@ def export_peft_adapter(
             "use_rslora": False,
             "init_lora_weights": True,
             "inference_mode": True,
-            "capvector": {"vector": str(Path(vector).resolve()), "weight": weight, "sources": source},
         }
+        provenance = {"vector": str(Path(vector).resolve()), "weight": weight, "sources": source}
     with AtomicOutputDir(output, overwrite, inputs=[Path(vector)]) as tmp:
         save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
         write_json(tmp / "adapter_config.json", config)
+        write_json(tmp / EXPORT_RECORD, provenance)  # beside, not inside: PEFT warns on unknown config keys
     return Path(output)
