@@ -10,6 +10,7 @@ official library in the tests.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +53,7 @@ class TensorEntry:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def itemsize(dtype: torch.dtype) -> int:
@@ -103,9 +101,7 @@ def _parse_entry(path: Path, name: str, info: object, data_start: int, data_len:
         raise CapvectorError(f"{path}: key {name!r} has unsupported dtype {info['dtype']!r}")
     shape = tuple(int(d) for d in info["shape"])
     begin, end = (int(x) for x in info["data_offsets"])
-    numel = 1
-    for d in shape:
-        numel *= d
+    numel = math.prod(shape)
     if begin < 0 or end < begin or end > data_len or end - begin != numel * itemsize(dtype):
         raise CapvectorError(
             f"{path}: key {name!r} has data offsets [{begin}, {end}) that do not fit its "
@@ -153,10 +149,7 @@ class StreamingSafetensorsWriter:
         for name, dtype, shape in specs:
             if name in header or name == "__metadata__":
                 raise CapvectorError(f"{path}: duplicate tensor name {name!r}")
-            numel = 1
-            for d in shape:
-                numel *= d
-            nbytes = numel * itemsize(dtype)
+            nbytes = math.prod(shape) * itemsize(dtype)
             header[name] = {
                 "dtype": DTYPE_NAMES[dtype],
                 "shape": list(shape),

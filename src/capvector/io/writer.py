@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import re
@@ -101,10 +102,7 @@ class ShardPlan:
 
 
 def nbytes(spec: TensorSpec) -> int:
-    numel = 1
-    for d in spec[2]:
-        numel *= d
-    return numel * itemsize(spec[1])
+    return math.prod(spec[2]) * itemsize(spec[1])
 
 
 def plan_resharded(specs: list[TensorSpec], max_shard_bytes: int, stem: str = "model") -> ShardPlan:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -320,7 +321,7 @@ class _LoraBuilder:
         return shapes.pop()
 
     def read_bytes(self, name: str) -> int:
-        return 0 if name in self.aux.modules or name in self.sft.modules else 2 * _numel(self.shapes[name]) * 4
+        return 0 if name in self.aux.modules or name in self.sft.modules else 2 * math.prod(self.shapes[name]) * 4
 
     def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         bs, as_ = [], []
@@ -365,10 +366,3 @@ class _LoraBuilder:
         total.numel += stats.numel
         bar.advance(self.read_bytes(name))
         return entry | stats.to_json()
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
