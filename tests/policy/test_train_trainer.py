@@ -175,3 +175,15 @@ def test_action_expert_learning_rate_group(tmp_path, tiny_ds):
     assert all(id(p) in head for p in groups[1]["params"])
     factor = lr_factor(2, 3, 0, cfg.min_lr_ratio)
     assert groups[0]["lr"] == pytest.approx(1e-3 * factor) and groups[1]["lr"] == pytest.approx(1e-2 * factor)
+
+
+def test_dropout_runs_are_reproducible_and_resumable(tmp_path, tiny_ds):
+    kw = dict(steps=4, checkpoint_every=2)
+    pc = small_config(dropout=0.2)
+    a = Trainer(_cfg(tmp_path, "d1", **kw), tiny_ds, policy_config=pc).train()
+    torch.manual_seed(12345)  # whatever the caller's global RNG state, the run is the same
+    b = Trainer(_cfg(tmp_path, "d2", **kw), tiny_ds, policy_config=pc).train()
+    Trainer(_cfg(tmp_path, "d3", **kw), tiny_ds, policy_config=pc).train(stop_at=2)
+    c = Trainer(_cfg(tmp_path, "d3", **kw), tiny_ds, policy_config=pc).train()
+    wa, wb, wc = (_weights(r.policy_dir) for r in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) and torch.equal(wa[k], wc[k]) for k in wa)

@@ -43,7 +43,7 @@ from capvector.train.state import (
 
 Regularizer = Callable[..., torch.Tensor]  # reg() or reg(model) → scalar added to the loss
 REQUIRED_KEYS = ("image", "proprio", "instruction", "actions")
-_INIT_SEED_OFFSET = {"model": 0, "tuner": 101, "projector": 202}
+_INIT_SEED_OFFSET = {"model": 0, "tuner": 101, "projector": 202, "train": 303}
 
 
 @dataclass
@@ -220,8 +220,10 @@ class Trainer:
         acc = self.accelerator
         sampler = StepBatchSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, start, stop,
                                    acc.process_index, acc.num_processes)
+        # Its own generator: creating the iterator must not draw from the global RNG (dropout stream).
+        gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + start)
         return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=default_collate,
-                          num_workers=self.cfg.num_workers)
+                          num_workers=self.cfg.num_workers, generator=gen)
 
     def _prepare(self, batch: Mapping[str, Any]) -> tuple:
         missing = [k for k in REQUIRED_KEYS if k not in batch]
@@ -309,6 +311,8 @@ class Trainer:
         """Train to `config.steps` (or stop early at `stop_at`, e.g. to test resumption); returns the run summary."""
         cfg, acc = self.cfg, self.accelerator
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.step == 0:
+            torch.manual_seed(cfg.seed + _INIT_SEED_OFFSET["train"])  # dropout stream; resume restores it
         if resume:
             self._resume()
         self._write_config()
