@@ -1,6 +1,7 @@
 """Auxiliary training objectives (spatial alignment first) and the frozen teachers that give their targets."""
 
 from capvector.objectives.alignment import AlignmentProjector, SpatialAlignment, cosine_alignment_loss
+from capvector.objectives.capture import LayerCapture
 from capvector.objectives.teachers import (
     DepthGeometryTeacher,
     PrecomputedTeacher,
@@ -14,6 +15,7 @@ from capvector.objectives.teachers import (
 __all__ = [
     "AlignmentProjector",
     "DepthGeometryTeacher",
+    "LayerCapture",
     "PrecomputedTeacher",
     "SpatialAlignment",
     "Teacher",
