@@ -93,19 +93,8 @@ def write_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]], seed: int, 
     }))
 
 
-def timed(cmd: list[str], env: dict | None = None, repeats: int = 2) -> dict:
-    """Best wall time and peak RSS (MiB) over `repeats` runs, measured by GNU time (apt-get install time).
-
-    rusage from wait4 would be wrong here: a forked child starts with its parent's peak RSS. The
-    best of several runs filters out noise from other processes on a shared machine.
-    """
-    runs = [_timed_once(cmd, env) for _ in range(repeats)]
-    return {"seconds": min(r["seconds"] for r in runs), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
-            "all_seconds": [r["seconds"] for r in runs]}
-
-
 def drop_page_cache() -> bool:
-    """Flush and drop the page cache (root only) so every run reads from disk: reproducible timings."""
+    """Flush and drop the page cache (root only) so a run reads from disk: reproducible timings."""
     os.sync()
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -114,21 +103,38 @@ def drop_page_cache() -> bool:
         return False
 
 
-def _timed_once(cmd: list[str], env: dict | None) -> dict:
-    drop_page_cache()
-    proc = subprocess.run(["/usr/bin/time", "-f", "BENCH %e %M", *cmd], env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[:3]} failed: {proc.stderr[-2000:]}")
-    seconds, kib = proc.stderr.strip().splitlines()[-1].split()[1:]
-    return {"seconds": float(seconds), "peak_rss_mib": round(int(kib) / 1024, 1)}
+# Each operation runs in a fresh process that first imports what it needs, then drops the page cache
+# and times only the operation (imports from a cold disk would otherwise dominate small runs), and
+# prints its seconds. Peak RSS of the whole process comes from GNU time.
+PRELUDE = """
+import json, os, sys, time
+from pathlib import Path
+def drop():
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\\n")
+    except OSError:
+        pass
+"""
 
+CAPVECTOR_OP = PRELUDE + """
+import capvector
+op, args = sys.argv[1], json.loads(sys.argv[2])
+drop()
+t0 = time.perf_counter()
+if op == "extract":
+    capvector.extract(args["sft"], args["aux"], args["out"], overwrite=True, progress=False, hash_sources=args["hash"])
+else:
+    capvector.merge(args["base"], [args["vector"]], args["out"], overwrite=True, progress=False, hash_sources=False)
+print("SECONDS", time.perf_counter() - t0)
+"""
 
-RAW_IO = r"""
-import os, sys
+RAW_IO = PRELUDE + """
 inputs, out, out_bytes = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])
 buf = bytearray(64 << 20)
 view = memoryview(buf)
+drop()
+t0 = time.perf_counter()
 with open(out, "wb") as w:
     written = 0
     for path in inputs:
@@ -140,7 +146,42 @@ with open(out, "wb") as w:
     while written < out_bytes:
         k = min(len(buf), out_bytes - written); w.write(view[:k]); written += k
     w.flush(); os.fsync(w.fileno())
+print("SECONDS", time.perf_counter() - t0)
 """
+
+MERGEKIT_OP = PRELUDE + """
+import yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import MergeOptions, run_merge
+config = MergeConfiguration.model_validate(yaml.safe_load(Path(sys.argv[1]).read_text()))
+options = MergeOptions(lazy_unpickle=True, write_model_card=False, copy_tokenizer=False)
+drop()
+t0 = time.perf_counter()
+run_merge(config, sys.argv[2], options=options)
+print("SECONDS", time.perf_counter() - t0)
+"""
+
+
+def timed(cmd: list[str], repeats: int = 2) -> dict:
+    """Best in-process seconds and peak RSS (MiB) over `repeats` runs (GNU time: apt-get install time).
+
+    rusage from wait4 would be wrong here: a forked child starts with its parent's peak RSS. The
+    best of several runs filters out noise from other processes on a shared machine.
+    """
+    runs = [_timed_once(cmd) for _ in range(repeats)]
+    return {"seconds": min(r["seconds"] for r in runs), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "all_seconds": [r["seconds"] for r in runs]}
+
+
+def _timed_once(cmd: list[str]) -> dict:
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(["/usr/bin/time", "-f", "BENCH %e %M", *cmd], env=env, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed: {proc.stderr[-2000:]}")
+    seconds = next(float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("SECONDS"))
+    kib = int(proc.stderr.strip().splitlines()[-1].split()[2])
+    return {"seconds": round(seconds, 2), "peak_rss_mib": round(kib / 1024, 1)}
 
 
 def weight_files(d: Path) -> list[Path]:
@@ -152,8 +193,9 @@ def dir_bytes(d: Path) -> int:
 
 
 def ensure_mergekit(venv: Path) -> Path:
-    exe = venv / "bin" / "mergekit-yaml"
-    if exe.exists():
+    """A throw-away venv with mergekit (not a capvector dependency); returns its python."""
+    exe = venv / "bin" / "python"
+    if (venv / "bin" / "mergekit-yaml").exists():
         return exe
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
@@ -162,7 +204,7 @@ def ensure_mergekit(venv: Path) -> Path:
     return exe
 
 
-def bench_size(size_gb: float, work: Path, capvector: Path, mergekit: Path | None) -> dict:
+def bench_size(size_gb: float, work: Path, mergekit_python: Path | None) -> dict:
     shapes = model_shapes(size_gb)
     root = work / f"{size_gb}gb"
     shutil.rmtree(root, ignore_errors=True)
@@ -173,42 +215,41 @@ def bench_size(size_gb: float, work: Path, capvector: Path, mergekit: Path | Non
     write_checkpoint(root / "aux", shapes, seed=2, base_seed=0)
     gen_s = time.perf_counter() - t0
     largest = max(torch.Size(s).numel() for s in shapes.values()) * 2
-    in_bytes = dir_bytes(root / "sft") + dir_bytes(root / "aux")
     res: dict = {"size_gb": round(dir_bytes(root / "pre") / 1e9, 2), "tensors": len(shapes),
                  "largest_tensor_mib": round(largest / 2**20, 1), "generate_s": round(gen_s, 1)}
-    cv = [str(capvector)]
-    res["extract"] = timed([*cv, "extract", "--sft", str(root / "sft"), "--aux", str(root / "aux"),
-                            "-o", str(root / "vec"), "--no-hash", "--overwrite"])
+    py = sys.executable
+
+    def cv(op: str, **args) -> list[str]:
+        return [py, "-c", CAPVECTOR_OP, op, json.dumps({k: str(v) if isinstance(v, Path) else v
+                                                        for k, v in args.items()})]
+
+    res["extract"] = timed(cv("extract", sft=root / "sft", aux=root / "aux", out=root / "vec", hash=False))
+    res["extract_hashed"] = timed(cv("extract", sft=root / "sft", aux=root / "aux", out=root / "vec", hash=True),
+                                  repeats=1)
     vec_bytes = dir_bytes(root / "vec")
     files = ",".join(str(p) for p in weight_files(root / "sft") + weight_files(root / "aux"))
-    res["raw_extract_io"] = timed([sys.executable, "-c", RAW_IO, files, str(root / "raw.bin"), str(vec_bytes)])
+    res["raw_extract_io"] = timed([py, "-c", RAW_IO, files, str(root / "raw.bin"), str(vec_bytes)])
     (root / "raw.bin").unlink()
-    res["extract_hashed"] = timed([*cv, "extract", "--sft", str(root / "sft"), "--aux", str(root / "aux"),
-                                   "-o", str(root / "vec"), "--overwrite"], repeats=1)
-    res["merge"] = timed([*cv, "merge", "--base", str(root / "pre"), "--vector", str(root / "vec"),
-                          "-o", str(root / "meta"), "--no-hash", "--overwrite"])
+    res["merge"] = timed(cv("merge", base=root / "pre", vector=root / "vec", out=root / "meta"))
     files = ",".join(str(p) for p in weight_files(root / "pre") + weight_files(root / "vec"))
-    res["raw_merge_io"] = timed([sys.executable, "-c", RAW_IO, files, str(root / "raw.bin"),
-                                 str(dir_bytes(root / "pre"))])
+    res["raw_merge_io"] = timed([py, "-c", RAW_IO, files, str(root / "raw.bin"), str(dir_bytes(root / "pre"))])
     (root / "raw.bin").unlink()
-    res["io_bytes"] = {"extract_in": in_bytes, "extract_out": vec_bytes}
-    if mergekit is not None:
+    res["io_bytes"] = {"extract_in": dir_bytes(root / "sft") + dir_bytes(root / "aux"), "extract_out": vec_bytes,
+                       "merge_in": dir_bytes(root / "pre") + vec_bytes, "merge_out": dir_bytes(root / "meta")}
+    if mergekit_python is not None:
         cfg = root / "mergekit.yml"
         cfg.write_text(
             f"merge_method: task_arithmetic\nbase_model: {root / 'pre'}\ndtype: bfloat16\nmodels:\n"
             f"  - model: {root / 'aux'}\n    parameters: {{weight: 1.0}}\n"
             f"  - model: {root / 'sft'}\n    parameters: {{weight: -1.0}}\n")
-        env = os.environ | {"HF_HUB_OFFLINE": "1"}
-        res["mergekit"] = timed([str(mergekit), str(cfg), str(root / "mk"), "--no-write-model-card",
-                                 "--lazy-unpickle"], env=env)
-        res["mergekit_vs_capvector_max_abs_diff"] = compare(root / "meta", root / "mk", root)
+        res["mergekit"] = timed([str(mergekit_python), "-c", MERGEKIT_OP, str(cfg), str(root / "mk")])
+        res["mergekit_vs_capvector_max_abs_diff"] = compare(root / "meta", root / "mk")
     shutil.rmtree(root)
     return res
 
 
-def compare(ours: Path, theirs: Path, root: Path) -> float:
-    """Max |ours − mergekit| and how far each is from the fp64 formula (precision check)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+def compare(ours: Path, theirs: Path) -> float:
+    """Max |ours − mergekit| over all tensors (both bf16 outputs of θ_pre + θ_aux − θ_sft)."""
     from capvector.io import Checkpoint
 
     a, b = Checkpoint(ours), Checkpoint(theirs)
@@ -226,14 +267,13 @@ def main() -> None:
     ap.add_argument("--skip-mergekit", action="store_true")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "merge.json")
     args = ap.parse_args()
-    capvector = Path(sys.executable).with_name("capvector")
     mergekit = None if args.skip_mergekit else ensure_mergekit(args.workdir / "mergekit-venv")
     results = {
         "date": dt.date.today().isoformat(),
         "cold_cache": drop_page_cache(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
-        "sizes": [bench_size(s, args.workdir, capvector, mergekit) for s in args.sizes_gb],
+        "sizes": [bench_size(s, args.workdir, mergekit) for s in args.sizes_gb],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

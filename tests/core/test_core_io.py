@@ -167,3 +167,32 @@ def test_parse_size(text, value):
 def test_parse_size_rejects_garbage():
     with pytest.raises(CapvectorError, match="invalid size"):
         parse_size("lots")
+
+
+def test_prefetcher_order_errors_and_early_exit():
+    from capvector.io import BufferPool
+    from capvector.io.prefetch import Prefetcher
+
+    pool = BufferPool(8, count=4)
+
+    def load(job):
+        if job == 7:
+            raise OSError("disk on fire")
+        return pool.acquire(), job * job
+
+    def discard(result):
+        pool.release(result[0])
+
+    seen = []
+    for job, (buf, sq) in Prefetcher(range(5), load, discard):
+        seen.append((job, sq))
+        pool.release(buf)
+    assert seen == [(j, j * j) for j in range(5)]
+    with pytest.raises(OSError, match="disk on fire"):
+        for _, (buf, _) in Prefetcher(range(10), load, discard):
+            pool.release(buf)
+    with pytest.raises(ZeroDivisionError):  # consumer fails while the reader is blocked on the pool
+        for _, (buf, _) in Prefetcher(range(100), load, discard, depth=2):
+            pool.release(buf)
+            1 / 0
+    assert pool.free == 4  # every buffer came back: no leak, no deadlock

@@ -180,6 +180,11 @@ class BufferPool:
     def release(self, buf: torch.Tensor) -> None:
         self._free.put(buf)
 
+    @property
+    def free(self) -> int:
+        """Buffers currently in the pool (not held by a reader, the compute loop or the writer)."""
+        return self._free.qsize()
+
 
 class BackgroundWriter:
     """Runs a `ShardedWriter` on its own thread so disk writes overlap with the arithmetic.

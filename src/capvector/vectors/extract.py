@@ -24,11 +24,12 @@ from capvector.io import (
 )
 from capvector.io.hashing import BackgroundHasher
 from capvector.io.peft_adapter import LoraAdapter
+from capvector.io.prefetch import Prefetcher
 from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
 from capvector.selection import Selection, make_selection
 from capvector.vectors.format import FACTOR_A, FACTOR_B, FORMAT, FORMAT_VERSION, META_FILE
-from capvector.vectors.stats import RunningStats, max_chunk_elements, row_chunks
+from capvector.vectors.stats import RunningStats, row_chunks
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -107,16 +108,15 @@ def extract(
                 _check_against_pretrained(pre, builder.shapes, allow_missing, skipped)
             plan = plan_resharded(plan_specs, parse_size(max_shard_size), stem="vector")
             total_bytes = sum(builder.read_bytes(n) for n in builder.shapes)
-            tensors_meta: dict[str, dict] = {}
             total = RunningStats()
             sharded = ShardedWriter(tmp, plan, {"format": "pt", "capvector": FORMAT})
             with BackgroundWriter(sharded) as writer, ByteProgress("extract", total_bytes, enabled=progress) as bar:
-                for name in builder.shapes:
-                    entry = builder.write(name, writer, out_dtype, total, bar)
-                    if pre is not None and name in pre:
+                tensors_meta = builder.write_all(writer, out_dtype, total, bar)
+            if pre is not None:
+                for name, entry in tensors_meta.items():
+                    if name in pre:
                         pre_norm = _norm(pre, name)
                         entry["rel_norm"] = entry["norm"] / pre_norm if pre_norm > 0 else None
-                    tensors_meta[name] = entry
             meta = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -175,7 +175,6 @@ class _DenseBuilder:
     def __init__(self, sft: Checkpoint, aux: Checkpoint) -> None:
         self.sft, self.aux = sft, aux
         self.shapes: dict[str, tuple[int, ...]] = {}
-        self._scratch: tuple[torch.Tensor, torch.Tensor, BufferPool] | None = None
 
     def plan(self, selection: Selection, allow_missing: bool, out_dtype: torch.dtype, lora_storage: str):
         s_names, a_names = selection.filter(self.sft.keys()), selection.filter(self.aux.keys())
@@ -228,36 +227,45 @@ class _DenseBuilder:
         si, ai = self.sft.info(name), self.aux.info(name)
         return si.numel * si.dtype.itemsize + ai.numel * ai.dtype.itemsize
 
-    def write(self, name, writer: BackgroundWriter, out_dtype, total: RunningStats, bar) -> dict:
-        scratch_a, scratch_s, pool = self._buffers()
-        stats = RunningStats()
-        for start, count in row_chunks(self.shapes[name]):
-            out_buf = pool.acquire()
-            d = out_buf[: count * 4].view(torch.float32)
-            d.copy_(self.aux.read_flat(name, start, count, into=scratch_a))
-            d.sub_(self.sft.read_flat(name, start, count, into=scratch_s))  # mixed dtype, computed in fp32
-            if not stats.update(d):  # NaN/Inf in either input propagates into d
-                pool.release(out_buf)
+    def write_all(self, writer: BackgroundWriter, out_dtype, total: RunningStats, bar) -> dict[str, dict]:
+        """Stream every tensor: reads run ahead on a thread, writes behind on another."""
+        jobs = [(name, start, count) for name in self.shapes for start, count in row_chunks(self.shapes[name])]
+        chunk = max((count for _, _, count in jobs), default=1)
+        item = max(max(self.aux.info(n).dtype.itemsize, self.sft.info(n).dtype.itemsize) for n in self.shapes)
+        region = -(-chunk * item // 8) * 8  # 8-byte aligned so each half can be viewed as its dtype
+        inputs, outputs = BufferPool(2 * region, count=4), BufferPool(chunk * 4, count=4)
+
+        def load(job: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            name, start, count = job
+            buf = inputs.acquire()
+            a = self.aux.read_flat(name, start, count, into=buf[:region])
+            s = self.sft.read_flat(name, start, count, into=buf[region:])
+            return buf, a, s
+
+        stats: dict[str, RunningStats] = {name: RunningStats() for name in self.shapes}
+        for (name, start, count), (buf, a, s) in Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0])):
+            out_buf = outputs.acquire()
+            try:
+                d = out_buf[: count * 4].view(torch.float32)
+                d.copy_(a)
+                d.sub_(s)  # mixed dtype, computed in fp32
+            finally:
+                inputs.release(buf)
+            if not stats[name].update(d):  # NaN/Inf in either input propagates into d
+                outputs.release(out_buf)
                 self._raise_non_finite(name, start, count)
             if out_dtype == torch.float32:
-                writer.write(name, d, done=partial(pool.release, out_buf))
+                writer.write(name, d, done=partial(outputs.release, out_buf))
             else:
                 converted = d.to(out_dtype)
-                pool.release(out_buf)
+                outputs.release(out_buf)
                 writer.write(name, converted)
             bar.advance(count * (self.sft.info(name).dtype.itemsize + self.aux.info(name).dtype.itemsize))
-        total.sumsq += stats.sumsq
-        total.numel += stats.numel
-        return {"shape": list(self.shapes[name]), "storage": "dense", **stats.to_json()}
-
-    def _buffers(self) -> tuple[torch.Tensor, torch.Tensor, BufferPool]:
-        """Two input scratch buffers and an output pool, sized for the largest chunk, made once."""
-        if self._scratch is None:
-            chunk = max_chunk_elements(list(self.shapes.values()))
-            item = max(max(self.aux.info(n).dtype.itemsize, self.sft.info(n).dtype.itemsize) for n in self.shapes)
-            scratch = (torch.empty(chunk * item, dtype=torch.uint8), torch.empty(chunk * item, dtype=torch.uint8))
-            self._scratch = (*scratch, BufferPool(chunk * 4))
-        return self._scratch
+        for st in stats.values():
+            total.sumsq += st.sumsq
+            total.numel += st.numel
+        return {name: {"shape": list(self.shapes[name]), "storage": "dense", **st.to_json()}
+                for name, st in stats.items()}
 
 
 class _LoraBuilder:
@@ -342,7 +350,10 @@ class _LoraBuilder:
                 out.add_(ad.checkpoint.read(ad.dense[name]).float(), alpha=sign)
         return out
 
-    def write(self, name, writer: BackgroundWriter, out_dtype, total: RunningStats, bar) -> dict:
+    def write_all(self, writer: BackgroundWriter, out_dtype, total: RunningStats, bar) -> dict[str, dict]:
+        return {name: self._write(name, writer, out_dtype, total, bar) for name in self.shapes}
+
+    def _write(self, name, writer: BackgroundWriter, out_dtype, total: RunningStats, bar) -> dict:
         factored = self.storage == "factored" and (name in self.aux.modules or name in self.sft.modules)
         stats = RunningStats()
         entry: dict = {"shape": list(self.shapes[name])}

@@ -27,11 +27,12 @@ from capvector.io import (
     plan_resharded,
 )
 from capvector.io.hashing import BackgroundHasher
+from capvector.io.prefetch import Prefetcher
 from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
 from capvector.vectors.extract import _first, parse_dtype
 from capvector.vectors.format import CapabilityVector
-from capvector.vectors.stats import max_chunk_elements, row_chunks
+from capvector.vectors.stats import row_chunks
 
 RECIPE_FILE = "capvector-merge.json"
 WeightSpec = float | Mapping[str, float]
@@ -106,12 +107,8 @@ def merge(
         with AtomicOutputDir(output, overwrite, inputs=[Path(base), *(v.path for v in items)]) as tmp:
             out_dtypes = {spec[0]: spec[1] for spec in specs}
             sharded = ShardedWriter(tmp, plan, {"format": "pt"})
-            buffers = _MergeBuffers(base_ckpt, out_dtypes, opened)
             with BackgroundWriter(sharded) as writer, ByteProgress("merge", total_bytes, enabled=progress) as bar:
-                for name in plan.order():
-                    _merge_tensor(base_ckpt, name, contributions[name], out_dtypes[name], writer, buffers)
-                    info = base_ckpt.info(name)
-                    bar.advance(info.numel * info.dtype.itemsize)
+                _stream_merge(base_ckpt, plan.order(), contributions, out_dtypes, writer, bar)
             for rel in base_ckpt.non_weight_files():
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(base_ckpt.root / rel, tmp / rel)
@@ -187,38 +184,47 @@ def _plan(base: Checkpoint, specs: list, max_shard_size: str | int | None) -> Sh
     return ShardPlan(shards, index_name=base.index_file)
 
 
-class _MergeBuffers:
-    """Reusable memory for the merge loop: input scratch, an fp32 accumulator, an output pool."""
-
-    def __init__(self, base: Checkpoint, out_dtypes: dict[str, torch.dtype], vectors: list[CapabilityVector]) -> None:
-        chunk = max_chunk_elements([i.shape for i in base.infos.values()])
-        base_item = max(i.dtype.itemsize for i in base.infos.values())
-        out_item = max(d.itemsize for d in out_dtypes.values())
-        self.base = torch.empty(chunk * base_item, dtype=torch.uint8)
-        self.vector = torch.empty(chunk * 8, dtype=torch.uint8)
-        self.acc = torch.empty(chunk, dtype=torch.float32)
-        self.pool = BufferPool(chunk * max(out_item, 4))
-
-
-def _merge_tensor(
-    base: Checkpoint, name: str, contributions: list[tuple[CapabilityVector, float]],
-    out_dtype: torch.dtype, writer: BackgroundWriter, buffers: _MergeBuffers,
+def _stream_merge(
+    base: Checkpoint, order: list[str], contributions: dict[str, list[tuple[CapabilityVector, float]]],
+    out_dtypes: dict[str, torch.dtype], writer: BackgroundWriter, bar: ByteProgress,
 ) -> None:
-    info = base.info(name)
-    for start, count in row_chunks(info.shape):
-        x = base.read_flat(name, start, count, into=buffers.base)
-        out_buf = buffers.pool.acquire()
+    """Chunk by chunk: reads run ahead on a thread, fp32 arithmetic here, writes behind on another thread."""
+    jobs = [(name, start, count) for name in order for start, count in row_chunks(base.info(name).shape)]
+    chunk = max((count for _, _, count in jobs), default=1)
+    base_item = max(i.dtype.itemsize for i in base.infos.values())
+    n_vec = max((len(c) for c in contributions.values()), default=0)
+    region = -(-chunk * max(base_item, 4) // 8) * 8  # 8-byte aligned so every region can be viewed as its dtype
+    inputs = BufferPool(region * (1 + n_vec), count=4)
+    outputs = BufferPool(chunk * max(4, *(d.itemsize for d in out_dtypes.values())), count=4)
+    acc_buf = torch.empty(chunk, dtype=torch.float32)
+
+    def load(job: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        name, start, count = job
+        buf = inputs.acquire()
+        x = base.read_flat(name, start, count, into=buf[:region])
+        vs = [vec.read_flat(name, start, count, into=buf[region * (k + 1) : region * (k + 2)])
+              for k, (vec, _) in enumerate(contributions[name])]
+        return buf, x, vs
+
+    for (name, _start, count), (buf, x, vs) in Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0])):
+        out_dtype = out_dtypes[name]
+        out_buf = outputs.acquire()
         out = out_buf[: count * out_dtype.itemsize].view(out_dtype)
-        if contributions:
-            acc = out if out_dtype == torch.float32 else buffers.acc[:count]
-            acc.copy_(x)
-            for vec, weight in contributions:
-                acc.add_(vec.read_flat(name, start, count, into=buffers.vector), alpha=weight)
-            lo, hi = torch.aminmax(acc)
-            if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-                buffers.pool.release(out_buf)
-                raise CapvectorError(f"key {name!r}: merged values are not finite (check the vector and weights)")
-            x = acc
-        if x.data_ptr() != out.data_ptr():
-            out.copy_(x)
-        writer.write(name, out, done=partial(buffers.pool.release, out_buf))
+        try:
+            if contributions[name]:
+                acc = out if out_dtype == torch.float32 else acc_buf[:count]
+                acc.copy_(x)
+                for (_, weight), v in zip(contributions[name], vs, strict=True):
+                    acc.add_(v, alpha=weight)
+                lo, hi = torch.aminmax(acc)
+                if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+                    outputs.release(out_buf)
+                    raise CapvectorError(f"key {name!r}: merged values are not finite (check the vector and weights)")
+                if acc.data_ptr() != out.data_ptr():
+                    out.copy_(acc)
+            else:
+                out.copy_(x)
+        finally:
+            inputs.release(buf)
+        writer.write(name, out, done=partial(outputs.release, out_buf))
+        bar.advance(count * base.info(name).dtype.itemsize)

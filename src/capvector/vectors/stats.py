@@ -25,11 +25,6 @@ def row_chunks(shape: tuple[int, ...], max_elements: int = CHUNK_ELEMENTS) -> It
         yield start, min(step, numel - start)
 
 
-def max_chunk_elements(shapes: list[tuple[int, ...]], max_elements: int = CHUNK_ELEMENTS) -> int:
-    """The largest chunk `row_chunks` yields over these shapes: the size of reusable buffers."""
-    return max((count for shape in shapes for _, count in row_chunks(shape, max_elements)), default=1)
-
-
 @dataclass
 class RunningStats:
     """L2 norm, max |x|, zero fraction and element count of a tensor fed in chunks."""
