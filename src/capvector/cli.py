@@ -183,6 +183,16 @@ def demo(
         raise CapvectorError(f"merged weights deviate from the direct formula: {summary}")
 
 
+def _register_subsystem_commands() -> None:
+    """Commands whose implementation lives with their subsystem (each module stays importable alone)."""
+    from capvector.train.cli import train_command
+
+    app.command("train")(user_errors(train_command))
+
+
+_register_subsystem_commands()
+
+
 @app.command()
 def presets() -> None:
     """List the named selections usable with --preset."""
