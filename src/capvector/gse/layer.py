@@ -1,0 +1,243 @@
+"""The GSE layer: a frozen Linear plus SVD-initialised experts, all experts computed as one rank-r product.
+
+Why this shape: all experts of a layer together have rank r, so instead of looping over experts and
+scattering tokens we stack every expert's factors (A: r×n, B: m×r) and turn routing into a gate on the
+rank dimension (each rank component belongs to one expert). The layer is then two matmuls, like LoRA.
+
+Function preservation. The reference subtracts c·Σ_j s_j·B_j·A_j from W, but its forward only adds the
+top-k *gated* specialized experts, so at init it does not compute W·x. We keep W untouched and subtract
+c times the *initial adapter, gated by the initial router* (frozen "anchor" copies A0, B0, R0, saved
+with the adapter):  y = W·x + f_θ(x) − c·f_θ0(x). At init θ = θ0, so y = W·x (c = 1) up to fp32
+rounding, while every gradient at init is the reference's (the anchor carries none). The anchor rides
+in the same two matmuls (rank 2r), so disable/save/load need no base-weight surgery.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from capvector.errors import CapvectorError
+
+from ._peft_compat import BufferDict
+from .config import GSEConfig
+
+
+def top_singular(weight: torch.Tensor, r: int, niter: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Top-r randomised SVD of W (m×n) in fp32, seeded without touching the caller's RNG stream.
+
+    Returns U (m×r), σ (r, descending), V (n×r) with W ≈ U·diag(σ)·Vᵀ.
+    """
+    w = weight.detach().to(torch.float32)
+    devices = [w.device] if w.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        u, s, v = torch.svd_lowrank(w, q=r, niter=niter)
+    order = torch.argsort(s, descending=True)
+    return u[:, order], s[order], v[:, order]
+
+
+def expert_scales(sigma: torch.Tensor, ranks: list[int], num_generalized: int, in_features: int,
+                  config: GSEConfig) -> torch.Tensor:
+    """s_j per expert: sqrt(3·η·n / r_j); with gradient balancing, specialized s_j = s_base·mean(tr)/tr_j.
+
+    tr_j is the sum of expert j's singular values (the reference's trace-inverse rule).
+    """
+    scales = [math.sqrt(3.0 * config.eta * in_features / rj) for rj in ranks]
+    if config.scaling == "gradient_balanced" and len(ranks) > num_generalized:
+        blocks = torch.split(sigma.to(torch.float32), ranks)
+        traces = torch.stack([b.sum() for b in blocks[num_generalized:]]).to(torch.float64)
+        balanced = config.scaling_base * traces.mean() / traces.clamp_min(1e-12)
+        scales[num_generalized:] = [float(v) for v in balanced]
+    return torch.tensor(scales, dtype=torch.float32)
+
+
+def route(x: torch.Tensor, router: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax router over specialized experts, top-k kept and renormalised.
+
+    Returns the dense gate (N×E_s, zeros off the top-k), the full probabilities and the chosen indices.
+    """
+    probs = torch.softmax(F.linear(x, router), dim=-1)
+    top_p, top_i = probs.topk(top_k, dim=-1)
+    gate = torch.zeros_like(probs).scatter(-1, top_i, top_p / top_p.sum(-1, keepdim=True))
+    return gate, probs, top_i
+
+
+def load_balancing_loss(probs: torch.Tensor, top_i: torch.Tensor) -> torch.Tensor:
+    """Switch-style loss E_s·Σ_j f_j·P_j, f_j = top-k picks of j per token, P_j = mean probability.
+
+    Same normalisation as the reference (Σ_j f_j = k), so it equals k when perfectly balanced.
+    """
+    num_tokens, num_experts = probs.shape
+    counts = torch.bincount(top_i.reshape(-1), minlength=num_experts).to(probs.dtype)
+    return num_experts * torch.sum(counts / num_tokens * probs.mean(0))
+
+
+class GSELayer(BaseTunerLayer):
+    """Adapter state of one layer, keyed by adapter name as PEFT expects (several adapters may coexist)."""
+
+    adapter_layer_names = ("gse_A", "gse_B", "gse_router")
+    other_param_names = ("gse_A0", "gse_B0", "gse_router0", "gse_scale", "gse_rank_expert", "gse_dropout",
+                         "gse_ranks", "gse_settings")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.gse_A = nn.ParameterDict()
+        self.gse_B = nn.ParameterDict()
+        self.gse_router = nn.ParameterDict()
+        self.gse_A0 = BufferDict(persistent=True)
+        self.gse_B0 = BufferDict(persistent=True)
+        self.gse_router0 = BufferDict(persistent=True)
+        self.gse_scale = BufferDict(persistent=True)
+        self.gse_rank_expert = BufferDict(persistent=False)
+        self.gse_dropout = nn.ModuleDict()
+        self.gse_ranks: dict[str, list[int]] = {}
+        self.gse_settings: dict[str, dict[str, float]] = {}
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self._last_aux: dict[str, torch.Tensor] = {}
+        self._last_stats: dict[str, dict[str, torch.Tensor]] = {}
+        base = self.get_base_layer()
+        if not isinstance(base, nn.Linear):
+            raise CapvectorError(f"GSE adapts torch.nn.Linear only; found {type(base).__name__}")
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    def update_layer(self, adapter_name: str, config: GSEConfig) -> None:
+        """Add adapter `adapter_name`: SVD of the frozen weight, expert factors, router and anchors."""
+        weight = self.get_base_layer().weight
+        m, n = weight.shape
+        ranks, g = config.expert_ranks(), config.num_generalized_experts
+        r, num_spec = config.r, config.num_specialized_experts
+        if min(m, n) < r:
+            raise CapvectorError(f"GSEConfig.r: expected ≤ min(out, in) = {min(m, n)} for this layer, found {r}")
+        if weight.device.type == "meta":  # structure only (e.g. low_cpu_mem_usage loading): weights come later
+            a = torch.empty(r, n, device="meta")
+            b = torch.empty(m, r, device="meta")
+            rank_scale = torch.empty(r, device="meta")
+        else:
+            u, sigma, v = top_singular(weight, r, config.svd_niter, config.svd_seed)
+            rank_scale = torch.repeat_interleave(expert_scales(sigma, ranks, g, n, config).to(u.device),
+                                                 torch.tensor(ranks, device=u.device))
+            root = torch.sqrt(sigma.clamp_min(0) / (rank_scale * config.rho))
+            a = root[:, None] * v.T
+            b = u * root[None, :]
+        router = torch.empty(num_spec, n, device=a.device, dtype=torch.float32)
+        if router.device.type != "meta":
+            nn.init.kaiming_uniform_(router, a=math.sqrt(5))  # nn.Linear's default init, as the reference
+        self.gse_A[adapter_name] = nn.Parameter(a.contiguous())
+        self.gse_B[adapter_name] = nn.Parameter(b.contiguous())
+        self.gse_router[adapter_name] = nn.Parameter(router)
+        self.gse_A0[adapter_name] = a.detach().clone()
+        self.gse_B0[adapter_name] = b.detach().clone()
+        self.gse_router0[adapter_name] = router.detach().clone()
+        self.gse_scale[adapter_name] = rank_scale
+        spec_expert = torch.repeat_interleave(torch.arange(num_spec), torch.tensor(ranks[g:]))
+        self.gse_rank_expert[adapter_name] = spec_expert.to("cpu" if a.device.type == "meta" else a.device)
+        self.gse_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.gse_ranks[adapter_name] = list(ranks)
+        self.gse_settings[adapter_name] = {"num_generalized": g, "top_k": config.top_k,
+                                           "init_coefficient": float(config.init_coefficient)}
+        self.set_adapter(self.active_adapters)
+
+    # ---- forward -------------------------------------------------------------------------------------
+    def _rank_gates(self, adapter: str, flat: torch.Tensor, router: torch.Tensor, record: bool) -> torch.Tensor:
+        """Gate per rank component (N×r): 1/G on generalized ranks, the routed weight on specialized ones."""
+        settings = self.gse_settings[adapter]
+        g = int(settings["num_generalized"])
+        r_gen = sum(self.gse_ranks[adapter][:g])
+        gate, probs, top_i = route(flat, router, int(settings["top_k"]))
+        if record:
+            self._last_aux[adapter] = load_balancing_loss(probs, top_i)
+            with torch.no_grad():
+                counts = torch.bincount(top_i.reshape(-1), minlength=probs.shape[-1]).to(torch.float32)
+                entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
+                self._last_stats[adapter] = {"load": counts / counts.sum(), "entropy": entropy.float()}
+        gen_value = 0.0 if (adapter in self.merged_adapters or g == 0) else 1.0 / g
+        gen = flat.new_full((flat.shape[0], r_gen), gen_value)
+        return torch.cat([gen, gate[:, self.gse_rank_expert[adapter]]], dim=1)
+
+    def adapter_delta(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        """f_θ(x) − c·f_θ0(x), in the adapter's dtype (fp32): what this adapter adds to the base output."""
+        a, b, router = self.gse_A[adapter], self.gse_B[adapter], self.gse_router[adapter]
+        flat = x.to(a.dtype).reshape(-1, self.in_features)
+        scale = self.gse_scale[adapter]
+        gates = self._rank_gates(adapter, flat, router, record=True) * scale
+        with torch.no_grad():
+            c = self.gse_settings[adapter]["init_coefficient"]
+            gates0 = self._rank_gates(adapter, flat, self.gse_router0[adapter], record=False) * (scale * c)
+        h = F.linear(self.gse_dropout[adapter](flat), torch.cat([a, self.gse_A0[adapter]], dim=0))
+        out = F.linear(h * torch.cat([gates, -gates0], dim=1), torch.cat([b, self.gse_B0[adapter]], dim=1))
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    # ---- merge ---------------------------------------------------------------------------------------
+    def generalized_delta(self, adapter: str) -> torch.Tensor:
+        """ΔW of the generalized experts (input-independent), fp32: (1/G)·Σ_gen s·(B·A − c·B0·A0)."""
+        g = int(self.gse_settings[adapter]["num_generalized"])
+        r_gen = sum(self.gse_ranks[adapter][:g])
+        if g == 0:
+            return torch.zeros(self.out_features, self.in_features, device=self.gse_A[adapter].device)
+        s = self.gse_scale[adapter][:r_gen].float()
+        c = self.gse_settings[adapter]["init_coefficient"]
+        a, b = self.gse_A[adapter][:r_gen].float(), self.gse_B[adapter][:, :r_gen].float()
+        a0, b0 = self.gse_A0[adapter][:r_gen].float(), self.gse_B0[adapter][:, :r_gen].float()
+        return ((b * s) @ a - c * ((b0 * s) @ a0)) / g
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Fold the generalized experts into the base weight (the routed ones stay input-dependent)."""
+        weight = self.get_base_layer().weight
+        for adapter in check_adapters_to_merge(self, adapter_names):
+            if adapter not in self.gse_A:
+                continue
+            with torch.no_grad():
+                merged = weight.float() + self.generalized_delta(adapter)
+                if safe_merge and not torch.isfinite(merged).all():
+                    raise CapvectorError(f"GSE merge of adapter {adapter!r}: non-finite weights; not merged")
+                weight.copy_(merged.to(weight.dtype))
+            self.merged_adapters.append(adapter)
+
+    def unmerge(self) -> None:
+        """Undo `merge` (exact in fp32 up to rounding; in bf16 the base weight keeps bf16 rounding)."""
+        weight = self.get_base_layer().weight
+        while self.merged_adapters:
+            adapter = self.merged_adapters.pop()
+            if adapter in self.gse_A:
+                with torch.no_grad():
+                    weight.copy_((weight.float() - self.generalized_delta(adapter)).to(weight.dtype))
+
+    # ---- statistics ----------------------------------------------------------------------------------
+    def aux_loss(self, adapter: str) -> torch.Tensor | None:
+        """Load-balancing loss of the last forward (unweighted), or None before any forward."""
+        return self._last_aux.get(adapter)
+
+    def router_stats(self, adapter: str) -> dict[str, torch.Tensor] | None:
+        """Expert load (fractions of top-k picks) and mean router entropy of the last forward."""
+        return self._last_stats.get(adapter)
+
+
+class GSELinear(nn.Module, GSELayer):
+    """A frozen nn.Linear with a GSE adapter."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: GSEConfig, **kwargs: Any) -> None:
+        super().__init__()
+        GSELayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        for adapter in self.active_adapters:
+            if adapter in self.gse_A:
+                result = result + self.adapter_delta(adapter, x).to(result.dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return "gse." + super().__repr__()
