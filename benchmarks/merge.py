@@ -260,6 +260,29 @@ def compare(ours: Path, theirs: Path) -> float:
     return worst
 
 
+def markdown(results: dict) -> str:
+    """The table for docs/benchmarks.md."""
+    rows = ["| model (bf16) | operation | capvector s | raw IO s | raw IO / capvector | mergekit s | "
+            "mergekit / capvector | peak RSS capvector | peak RSS mergekit |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results["sizes"]:
+        mk = r.get("mergekit")
+        for op, raw in (("extract", "raw_extract_io"), ("extract (+ sha256)", None), ("merge", "raw_merge_io")):
+            ours = r["extract_hashed" if op.startswith("extract (") else op.split()[0]]
+            base = r[raw] if raw else None
+            cells = [f"{r['size_gb']} GB, {r['tensors']} tensors", op, f"{ours['seconds']:.2f}",
+                     f"{base['seconds']:.2f}" if base else "-",
+                     f"{base['seconds'] / ours['seconds']:.2f}" if base else "-"]
+            if op == "merge" and mk:
+                cells += [f"{mk['seconds']:.2f}", f"{mk['seconds'] / ours['seconds']:.2f}"]
+            else:
+                cells += ["-", "-"]
+            mk_rss = f"{mk['peak_rss_mib']:.0f} MiB" if mk and op == "merge" else "-"
+            cells += [f"{ours['peak_rss_mib']:.0f} MiB", mk_rss]
+            rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes-gb", type=float, nargs="+", default=[1.5, 3.2])
@@ -278,6 +301,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+    print(markdown(results))
 
 
 if __name__ == "__main__":
