@@ -60,12 +60,17 @@ def expert_scales(sigma: torch.Tensor, ranks: list[int], num_generalized: int, i
 def route(x: torch.Tensor, router: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax router over specialized experts, top-k kept and renormalised.
 
-    Returns the dense gate (N×E_s, zeros off the top-k), the full probabilities and the chosen indices.
+    Returns the dense gate (N×E_s, zeros off the top-k), the log-probabilities and the chosen indices.
     """
-    probs = torch.softmax(F.linear(x, router), dim=-1)
-    top_p, top_i = probs.topk(top_k, dim=-1)
-    gate = torch.zeros_like(probs).scatter(-1, top_i, top_p / top_p.sum(-1, keepdim=True))
-    return gate, probs, top_i
+    return gate_from_logits(F.linear(x, router), top_k)
+
+
+def gate_from_logits(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k of softmax(logits), renormalised, as a dense gate; also the log-probabilities and indices."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    top_p, top_i = log_probs.exp().topk(top_k, dim=-1)
+    gate = torch.zeros_like(logits).scatter(-1, top_i, top_p / top_p.sum(-1, keepdim=True))
+    return gate, log_probs, top_i
 
 
 def load_balancing_loss(probs: torch.Tensor, top_i: torch.Tensor) -> torch.Tensor:
@@ -145,20 +150,21 @@ class GSELayer(BaseTunerLayer):
         self.set_adapter(self.active_adapters)
 
     # ---- forward -------------------------------------------------------------------------------------
-    def _rank_gates(self, adapter: str, flat: torch.Tensor, router: torch.Tensor, record: bool) -> torch.Tensor:
+    def _rank_gates(self, adapter: str, logits: torch.Tensor, record: bool) -> torch.Tensor:
         """Gate per rank component (N×r): 1/G on generalized ranks, the routed weight on specialized ones."""
         settings = self.gse_settings[adapter]
         g = int(settings["num_generalized"])
         r_gen = sum(self.gse_ranks[adapter][:g])
-        gate, probs, top_i = route(flat, router, int(settings["top_k"]))
+        gate, log_probs, top_i = gate_from_logits(logits, int(settings["top_k"]))
         if record:
+            probs = log_probs.exp()
             self._last_aux[adapter] = load_balancing_loss(probs, top_i)
             with torch.no_grad():
                 counts = torch.bincount(top_i.reshape(-1), minlength=probs.shape[-1]).to(torch.float32)
-                entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
+                entropy = -(probs * log_probs).sum(-1).mean()
                 self._last_stats[adapter] = {"load": counts / counts.sum(), "entropy": entropy.float()}
         gen_value = 0.0 if (adapter in self.merged_adapters or g == 0) else 1.0 / g
-        gen = flat.new_full((flat.shape[0], r_gen), gen_value)
+        gen = logits.new_full((logits.shape[0], r_gen), gen_value)
         return torch.cat([gen, gate[:, self.gse_rank_expert[adapter]]], dim=1)
 
     def adapter_delta(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
@@ -166,10 +172,10 @@ class GSELayer(BaseTunerLayer):
         a, b, router = self.gse_A[adapter], self.gse_B[adapter], self.gse_router[adapter]
         flat = x.to(a.dtype).reshape(-1, self.in_features)
         scale = self.gse_scale[adapter]
-        gates = self._rank_gates(adapter, flat, router, record=True) * scale
-        with torch.no_grad():
+        gates = self._rank_gates(adapter, F.linear(flat, router), record=True) * scale
+        with torch.no_grad():  # separate matmul of the same shape: at init bit-identical logits, same top-k
             c = self.gse_settings[adapter]["init_coefficient"]
-            gates0 = self._rank_gates(adapter, flat, self.gse_router0[adapter], record=False) * (scale * c)
+            gates0 = self._rank_gates(adapter, F.linear(flat, self.gse_router0[adapter]), record=False) * (scale * c)
         h = F.linear(self.gse_dropout[adapter](flat), torch.cat([a, self.gse_A0[adapter]], dim=0))
         out = F.linear(h * torch.cat([gates, -gates0], dim=1), torch.cat([b, self.gse_B0[adapter]], dim=1))
         return out.reshape(*x.shape[:-1], self.out_features)

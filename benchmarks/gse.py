@@ -1,0 +1,213 @@
+"""GSE vs PEFT LoRA (equal trainable parameters) vs a per-expert loop: train-step time and peak memory on CPU.
+
+Every variant trains the same random `transformers` Llama (built from a config, seeded) on the same
+random tokens, each in its own process (so peak RSS is its own). Variants are interleaved and the best
+of `--repeats` runs is kept, so other load on a shared machine distorts the ratios less.
+
+- gse:  capvector.gse (stacked experts, gate on the rank dimension, anchored exact init).
+- lora: PEFT LoRA on the same modules, rank chosen so its trainable parameters match GSE's.
+- loop: the same GSE layers, but the adapter computed the straightforward way (the reference's):
+        one small matmul pair per expert, tokens gathered per routed expert and scattered back.
+`--init` also times GSE's SVD initialisation (`get_peft_model`) on a model of about `--init-params`.
+
+    python benchmarks/gse.py [--preset small|100m] [--steps 6] [--repeats 2] [--init] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+PRESETS = {  # Llama shapes; "100m" is about 100M parameters (the issue's size), "small" is quick
+    "small": {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 6,
+              "num_key_value_heads": 6, "vocab_size": 8000, "batch": 4, "seq": 64},
+    "100m": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
+             "num_key_value_heads": 12, "vocab_size": 16000, "batch": 4, "seq": 128},
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _llama(preset: dict):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = {k: v for k, v in preset.items() if k not in ("batch", "seq")}
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**cfg, max_position_embeddings=preset["seq"]))
+
+
+def _gse_trainable(model, r: int, experts: int, generalized: int) -> tuple[int, int]:
+    """(GSE trainable parameters, Σ(in + out)) over the targeted Linears, from the shapes alone."""
+    import torch
+
+    params = fan = 0
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS:
+            params += r * (m.in_features + m.out_features) + (experts - generalized) * m.in_features
+            fan += m.in_features + m.out_features
+    return params, fan
+
+
+def _loop_delta(layer, adapter, x):
+    """Reference-style adapter: a Python loop over experts, tokens gathered per routed expert (no anchor)."""
+    import torch
+
+    from capvector.gse.layer import route
+
+    a, b, router = layer.gse_A[adapter], layer.gse_B[adapter], layer.gse_router[adapter]
+    flat = x.to(a.dtype).reshape(-1, layer.in_features)
+    dropped = layer.gse_dropout[adapter](flat)
+    ranks, g = layer.gse_ranks[adapter], int(layer.gse_settings[adapter]["num_generalized"])
+    scale = layer.gse_scale[adapter]
+    starts = [sum(ranks[:j]) for j in range(len(ranks))]
+    out = torch.zeros(flat.shape[0], layer.out_features, dtype=a.dtype)
+    for j in range(g):
+        sl = slice(starts[j], starts[j] + ranks[j])
+        out = out + (dropped @ a[sl].T) @ b[:, sl].T * (scale[starts[j]] / g)
+    gate, _, top_i = route(flat, router, int(layer.gse_settings[adapter]["top_k"]))
+    for e in range(len(ranks) - g):
+        j = g + e
+        rows = torch.where((top_i == e).any(-1))[0]
+        sl = slice(starts[j], starts[j] + ranks[j])
+        y = (dropped[rows] @ a[sl].T) @ b[:, sl].T * scale[starts[j]]
+        out = out.index_add(0, rows, y * gate[rows, e, None])
+    return out.reshape(*x.shape[:-1], layer.out_features)
+
+
+def _child(variant: str, preset_name: str, steps: int, threads: int) -> dict:
+    import peft
+    import torch
+
+    import capvector.gse as gse
+
+    torch.set_num_threads(threads)
+    preset = PRESETS[preset_name]
+    model = _llama(preset)
+    base_params = sum(p.numel() for p in model.parameters())
+    gse_params, fan = _gse_trainable(model, 16, 8, 1)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    if variant == "lora":
+        rank = round(gse_params / fan)
+        model = peft.get_peft_model(model, peft.LoraConfig(r=rank, lora_alpha=16, lora_dropout=0.05,
+                                                           target_modules=TARGETS))
+    else:
+        model = peft.get_peft_model(model, gse.GSEConfig(r=16, num_experts=8, num_generalized_experts=1,
+                                                         top_k=2, target_modules=TARGETS))
+        if variant == "loop":
+            for m in model.modules():
+                if isinstance(m, gse.GSELinear):
+                    m.adapter_delta = _loop_delta.__get__(m)  # same layer, per-expert loop instead of stacking
+    wrap_s = time.perf_counter() - t
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, preset["vocab_size"], (preset["batch"], preset["seq"]),
+                        generator=torch.Generator().manual_seed(1))
+    model.train()
+    times = []
+    for step in range(steps + 2):  # two warm-up steps
+        t = time.perf_counter()
+        loss = model(ids, labels=ids).loss
+        if variant != "lora":
+            loss = loss + model.gse_aux_loss()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= 2:
+            times.append(time.perf_counter() - t)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"variant": variant, "base_params": base_params, "trainable_params": trainable,
+            "step_ms": 1000 * statistics.median(times), "wrap_s": wrap_s,
+            "peak_rss_mb": rss1 / 1024, "rss_growth_mb": (rss1 - rss0) / 1024}
+
+
+def _init_child(target_params: float, threads: int) -> dict:
+    """Time `get_peft_model(GSEConfig())` (the per-layer SVDs) on Llama shapes of about `target_params`."""
+    import peft
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import capvector.gse as gse
+
+    torch.set_num_threads(threads)
+    hidden, inter, vocab = 2048, 5632, 32000  # TinyLlama-1.1B widths; depth chosen to reach the size
+    per_layer = 4 * hidden * hidden + 3 * hidden * inter
+    layers = max(1, round((target_params - 2 * vocab * hidden) / per_layer))
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=vocab)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.normal_(0.0, 0.02, generator=g)
+    params = sum(p.numel() for p in model.parameters())
+    t = time.perf_counter()
+    peft.get_peft_model(model, gse.GSEConfig())
+    return {"init_s": time.perf_counter() - t, "params": params, "layers": layers}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="runs per variant; the fastest is reported")
+    ap.add_argument("--variants", default="gse,lora,loop")
+    ap.add_argument("--init", action="store_true", help="also time SVD init on a ~--init-params model")
+    ap.add_argument("--init-params", type=float, default=1.0e9)
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child == "init":
+        print(json.dumps(_init_child(a.init_params, a.threads)))
+        return
+    if a.child:
+        print(json.dumps(_child(a.child, a.preset, a.steps, a.threads)))
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    best: dict[str, dict] = {}
+    for _ in range(a.repeats):
+        for variant in a.variants.split(","):
+            cmd = [sys.executable, __file__, "--child", variant, "--preset", a.preset, "--steps", str(a.steps),
+                   "--threads", str(a.threads)]
+            row = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+                             .stdout.strip().splitlines()[-1])
+            if variant not in best or row["step_ms"] < best[variant]["step_ms"]:
+                best[variant] = row
+    p = PRESETS[a.preset]
+    ref = best.get("lora")
+    print(f"# GSE (r=16, E=8, G=1, top-2) vs LoRA vs per-expert loop: Llama preset {a.preset} "
+          f"({next(iter(best.values()))['base_params'] / 1e6:.1f}M params), batch {p['batch']}×{p['seq']} tokens, "
+          f"{a.threads} threads, {platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}")
+    print("| variant | trainable params | ms/step | step time vs LoRA | peak RSS MB | RSS growth MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in best.values():
+        ratio = r["step_ms"] / ref["step_ms"] if ref else float("nan")
+        print(f"| {r['variant']} | {r['trainable_params']:,} | {r['step_ms']:.0f} | {ratio:.2f}× | "
+              f"{r['peak_rss_mb']:.0f} | {r['rss_growth_mb']:.0f} |")
+    if "gse" in best and "loop" in best:
+        print(f"\nloop / stacked step time: {best['loop']['step_ms'] / best['gse']['step_ms']:.2f}×")
+    init = None
+    if a.init:
+        cmd = [sys.executable, __file__, "--child", "init", "--init-params", str(a.init_params),
+               "--threads", str(a.threads)]
+        init = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+                          .stdout.strip().splitlines()[-1])
+        print(f"SVD init (get_peft_model, default GSEConfig) on a {init['params'] / 1e9:.2f}B-parameter Llama "
+              f"({init['layers']} layers): {init['init_s']:.1f} s")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"args": vars(a), "rows": list(best.values()), "init": init}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
