@@ -235,3 +235,16 @@ def test_load_balancing_loss_is_top_k_when_perfectly_balanced() -> None:
     probs = torch.full((6, 3), 1 / 3)
     top_i = torch.tensor([[0, 1], [1, 2], [2, 0], [0, 1], [1, 2], [2, 0]])
     assert load_balancing_loss(probs, top_i).item() == pytest.approx(2.0)
+
+
+def test_input_gradient_at_init_is_the_base_layers() -> None:
+    """The anchor is differentiated too, so at init the layer is the base layer to first order as well."""
+    base = random_linear(28, 20, seed=11)
+    x = torch.randn(12, 20, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    upstream = torch.randn(12, 28, generator=torch.Generator().manual_seed(7))
+    (base(x) * upstream).sum().backward()
+    expected = x.grad.clone()
+    x.grad = None
+    layer = GSELinear(base, "default", GSEConfig(r=8, num_experts=4, dropout=0.0))
+    (layer(x) * upstream).sum().backward()
+    assert (x.grad - expected).abs().max().item() <= 1e-5

@@ -8,8 +8,8 @@ Function preservation. The reference subtracts c·Σ_j s_j·B_j·A_j from W, but
 top-k *gated* specialized experts, so at init it does not compute W·x. We keep W untouched and subtract
 c times the *initial adapter, gated by the initial router* (frozen "anchor" copies A0, B0, R0, saved
 with the adapter):  y = W·x + f_θ(x) − c·f_θ0(x). At init θ = θ0, so y = W·x (c = 1) up to fp32
-rounding, while every gradient at init is the reference's (the anchor carries none). The anchor rides
-in the same two matmuls (rank 2r), so disable/save/load need no base-weight surgery.
+rounding, and so is ∂y/∂x; the parameter gradients are the reference's (the anchor has no parameters).
+The anchor rides in the same two matmuls (rank 2r), so disable/save/load need no base-weight surgery.
 """
 
 from __future__ import annotations
@@ -105,8 +105,7 @@ class GSELayer(BaseTunerLayer):
         self.gse_settings: dict[str, dict[str, float]] = {}
         self._disable_adapters = False
         self.merged_adapters = []
-        self._last_aux: dict[str, torch.Tensor] = {}
-        self._last_stats: dict[str, dict[str, torch.Tensor]] = {}
+        self._last_route: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # (log-probs, top-k) per adapter
         base = self.get_base_layer()
         if not isinstance(base, nn.Linear):
             raise CapvectorError(f"GSE adapts torch.nn.Linear only; found {type(base).__name__}")
@@ -141,8 +140,10 @@ class GSELayer(BaseTunerLayer):
         self.gse_B0[adapter_name] = b.detach().clone()
         self.gse_router0[adapter_name] = router.detach().clone()
         self.gse_scale[adapter_name] = rank_scale
-        spec_expert = torch.repeat_interleave(torch.arange(num_spec), torch.tensor(ranks[g:]))
-        self.gse_rank_expert[adapter_name] = spec_expert.to("cpu" if a.device.type == "meta" else a.device)
+        # gate column of each rank component: its specialized expert, or column E−G (the 1/G column)
+        columns = torch.cat([torch.full((sum(ranks[:g]),), num_spec),
+                             torch.repeat_interleave(torch.arange(num_spec), torch.tensor(ranks[g:]))])
+        self.gse_rank_expert[adapter_name] = columns.to("cpu" if a.device.type == "meta" else a.device)
         self.gse_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.gse_ranks[adapter_name] = list(ranks)
         self.gse_settings[adapter_name] = {"num_generalized": g, "top_k": config.top_k,
@@ -150,34 +151,28 @@ class GSELayer(BaseTunerLayer):
         self.set_adapter(self.active_adapters)
 
     # ---- forward -------------------------------------------------------------------------------------
-    def _rank_gates(self, adapter: str, logits: torch.Tensor, record: bool) -> torch.Tensor:
-        """Gate per rank component (N×r): 1/G on generalized ranks, the routed weight on specialized ones."""
-        settings = self.gse_settings[adapter]
-        g = int(settings["num_generalized"])
-        r_gen = sum(self.gse_ranks[adapter][:g])
-        gate, log_probs, top_i = gate_from_logits(logits, int(settings["top_k"]))
-        if record:
-            probs = log_probs.exp()
-            self._last_aux[adapter] = load_balancing_loss(probs, top_i)
-            with torch.no_grad():
-                counts = torch.bincount(top_i.reshape(-1), minlength=probs.shape[-1]).to(torch.float32)
-                entropy = -(probs * log_probs).sum(-1).mean()
-                self._last_stats[adapter] = {"load": counts / counts.sum(), "entropy": entropy.float()}
-        gen_value = 0.0 if (adapter in self.merged_adapters or g == 0) else 1.0 / g
-        gen = logits.new_full((logits.shape[0], r_gen), gen_value)
-        return torch.cat([gen, gate[:, self.gse_rank_expert[adapter]]], dim=1)
-
     def adapter_delta(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
-        """f_θ(x) − c·f_θ0(x), in the adapter's dtype (fp32): what this adapter adds to the base output."""
+        """f_θ(x) − c·f_θ0(x), in the adapter's dtype (fp32): what this adapter adds to the base output.
+
+        Current and initial branch are routed together (stacked on a leading axis of 2) and share the two
+        rank-2r matmuls, so a layer is a handful of ops whatever E is. The router logits of the two
+        branches come from separate matmuls of the same shape: at init they are bit-identical, so both
+        branches pick the same experts and cancel exactly.
+        """
         a, b, router = self.gse_A[adapter], self.gse_B[adapter], self.gse_router[adapter]
+        settings = self.gse_settings[adapter]
         flat = x.to(a.dtype).reshape(-1, self.in_features)
+        logits = torch.stack([F.linear(flat, router), F.linear(flat, self.gse_router0[adapter])])
+        gate, log_probs, top_i = gate_from_logits(logits, int(settings["top_k"]))  # (2, N, E−G)
+        self._last_route[adapter] = (log_probs[0], top_i[0])
+        g = int(settings["num_generalized"])
+        gen_value = 0.0 if (adapter in self.merged_adapters or g == 0) else 1.0 / g
+        gate = torch.cat([gate, gate.new_full((*gate.shape[:-1], 1), gen_value)], dim=-1)  # last column: 1/G
         scale = self.gse_scale[adapter]
-        gates = self._rank_gates(adapter, F.linear(flat, router), record=True) * scale
-        with torch.no_grad():  # separate matmul of the same shape: at init bit-identical logits, same top-k
-            c = self.gse_settings[adapter]["init_coefficient"]
-            gates0 = self._rank_gates(adapter, F.linear(flat, self.gse_router0[adapter]), record=False) * (scale * c)
+        coef = torch.stack([scale, -settings["init_coefficient"] * scale])[:, None, :]  # (2, 1, r)
+        rank_gates = (gate[..., self.gse_rank_expert[adapter]] * coef).transpose(0, 1).reshape(flat.shape[0], -1)
         h = F.linear(self.gse_dropout[adapter](flat), torch.cat([a, self.gse_A0[adapter]], dim=0))
-        out = F.linear(h * torch.cat([gates, -gates0], dim=1), torch.cat([b, self.gse_B0[adapter]], dim=1))
+        out = F.linear(h * rank_gates, torch.cat([b, self.gse_B0[adapter]], dim=1))
         return out.reshape(*x.shape[:-1], self.out_features)
 
     # ---- merge ---------------------------------------------------------------------------------------
@@ -217,12 +212,23 @@ class GSELayer(BaseTunerLayer):
 
     # ---- statistics ----------------------------------------------------------------------------------
     def aux_loss(self, adapter: str) -> torch.Tensor | None:
-        """Load-balancing loss of the last forward (unweighted), or None before any forward."""
-        return self._last_aux.get(adapter)
+        """Load-balancing loss of the last forward (unweighted, with grad), or None before any forward.
+
+        Computed on request from the kept routing, so forwards that nobody asks about cost nothing extra.
+        """
+        if adapter not in self._last_route:
+            return None
+        log_probs, top_i = self._last_route[adapter]
+        return load_balancing_loss(log_probs.exp(), top_i)
 
     def router_stats(self, adapter: str) -> dict[str, torch.Tensor] | None:
-        """Expert load (fractions of top-k picks) and mean router entropy of the last forward."""
-        return self._last_stats.get(adapter)
+        """Expert load (fractions of top-k picks) and mean router entropy (nats) of the last forward."""
+        if adapter not in self._last_route:
+            return None
+        log_probs, top_i = (t.detach() for t in self._last_route[adapter])
+        counts = torch.bincount(top_i.reshape(-1), minlength=log_probs.shape[-1]).to(torch.float32)
+        entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
+        return {"load": counts / counts.sum(), "entropy": entropy.float()}
 
 
 class GSELinear(nn.Module, GSELayer):
