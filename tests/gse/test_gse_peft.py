@@ -164,3 +164,30 @@ def test_bad_config_names_the_field() -> None:
         GSEConfig(scaling="gsb")
     with pytest.raises(CapvectorError, match=r"GSEConfig\.dropout"):
         GSEConfig(dropout=1.5)
+
+
+class TwoBranch(torch.nn.Module):
+    """A model whose second Linear runs only on request, like a vision tower on text-only batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first = torch.nn.Linear(16, 16)
+        self.second = torch.nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor, use_second: bool = True) -> torch.Tensor:
+        x = self.first(x)
+        return self.second(x) if use_second else x
+
+
+def test_aux_loss_counts_only_layers_that_ran_in_the_last_forward() -> None:
+    model = peft.get_peft_model(TwoBranch(), GSEConfig(r=8, num_experts=4, target_modules=["first", "second"],
+                                                       aux_loss_weight=1.0))
+    x = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
+    model(x, use_second=True)
+    first, second = model.base_model.model.first, model.base_model.model.second
+    assert torch.allclose(model.gse_aux_loss(), first.aux_loss("default") + second.aux_loss("default"))
+    model(x, use_second=False)  # the second layer's routing from the previous forward is stale now
+    assert second.aux_loss("default") is None
+    assert torch.allclose(model.gse_aux_loss(), first.aux_loss("default"))
+    assert set(model.gse_router_stats()) == {"first"}

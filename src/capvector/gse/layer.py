@@ -211,6 +211,10 @@ class GSELayer(BaseTunerLayer):
                     weight.copy_((weight.float() - self.generalized_delta(adapter)).to(weight.dtype))
 
     # ---- statistics ----------------------------------------------------------------------------------
+    def forget_routing(self) -> None:
+        """Drop the kept routing (called at the start of each model forward by `GSEModel`)."""
+        self._last_route.clear()
+
     def aux_loss(self, adapter: str) -> torch.Tensor | None:
         """Load-balancing loss of the last forward (unweighted, with grad), or None before any forward.
 

@@ -46,6 +46,17 @@ class GSEModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
+    def _post_injection_hook(self, model: nn.Module, config: GSEConfig, adapter_name: str) -> None:
+        super()._post_injection_hook(model, config, adapter_name)
+        if getattr(self, "_route_reset_hook", None) is None:
+            # every top-level forward starts by forgetting the previous routing, so the aux loss and the
+            # stats only cover layers that ran in the last forward (a skipped tower must not contribute)
+            self._route_reset_hook = model.register_forward_pre_hook(self._forget_routes)
+
+    def _forget_routes(self, module: nn.Module, args: Any) -> None:
+        for _, layer in self._gse_layers():
+            layer.forget_routing()
+
     def _gse_layers(self) -> list[tuple[str, GSELayer]]:
         return [(name, m) for name, m in self.model.named_modules() if isinstance(m, GSELayer)]
 
@@ -104,4 +115,7 @@ class GSEModel(BaseTuner):
         """Remove the GSE layers and return the base model with its original weights (merges undone)."""
         for _, layer in self._gse_layers():
             layer.unmerge()
+        if getattr(self, "_route_reset_hook", None) is not None:
+            self._route_reset_hook.remove()
+            self._route_reset_hook = None
         return self._unload_and_optionally_merge(merge=False)
