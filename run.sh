@@ -20,17 +20,22 @@ ensure_system_packages() {
     fi
 }
 
+pip_install() {
+    # Quiet, but keep real errors: drop only pip's notes about unreachable local find-links.
+    "$PY" -m pip install -q "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2)
+}
+
 ensure_venv() {
     [ -x "$PY" ] || python3 -m venv "$VENV"
     local want
     want="$(cat pyproject.toml run.sh | sha256sum | cut -d' ' -f1)"
     if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then return; fi
     echo "[setup] preparing $VENV (first run takes a few minutes)"
-    "$PY" -m pip install -q --upgrade pip
+    pip_install --upgrade pip
     if ! "$PY" -c "import torch" 2>/dev/null; then
-        "$PY" -m pip install -q "torch==2.13.0"
+        pip_install "torch==2.13.0"   # the CPU build; a bare `torch` would pull a multi-GB CUDA build
     fi
-    "$PY" -m pip install -q -e ".[sim,dev]"
+    pip_install -e ".[sim,dev]"
     echo "$want" > "$STAMP"
 }
 
