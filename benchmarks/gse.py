@@ -2,7 +2,9 @@
 
 Every variant trains the same random `transformers` Llama (built from a config, seeded) on the same
 random tokens, each in its own process (so peak RSS is its own). Variants are interleaved and the best
-of `--repeats` runs is kept, so other load on a shared machine distorts the ratios less.
+of `--repeats` runs is kept, so other load on a shared machine distorts the ratios less. Besides wall
+time it reports process CPU time per step, which a busy machine distorts less (with `--threads 1`
+there is no thread spin-waiting in it either).
 
 - gse:  capvector.gse (stacked experts, gate on the rank dimension, anchored exact init).
 - lora: PEFT LoRA on the same modules, rank chosen so its trainable parameters match GSE's.
@@ -111,9 +113,9 @@ def _child(variant: str, preset_name: str, steps: int, threads: int) -> dict:
     ids = torch.randint(0, preset["vocab_size"], (preset["batch"], preset["seq"]),
                         generator=torch.Generator().manual_seed(1))
     model.train()
-    times = []
+    times, cpu = [], []
     for step in range(steps + 2):  # two warm-up steps
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         loss = model(ids, labels=ids).loss
         if variant != "lora":
             loss = loss + model.gse_aux_loss()
@@ -122,9 +124,10 @@ def _child(variant: str, preset_name: str, steps: int, threads: int) -> dict:
         opt.zero_grad(set_to_none=True)
         if step >= 2:
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"variant": variant, "base_params": base_params, "trainable_params": trainable,
-            "step_ms": 1000 * statistics.median(times), "wrap_s": wrap_s,
+            "step_ms": 1000 * statistics.median(times), "cpu_ms": 1000 * statistics.median(cpu), "wrap_s": wrap_s,
             "peak_rss_mb": rss1 / 1024, "rss_growth_mb": (rss1 - rss0) / 1024}
 
 
@@ -188,14 +191,17 @@ def main() -> None:
     print(f"# GSE (r=16, E=8, G=1, top-2) vs LoRA vs per-expert loop: Llama preset {a.preset} "
           f"({next(iter(best.values()))['base_params'] / 1e6:.1f}M params), batch {p['batch']}×{p['seq']} tokens, "
           f"{a.threads} threads, {platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}")
-    print("| variant | trainable params | ms/step | step time vs LoRA | peak RSS MB | RSS growth MB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| variant | trainable params | wall ms/step | vs LoRA | CPU ms/step | vs LoRA | peak RSS MB "
+          "| RSS growth MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in best.values():
         ratio = r["step_ms"] / ref["step_ms"] if ref else float("nan")
-        print(f"| {r['variant']} | {r['trainable_params']:,} | {r['step_ms']:.0f} | {ratio:.2f}× | "
-              f"{r['peak_rss_mb']:.0f} | {r['rss_growth_mb']:.0f} |")
+        cpu_ratio = r["cpu_ms"] / ref["cpu_ms"] if ref else float("nan")
+        print(f"| {r['variant']} | {r['trainable_params']:,} | {r['step_ms']:.0f} | {ratio:.2f}× | {r['cpu_ms']:.0f} | "
+              f"{cpu_ratio:.2f}× | {r['peak_rss_mb']:.0f} | {r['rss_growth_mb']:.0f} |")
     if "gse" in best and "loop" in best:
-        print(f"\nloop / stacked step time: {best['loop']['step_ms'] / best['gse']['step_ms']:.2f}×")
+        print(f"\nloop / stacked: wall {best['loop']['step_ms'] / best['gse']['step_ms']:.2f}×, "
+              f"CPU {best['loop']['cpu_ms'] / best['gse']['cpu_ms']:.2f}×")
     init = None
     if a.init:
         cmd = [sys.executable, __file__, "--child", "init", "--init-params", str(a.init_params),
