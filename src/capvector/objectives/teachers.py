@@ -11,8 +11,6 @@ A teacher maps a collated batch (see the data contract in docs/policy.md) to tar
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,9 +18,9 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from capvector.errors import CapvectorError
+from capvector.policy.files import atomic_save_safetensors
 
 
 class Teacher(Protocol):
@@ -167,17 +165,7 @@ def feature_key(episode: int, step: int) -> str:
 
 def write_teacher_features(path: str | Path, features: Mapping[str, torch.Tensor]) -> Path:
     """Write a feature file for `PrecomputedTeacher` atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in features.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save_safetensors({k: v.float() for k, v in features.items()}, path)
 
 
 def make_teacher(kind: str, path: str | Path | None = None) -> Teacher:

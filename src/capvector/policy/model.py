@@ -15,8 +15,6 @@ the K-step action chunk out of the trunk in one forward pass.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from capvector.errors import CapvectorError
 from capvector.policy.config import PolicyConfig
+from capvector.policy.files import atomic_save_safetensors, atomic_write_text
 from capvector.policy.text import InstructionEmbedder, get_embedder
 
 CONFIG_NAME = "config.json"
@@ -254,8 +253,7 @@ class TinyVLA(nn.Module, PyTorchModelHubMixin, library_name="capvector", tags=["
     # ---- persistence --------------------------------------------------------------------------
     def _save_pretrained(self, save_directory: Path) -> None:
         """Weights as safetensors, written to a temp file then renamed (the mixin writes config.json)."""
-        _atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                                 Path(save_directory) / WEIGHTS_NAME, metadata={"format": "pt"})
+        atomic_save_safetensors(self.state_dict(), Path(save_directory) / WEIGHTS_NAME, metadata={"format": "pt"})
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = True, **kwargs: Any):
@@ -270,35 +268,11 @@ def _init_linear(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_policy(model: TinyVLA, directory: str | Path) -> Path:
     """Write `config.json` + `model.safetensors` (each atomically); the layout `TinyVLA.from_pretrained` reads."""
     directory = Path(directory)
     model._save_pretrained(directory)
-    _atomic_write_text(directory / CONFIG_NAME, json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
     return directory
 
 

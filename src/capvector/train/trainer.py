@@ -13,8 +13,6 @@ import contextlib
 import inspect
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from capvector.errors import CapvectorError
 from capvector.objectives import SpatialAlignment, Teacher, make_teacher
 from capvector.policy import PolicyConfig, TinyVLA, action_l1, load_policy, save_policy
+from capvector.policy.files import atomic_save_safetensors, atomic_write_text
 from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
 from capvector.train.order import StepBatchSampler
 from capvector.train.state import (
@@ -293,7 +292,7 @@ class Trainer:
         if not path.is_file() or not self.accelerator.is_main_process:
             return
         kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        _atomic_write(path, "".join(ln + "\n" for ln in kept))
+        atomic_write_text(path, "".join(ln + "\n" for ln in kept))
         self.history = [json.loads(ln) for ln in kept]
 
     def _write_config(self) -> None:
@@ -304,7 +303,7 @@ class Trainer:
                     "regularizers": sorted(self.regularizers),
                     "aux_layer": self.alignment.layer if self.alignment is not None else None,
                     "trainable_parameters": sum(p.numel() for _, p in self.trainable)}
-        _atomic_write(self.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+        atomic_write_text(self.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
 
     # ---- training -----------------------------------------------------------------------------
     def train(self, resume: bool = True, stop_at: int | None = None) -> TrainResult:
@@ -396,10 +395,7 @@ class Trainer:
                 save_policy(base, self.run_dir / BASE_DIR)
                 directory = self.run_dir
         if self.alignment is not None:
-            from capvector.policy.model import _atomic_save_safetensors
-
-            _atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in self.alignment.state_dict().items()},
-                                     self.run_dir / PROJECTOR)
+            atomic_save_safetensors(self.alignment.state_dict(), self.run_dir / PROJECTOR)
         return directory
 
 
@@ -455,15 +451,3 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
