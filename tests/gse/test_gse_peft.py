@@ -191,3 +191,21 @@ def test_aux_loss_counts_only_layers_that_ran_in_the_last_forward() -> None:
     assert second.aux_loss("default") is None
     assert torch.allclose(model.gse_aux_loss(), first.aux_loss("default"))
     assert set(model.gse_router_stats()) == {"first"}
+
+
+def test_non_linear_targets_are_refused_and_small_layers_skipped() -> None:
+    with pytest.raises(CapvectorError, match=r"GSEConfig\.target_modules: expected torch\.nn\.Linear.*Embedding"):
+        peft.get_peft_model(tiny_llama(), GSEConfig(r=8, num_experts=4, target_modules=["embed_tokens"]))
+
+    class Narrow(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wide = torch.nn.Linear(16, 16)
+            self.narrow = torch.nn.Linear(16, 4)  # min(out, in) = 4 < r = 8: left as it is
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.narrow(self.wide(x))
+
+    model = peft.get_peft_model(Narrow(), GSEConfig(r=8, num_experts=4, target_modules=["wide", "narrow"]))
+    assert isinstance(model.base_model.model.wide, GSELinear)
+    assert type(model.base_model.model.narrow) is torch.nn.Linear

@@ -87,7 +87,7 @@ class GSELayer(BaseTunerLayer):
     """Adapter state of one layer, keyed by adapter name as PEFT expects (several adapters may coexist)."""
 
     adapter_layer_names = ("gse_A", "gse_B", "gse_router")
-    other_param_names = ("gse_A0", "gse_B0", "gse_router0", "gse_scale", "gse_rank_expert", "gse_dropout",
+    other_param_names = ("gse_A0", "gse_B0", "gse_router0", "gse_scale", "gse_rank_column", "gse_dropout",
                          "gse_ranks", "gse_settings")
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
@@ -99,7 +99,7 @@ class GSELayer(BaseTunerLayer):
         self.gse_B0 = BufferDict(persistent=True)
         self.gse_router0 = BufferDict(persistent=True)
         self.gse_scale = BufferDict(persistent=True)
-        self.gse_rank_expert = BufferDict(persistent=False)
+        self.gse_rank_column = BufferDict(persistent=False)
         self.gse_dropout = nn.ModuleDict()
         self.gse_ranks: dict[str, list[int]] = {}
         self.gse_settings: dict[str, dict[str, float]] = {}
@@ -143,7 +143,7 @@ class GSELayer(BaseTunerLayer):
         # gate column of each rank component: its specialized expert, or column E−G (the 1/G column)
         columns = torch.cat([torch.full((sum(ranks[:g]),), num_spec),
                              torch.repeat_interleave(torch.arange(num_spec), torch.tensor(ranks[g:]))])
-        self.gse_rank_expert[adapter_name] = columns.to("cpu" if a.device.type == "meta" else a.device)
+        self.gse_rank_column[adapter_name] = columns.to("cpu" if a.device.type == "meta" else a.device)
         self.gse_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.gse_ranks[adapter_name] = list(ranks)
         self.gse_settings[adapter_name] = {"num_generalized": g, "top_k": config.top_k,
@@ -170,7 +170,7 @@ class GSELayer(BaseTunerLayer):
         gate = torch.cat([gate, gate.new_full((*gate.shape[:-1], 1), gen_value)], dim=-1)  # last column: 1/G
         scale = self.gse_scale[adapter]
         coef = torch.stack([scale, -settings["init_coefficient"] * scale])[:, None, :]  # (2, 1, r)
-        rank_gates = (gate[..., self.gse_rank_expert[adapter]] * coef).transpose(0, 1).reshape(flat.shape[0], -1)
+        rank_gates = (gate[..., self.gse_rank_column[adapter]] * coef).transpose(0, 1).reshape(flat.shape[0], -1)
         h = F.linear(self.gse_dropout[adapter](flat), torch.cat([a, self.gse_A0[adapter]], dim=0))
         out = F.linear(h * rank_gates, torch.cat([b, self.gse_B0[adapter]], dim=1))
         return out.reshape(*x.shape[:-1], self.out_features)
