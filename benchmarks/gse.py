@@ -8,8 +8,9 @@ there is no thread spin-waiting in it either).
 
 - gse:  capvector.gse (stacked experts, gate on the rank dimension, anchored exact init).
 - lora: PEFT LoRA on the same modules, rank chosen so its trainable parameters match GSE's.
-- loop: the same GSE layers, but the adapter computed the straightforward way (the reference's):
-        one small matmul pair per expert, tokens gathered per routed expert and scattered back.
+- loop: the same GSE layers computing the same function, but the straightforward way (the reference's):
+        one small matmul pair per expert and branch, tokens gathered per routed expert and scattered back.
+- loop-noanchor: the loop without the anchor branch (the reference's forward; half the adapter work).
 `--init` also times GSE's SVD initialisation (`get_peft_model`) on a model of about `--init-params`.
 
     python benchmarks/gse.py [--preset small|100m] [--steps 6] [--repeats 2] [--init] [--json out.json]
@@ -57,15 +58,13 @@ def _gse_trainable(model, r: int, experts: int, generalized: int) -> tuple[int, 
     return params, fan
 
 
-def _loop_delta(layer, adapter, x):
-    """Reference-style adapter: a Python loop over experts, tokens gathered per routed expert (no anchor)."""
+def _loop_branch(layer, adapter, flat, dropped, a, b, router):
+    """One adapter branch the straightforward way: a Python loop over experts, tokens gathered per routed
+    expert and scattered back (how the reference computes it). Returns the output and the routing."""
     import torch
 
     from capvector.gse.layer import route
 
-    a, b, router = layer.gse_A[adapter], layer.gse_B[adapter], layer.gse_router[adapter]
-    flat = x.to(a.dtype).reshape(-1, layer.in_features)
-    dropped = layer.gse_dropout[adapter](flat)
     ranks, g = layer.gse_ranks[adapter], int(layer.gse_settings[adapter]["num_generalized"])
     scale = layer.gse_scale[adapter]
     starts = [sum(ranks[:j]) for j in range(len(ranks))]
@@ -73,14 +72,48 @@ def _loop_delta(layer, adapter, x):
     for j in range(g):
         sl = slice(starts[j], starts[j] + ranks[j])
         out = out + (dropped @ a[sl].T) @ b[:, sl].T * (scale[starts[j]] / g)
-    gate, _, top_i = route(flat, router, int(layer.gse_settings[adapter]["top_k"]))
+    gate, log_probs, top_i = route(flat, router, int(layer.gse_settings[adapter]["top_k"]))
     for e in range(len(ranks) - g):
         j = g + e
         rows = torch.where((top_i == e).any(-1))[0]
         sl = slice(starts[j], starts[j] + ranks[j])
         y = (dropped[rows] @ a[sl].T) @ b[:, sl].T * scale[starts[j]]
         out = out.index_add(0, rows, y * gate[rows, e, None])
+    return out, (log_probs, top_i)
+
+
+def _loop_delta(layer, adapter, x, anchored=True):
+    """The GSE layer's adapter term with per-expert loops: f_θ(x) − c·f_θ0(x) (anchored=False: f_θ only,
+    i.e. the reference's forward, which does half the work)."""
+    a = layer.gse_A[adapter]
+    flat = x.to(a.dtype).reshape(-1, layer.in_features)
+    dropped = layer.gse_dropout[adapter](flat)
+    out, routing = _loop_branch(layer, adapter, flat, dropped, a, layer.gse_B[adapter], layer.gse_router[adapter])
+    layer._last_route[adapter] = routing  # so gse_aux_loss() costs the same in every variant
+    if anchored:
+        out0, _ = _loop_branch(layer, adapter, flat, dropped, layer.gse_A0[adapter], layer.gse_B0[adapter],
+                               layer.gse_router0[adapter])
+        out = out - layer.gse_settings[adapter]["init_coefficient"] * out0
     return out.reshape(*x.shape[:-1], layer.out_features)
+
+
+def _check_loop_matches(model, loop_fn) -> None:
+    """The loop variant must compute what the stacked layer computes (eval mode, after moving the factors)."""
+    import torch
+
+    import capvector.gse as gse
+
+    layer = next(m for m in model.modules() if isinstance(m, gse.GSELinear))
+    layer.eval()
+    with torch.no_grad():
+        layer.gse_A["default"].add_(0.01 * torch.randn_like(layer.gse_A["default"]))
+        x = torch.randn(32, layer.in_features)
+        expected = layer.adapter_delta("default", x)
+        got = loop_fn(layer, "default", x)
+        layer.gse_A["default"].copy_(layer.gse_A0["default"])
+    layer.train()
+    if not torch.allclose(got, expected, atol=1e-5):
+        raise SystemExit(f"loop variant disagrees with the stacked layer: {(got - expected).abs().max():.3g}")
 
 
 def _child(variant: str, preset_name: str, steps: int, threads: int) -> dict:
@@ -103,10 +136,13 @@ def _child(variant: str, preset_name: str, steps: int, threads: int) -> dict:
     else:
         model = peft.get_peft_model(model, gse.GSEConfig(r=16, num_experts=8, num_generalized_experts=1,
                                                          top_k=2, target_modules=TARGETS))
-        if variant == "loop":
+        if variant in ("loop", "loop-noanchor"):
+            anchored = variant == "loop"
+            if anchored:
+                _check_loop_matches(model, _loop_delta)
             for m in model.modules():
-                if isinstance(m, gse.GSELinear):
-                    m.adapter_delta = _loop_delta.__get__(m)  # same layer, per-expert loop instead of stacking
+                if isinstance(m, gse.GSELinear):  # same layer, per-expert loops instead of stacking
+                    m.adapter_delta = (lambda layer: lambda ad, x: _loop_delta(layer, ad, x, anchored))(m)
     wrap_s = time.perf_counter() - t
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -164,7 +200,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="runs per variant; the fastest is reported")
-    ap.add_argument("--variants", default="gse,lora,loop")
+    ap.add_argument("--variants", default="gse,lora,loop,loop-noanchor")
     ap.add_argument("--init", action="store_true", help="also time SVD init on a ~--init-params model")
     ap.add_argument("--init-params", type=float, default=1.0e9)
     ap.add_argument("--json", default=None, help="also write the results here")
