@@ -22,7 +22,9 @@ def perturb_(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
 
 
 def read_all(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file or of every safetensors file in a directory."""
+    """Every tensor of a weight file (safetensors or torch pickle) or of every safetensors file in a directory."""
+    if path.is_file() and path.suffix in (".pt", ".bin"):
+        return dict(torch.load(path, weights_only=True))
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
     out: dict[str, torch.Tensor] = {}
     for f in files:
