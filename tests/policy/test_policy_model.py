@@ -56,6 +56,8 @@ def test_parameter_groups_select_by_preset(tiny_cfg):
     assert all(n.startswith(("vlm.vision", "vlm.language", "vlm.trunk")) for n in vlm)
     assert "action_expert.queries" in expert and "action_expert.head_fc2.weight" in expert
     # The same globs still match under a PEFT wrapper prefix.
+    assert make_selection(preset="tiny-vla:vlm").filter(names) == vlm
+    assert make_selection(preset="vlm").filter(names) == vlm
     wrapped = "base_model.model.vlm.trunk.layers.0.attn.q_proj.weight"
     assert make_selection(include=POLICY_PRESETS["vlm"]).matches(wrapped)
 

@@ -23,11 +23,17 @@ _DESCRIPTIONS = {
 LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
 
 
+FAMILY = "tiny-vla"
+
+
 def register_policy_presets(replace: bool = False) -> list[str]:
-    """Register `vlm`, `action_expert`, `vlm+expert` with capvector.selection; keep existing names unless asked."""
+    """Register `tiny-vla:<group>` (the integrations' family-prefixed style) and the plain `vlm`,
+    `action_expert`, `vlm+expert` names with capvector.selection; plain names already taken are kept unless asked."""
     known = presets()
     added = []
     for name, globs in POLICY_PRESETS.items():
+        register_preset(f"{FAMILY}:{name}", list(globs), description=_DESCRIPTIONS[name])
+        added.append(f"{FAMILY}:{name}")
         if replace or name not in known:
             register_preset(name, list(globs), description=_DESCRIPTIONS[name])
             added.append(name)
