@@ -209,3 +209,20 @@ def test_non_linear_targets_are_refused_and_small_layers_skipped() -> None:
     model = peft.get_peft_model(Narrow(), GSEConfig(r=8, num_experts=4, target_modules=["wide", "narrow"]))
     assert isinstance(model.base_model.model.wide, GSELinear)
     assert type(model.base_model.model.narrow) is torch.nn.Linear
+
+
+def test_two_named_adapters_switch_and_delete(reference_logits: torch.Tensor) -> None:
+    model = peft.get_peft_model(tiny_llama(), GSEConfig(r=8, num_experts=4))
+    perturb(model, seed=6)
+    model.add_adapter("other", GSEConfig(r=12, num_experts=3, num_generalized_experts=0, top_k=1))
+    trainable = {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"default"}  # a newly added adapter is not trainable until selected
+    model.eval()
+    with torch.no_grad():
+        first = model(token_ids()).logits
+        model.set_adapter("other")  # fresh adapter: exactly the base model again
+        assert (model(token_ids()).logits - reference_logits).abs().max().item() <= 1e-5
+        model.delete_adapter("default")
+        model.set_adapter("other")
+        assert not torch.allclose(first, model(token_ids()).logits)
+    assert {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if "gse_" in n} == {"other"}
