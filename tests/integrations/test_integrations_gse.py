@@ -7,18 +7,19 @@ import re
 import peft
 import pytest
 import torch
-from test_integrations_lerobot import Policy
+from test_integrations_lerobot import PI0Model, Policy
 from test_integrations_openvla_oft import build as build_oft
 from test_integrations_qwen_vla import QwenvlOFT
 from torch import nn
 
 from capvector.gse import GSEConfig, GSELinear
-from capvector.integrations import OPENVLA_OFT, PI0, PI05, QWEN_VLA, SMOLVLA
+from capvector.integrations import OPENPI, OPENVLA_OFT, PI0, PI05, QWEN_VLA, SMOLVLA
 
 CASES = {
     "pi0": (PI0, lambda: Policy("pi0")),
     "pi05": (PI05, lambda: Policy("pi05")),
     "smolvla": (SMOLVLA, lambda: Policy("smolvla")),
+    "openpi": (OPENPI, lambda: PI0Model(pi05=False)),
     "openvla-oft": (OPENVLA_OFT, lambda: build_oft(0)),
     "qwen-vla": (QWEN_VLA, lambda: QwenvlOFT("2.5")),
 }
@@ -28,6 +29,7 @@ BACKBONE = {
     "pi05": ("model.paligemma_with_expert.paligemma.model.language_model.",
              "model.paligemma_with_expert.gemma_expert."),
     "smolvla": ("model.vlm_with_expert.vlm.model.text_model.", "model.vlm_with_expert.lm_expert."),
+    "openpi": ("paligemma_with_expert.paligemma.model.language_model.", "paligemma_with_expert.gemma_expert."),
     "openvla-oft": ("language_model.model.",),
     "qwen-vla": ("qwen_vl_interface.model.model.language_model.",),
 }

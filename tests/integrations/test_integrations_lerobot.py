@@ -282,3 +282,42 @@ def test_get_family():
     assert get_family("pi0") is PI0
     with pytest.raises(CapvectorError, match="unknown VLA family"):
         get_family("pi1")
+
+
+def test_openpi_pytorch_checkpoints(tmp_path):
+    """openpi's train_pytorch.py: `safetensors.torch.save_model(model)` into `<exp>/<step>/model.safetensors`."""
+    from safetensors.torch import save_model
+
+    from capvector.integrations import OPENPI
+
+    torch.manual_seed(0)
+    pre = PI0Model(pi05=False)
+    sft = PI0Model(pi05=False)
+    sft.load_state_dict(pre.state_dict())
+    perturb_(sft, 1)
+    aux = PI0Model(pi05=False)
+    aux.load_state_dict(sft.state_dict())  # the same τ_task, then τ_cap on top
+    perturb_(aux, 2)
+    runs = []
+    for name, model in (("pre", pre), ("sft", sft), ("aux", aux)):
+        for step in (500, 1000):
+            d = tmp_path / name / str(step)
+            d.mkdir(parents=True)
+            save_model(model, str(d / "model.safetensors"))
+            torch.save({"step": step}, d / "metadata.pt")
+        (tmp_path / name / "tmp_1500").mkdir()  # an unfinished save is never picked
+        runs.append(OPENPI.locate(tmp_path / name).main)
+    assert all(r.name == "1000" for r in runs)
+    expected = {
+        "vlm+expert": lambda k: k.startswith("paligemma_with_expert."),
+        "action_heads": lambda k: not k.startswith("paligemma_with_expert."),
+        "language": lambda k: k.startswith(("paligemma_with_expert.paligemma.model.language_model.",
+                                            "paligemma_with_expert.paligemma.lm_head.")),
+    }
+    for preset, pred in expected.items():
+        check_preset_roundtrip(tmp_path, *runs, f"openpi:{preset}", pred)
+    out = next(tmp_path.glob("merged-*vlm_expert"))
+    missing, unexpected = load_model(PI0Model(pi05=False), str(out / "model.safetensors"), strict=True)
+    assert not missing and not unexpected
+    with pytest.raises(CapvectorError, match="no openpi weights"):
+        OPENPI.locate(tmp_path)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from capvector.errors import CapvectorError
 from capvector.integrations._family import Family, FamilyFiles, PresetSpec, families, register_family
-from capvector.integrations.lerobot import PI0, PI05, SMOLVLA
+from capvector.integrations.lerobot import OPENPI, PI0, PI05, SMOLVLA
 from capvector.integrations.openvla_oft import OPENVLA_OFT
 from capvector.integrations.qwen_vla import QWEN_VLA
 
 
 def get_family(name: str) -> Family:
-    """A registered family by name (``pi0``, ``pi05``, ``smolvla``, ``openvla-oft``, ``qwen-vla``)."""
+    """A registered family by name (``pi0``, ``pi05``, ``smolvla``, ``openpi``, ``openvla-oft``, ``qwen-vla``)."""
     known = families()
     if name not in known:
         raise CapvectorError(f"unknown VLA family {name!r}; known: {sorted(known)}")
@@ -22,6 +22,7 @@ def get_family(name: str) -> Family:
 
 
 __all__ = [
+    "OPENPI",
     "OPENVLA_OFT",
     "PI0",
     "PI05",

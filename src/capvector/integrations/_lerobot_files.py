@@ -1,4 +1,4 @@
-"""Finding the `model.safetensors` of a LeRobot policy checkpoint.
+"""Finding the `model.safetensors` of a LeRobot policy or an openpi PyTorch checkpoint.
 
 LeRobot's `PreTrainedPolicy.save_pretrained` writes one `model.safetensors` (no shards) and the policy
 `config.json` into a directory; training runs put it at
@@ -27,3 +27,15 @@ def locate_lerobot(path: Path, family: str) -> FamilyFiles:
         f"{root}: no LeRobot {family} policy weights; expected {WEIGHTS} in it, in {PRETRAINED_MODEL_DIR}/ "
         f"or in checkpoints/last/{PRETRAINED_MODEL_DIR}/"
     )
+
+
+def locate_openpi(path: Path) -> FamilyFiles:
+    """openpi's `scripts/train_pytorch.py` writes `<checkpoint_dir>/<step>/model.safetensors` (+ optimizer.pt,
+    metadata.pt); accept the step directory or the experiment directory (then its highest numeric step)."""
+    root = require_dir(path, "openpi")
+    if (root / WEIGHTS).is_file():
+        return FamilyFiles(main=root)
+    steps = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit() and (p / WEIGHTS).is_file()]
+    if not steps:
+        raise CapvectorError(f"{root}: no openpi weights; expected {WEIGHTS} in it or in a <step>/ subdirectory")
+    return FamilyFiles(main=max(steps, key=lambda p: int(p.name)))

@@ -11,15 +11,19 @@ module, hence the leading `model.`):
 * SmolVLA: `model.vlm_with_expert.vlm.*` is a transformers SmolVLM (`model.vision_model`,
   `model.connector`, `model.text_model`, `lm_head`), `model.vlm_with_expert.lm_expert.*` the expert.
 
+openpi's own PyTorch trainer saves the same pi0/pi0.5 module without the `model.` prefix
+(`paligemma_with_expert.*`, `action_in_proj.*`): family `openpi`.
+
 See docs/integrations.md for the sources and example keys.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from capvector.integrations._family import Family, FamilyFiles, PresetSpec, register_family
-from capvector.integrations._lerobot_files import locate_lerobot
+from capvector.integrations._lerobot_files import locate_lerobot, locate_openpi
 
 _LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _LINEAR_RX = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -45,27 +49,31 @@ def _locator(family: str):
     return locate
 
 
-_PG = "model.paligemma_with_expert.paligemma."
-_PG_EXPERT = "model.paligemma_with_expert.gemma_expert."
+_PI_HEADS = ["action_in_proj", "action_out_proj", "state_proj", "action_time_mlp_in", "action_time_mlp_out"]
+_PI05_HEADS = ["action_in_proj", "action_out_proj", "time_mlp_in", "time_mlp_out"]
 
 
-def _pi_family(name: str, heads: list[str], description: str) -> Family:
+def _pi_family(name: str, heads: list[str], description: str, root: str = "model.",
+               locate=None) -> Family:
+    """pi0-style policy under `root` (LeRobot: `model.`, openpi's PyTorch checkpoints: no prefix)."""
+    pg, expert = root + "paligemma_with_expert.paligemma.", root + "paligemma_with_expert.gemma_expert."
+    rx_root = re.escape(root)
     return Family(
         name=name,
         description=description,
         presets=_presets(
-            vision=[_PG + "model.vision_tower.*"],
-            projector=[_PG + "model.multi_modal_projector.*"],
-            language=[_PG + "model.language_model.*", _PG + "lm_head.*"],
-            vlm=_PG + "*",
-            expert=_PG_EXPERT + "*",
-            heads=heads,
+            vision=[pg + "model.vision_tower.*"],
+            projector=[pg + "model.multi_modal_projector.*"],
+            language=[pg + "model.language_model.*", pg + "lm_head.*"],
+            vlm=pg + "*",
+            expert=expert + "*",
+            heads=[f"{root}{h}.*" for h in heads],
         ),
-        locate=_locator(name),
-        orth_targets=tuple(f"{p}layers.*.{lin}.weight" for p in (_PG + "model.language_model.", _PG_EXPERT + "model.")
+        locate=locate or _locator(name),
+        orth_targets=tuple(f"{p}layers.*.{lin}.weight" for p in (pg + "model.language_model.", expert + "model.")
                            for lin in _LINEAR),
         gse_target_modules=(
-            r"model\.paligemma_with_expert\.(paligemma\.model\.language_model|gemma_expert\.model)"
+            rf"{rx_root}paligemma_with_expert\.(paligemma\.model\.language_model|gemma_expert\.model)"
             rf"\.layers\.\d+\.{_LINEAR_RX}"
         ),
         gse_target_suffixes=_LINEAR,
@@ -73,17 +81,16 @@ def _pi_family(name: str, heads: list[str], description: str) -> Family:
 
 
 PI0 = register_family(_pi_family(
-    "pi0",
-    ["model.action_in_proj.*", "model.action_out_proj.*", "model.state_proj.*", "model.action_time_mlp_in.*",
-     "model.action_time_mlp_out.*"],
-    "LeRobot pi0 (PaliGemma 3B VLM + Gemma 300M action expert)",
-))
+    "pi0", _PI_HEADS, "LeRobot pi0 (PaliGemma 3B VLM + Gemma 300M action expert)"))
 
 PI05 = register_family(_pi_family(
-    "pi05",
-    ["model.action_in_proj.*", "model.action_out_proj.*", "model.time_mlp_in.*", "model.time_mlp_out.*"],
-    "LeRobot pi0.5 (PaliGemma VLM + Gemma action expert with adaptive RMSNorm conditioned on time)",
-))
+    "pi05", _PI05_HEADS,
+    "LeRobot pi0.5 (PaliGemma VLM + Gemma action expert with adaptive RMSNorm conditioned on time)"))
+
+OPENPI = register_family(_pi_family(
+    "openpi", list(dict.fromkeys(_PI_HEADS + _PI05_HEADS)),
+    "openpi PyTorch pi0 / pi0.5 checkpoints (same modules as LeRobot's, without the leading `model.`)",
+    root="", locate=locate_openpi))
 
 _VLM = "model.vlm_with_expert.vlm."
 _LM_EXPERT = "model.vlm_with_expert.lm_expert."
