@@ -12,6 +12,8 @@ import capvector
 import capvector.integrations  # noqa: F401  (registers the family presets)
 from capvector.vectors import CapabilityVector
 
+torch.set_num_threads(1)  # shared 2-core machine; no conftest.py here (tests/core imports `conftest` by name)
+
 
 def perturb_(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
     """Move every parameter by seeded noise: a stand-in for one fine-tuning run."""
