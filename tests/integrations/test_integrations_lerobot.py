@@ -321,3 +321,31 @@ def test_openpi_pytorch_checkpoints(tmp_path):
     assert not missing and not unexpected
     with pytest.raises(CapvectorError, match="no openpi weights"):
         OPENPI.locate(tmp_path)
+
+
+def _old_paligemma_layout(key: str) -> str:
+    """Key names of LeRobot pi0 checkpoints written with transformers < 4.52 (PaliGemma without `.model`)."""
+    for new, old in ((PG + "model.language_model.", PG + "language_model.model."),
+                     (PG + "lm_head.", PG + "language_model.lm_head."),
+                     (PG + "model.vision_tower.", PG + "vision_tower.vision_model."),
+                     (PG + "model.multi_modal_projector.", PG + "multi_modal_projector.")):
+        if key.startswith(new):
+            return old + key.removeprefix(new)
+    return key
+
+
+def test_pi0_presets_cover_the_pre_4_52_paligemma_layout():
+    """Same parts selected when the checkpoint predates transformers' PaliGemma `.model` nesting."""
+    import re
+
+    from capvector.selection import make_selection
+
+    names = list(Policy("pi0").state_dict())
+    for preset, pred in PI_EXPECTED.items():
+        sel = make_selection(preset=f"pi0:{preset}")
+        assert {_old_paligemma_layout(k) for k in names if pred(k)} == set(
+            sel.filter([_old_paligemma_layout(k) for k in names])), preset
+    modules = [n for n, m in Policy("pi0").named_modules() if isinstance(m, nn.Linear)]
+    new = {n for n in modules if re.fullmatch(PI0.gse_target_modules, n)}
+    old = {n for n in modules if re.fullmatch(PI0.gse_target_modules, _old_paligemma_layout(n + ".")[:-1])}
+    assert new == old and new

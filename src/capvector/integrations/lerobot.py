@@ -20,6 +20,7 @@ See docs/integrations.md for the sources and example keys.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from capvector.integrations._family import Family, FamilyFiles, PresetSpec, register_family
@@ -39,7 +40,7 @@ def _presets(vision: list[str], projector: list[str], language: list[str], vlm: 
         "action_expert": PresetSpec((expert,), description="action-expert transformer only"),
         "action_heads": PresetSpec(tuple(heads), description="action/state/time projections around the expert"),
         "vlm+expert": PresetSpec((vlm, expert), description="VLM + action expert: the paper's better choice"),
-        "full": PresetSpec((vlm, expert, *heads), description="every parameter of the policy"),
+        "full": PresetSpec((vlm, expert, *heads), description="VLM + expert + projections: all the policy holds"),
     }
 
 
@@ -54,26 +55,31 @@ _PI05_HEADS = ["action_in_proj", "action_out_proj", "time_mlp_in", "time_mlp_out
 
 
 def _pi_family(name: str, heads: list[str], description: str, root: str = "model.",
-               locate=None) -> Family:
-    """pi0-style policy under `root` (LeRobot: `model.`, openpi's PyTorch checkpoints: no prefix)."""
+               locate: Callable[[Path], FamilyFiles] | None = None) -> Family:
+    """pi0-style policy under `root` (LeRobot: `model.`, openpi's PyTorch checkpoints: no prefix).
+
+    The globs accept both PaliGemma layouts: transformers >= 4.52 (`paligemma.model.language_model.*`,
+    `paligemma.model.vision_tower.*`, `paligemma.lm_head`) and older checkpoints
+    (`paligemma.language_model.model.*`, `paligemma.vision_tower.vision_model.*`, `paligemma.language_model.lm_head`).
+    """
     pg, expert = root + "paligemma_with_expert.paligemma.", root + "paligemma_with_expert.gemma_expert."
     rx_root = re.escape(root)
     return Family(
         name=name,
         description=description,
         presets=_presets(
-            vision=[pg + "model.vision_tower.*"],
-            projector=[pg + "model.multi_modal_projector.*"],
-            language=[pg + "model.language_model.*", pg + "lm_head.*"],
+            vision=[pg + "*vision_tower.*"],
+            projector=[pg + "*multi_modal_projector.*"],
+            language=[pg + "*language_model.*", pg + "lm_head.*"],
             vlm=pg + "*",
             expert=expert + "*",
             heads=[f"{root}{h}.*" for h in heads],
         ),
         locate=locate or _locator(name),
-        orth_targets=tuple(f"{p}layers.*.{lin}.weight" for p in (pg + "model.language_model.", expert + "model.")
+        orth_targets=tuple(f"{p}layers.*.{lin}.weight" for p in (pg + "*language_model.*", expert + "model.")
                            for lin in _LINEAR),
         gse_target_modules=(
-            rf"{rx_root}paligemma_with_expert\.(paligemma\.model\.language_model|gemma_expert\.model)"
+            rf"{rx_root}paligemma_with_expert\.(paligemma\.(model\.)?language_model(\.model)?|gemma_expert\.model)"
             rf"\.layers\.\d+\.{_LINEAR_RX}"
         ),
         gse_target_suffixes=_LINEAR,
