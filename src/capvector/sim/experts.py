@@ -1,0 +1,53 @@
+"""MetaWorld's scripted expert policies behind the `Policy` interface (closed loop: chunks of length 1)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from capvector.errors import CapvectorError
+from capvector.sim.env import SimEnv
+
+
+def expert_for(task: str):
+    """MetaWorld's scripted policy object for a task name like 'door-open-v3'."""
+    import metaworld.policies as mp
+
+    name = "Sawyer" + "".join(p.capitalize() for p in re.sub(r"-v3$", "", task).split("-")) + "V3Policy"
+    cls = getattr(mp, name, None)
+    if cls is None:
+        raise CapvectorError(f"task {task!r}: no scripted expert {name} in metaworld.policies")
+    return cls()
+
+
+class ScriptedExpert:
+    """Reads privileged state through the env handle given by `bind`; optional Gaussian action noise."""
+
+    def __init__(self, noise: float = 0.0, seed: int = 0) -> None:
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.env: SimEnv | None = None
+        self._policies: dict[str, Any] = {}
+
+    def bind(self, env: SimEnv) -> None:
+        self.env = env
+
+    def reset(self) -> None:
+        pass
+
+    def clean_action(self) -> np.ndarray:
+        """The expert's noise-free action for the bound env's current state."""
+        if self.env is None:
+            raise CapvectorError("ScriptedExpert: call bind(env) before act()")
+        task = self.env.task
+        if task not in self._policies:
+            self._policies[task] = expert_for(task)
+        return np.clip(self._policies[task].get_action(self.env.raw_obs), -1, 1).astype(np.float32)
+
+    def act(self, observation: dict[str, Any]) -> np.ndarray:
+        a = self.clean_action()
+        if self.noise > 0:
+            a = np.clip(a + self.rng.normal(scale=self.noise, size=4), -1, 1).astype(np.float32)
+        return a[None]
