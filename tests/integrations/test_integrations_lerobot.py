@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import save_torch_state_dict
-from integ_helpers import check_preset_roundtrip, perturb_
+from integ_helpers import check_preset_roundtrip, perturb_, read_all
 from safetensors.torch import load_model
 from torch import nn
 from transformers import (
@@ -349,3 +349,22 @@ def test_pi0_presets_cover_the_pre_4_52_paligemma_layout():
     new = {n for n in modules if re.fullmatch(PI0.gse_target_modules, n)}
     old = {n for n in modules if re.fullmatch(PI0.gse_target_modules, _old_paligemma_layout(n + ".")[:-1])}
     assert new == old and new
+
+
+def test_extract_and_merge_by_family_from_run_directories(tmp_path, pi0_runs):
+    """Run dirs in (resolved through checkpoints/last), the family default preset (`vlm+expert`) applied."""
+    from capvector.integrations import extract_family, merge_family
+    from capvector.vectors import CapabilityVector
+
+    pre, sft, aux = pi0_runs
+    runs = [p.parents[2] for p in pi0_runs]  # <run>/checkpoints/000010/pretrained_model -> <run>
+    vec = tmp_path / "vec"
+    extract_family("pi0", runs[1], runs[2], vec, pretrained=runs[0], progress=False)
+    want = check_preset_roundtrip(tmp_path, pre, sft, aux, "pi0:vlm+expert", PI_EXPECTED["vlm+expert"])
+    assert CapabilityVector(vec).meta["selection"]["preset"] == "pi0:vlm+expert"
+    out = tmp_path / "meta"
+    merge_family("pi0", runs[0], [vec], out, progress=False)
+    got = read_all(out)
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(CapvectorError, match="has no preset 'language_model'"):
+        extract_family("pi0", runs[1], runs[2], tmp_path / "v2", preset="language_model", progress=False)

@@ -6,20 +6,11 @@ Importing this package registers every family's presets (``pi0:vlm``, ``openvla-
 
 from __future__ import annotations
 
-from capvector.errors import CapvectorError
 from capvector.integrations._family import Family, FamilyFiles, PresetSpec, families, register_family
+from capvector.integrations.api import extract_family, get_family, merge_family
 from capvector.integrations.lerobot import OPENPI, PI0, PI05, SMOLVLA
 from capvector.integrations.openvla_oft import OPENVLA_OFT
 from capvector.integrations.qwen_vla import QWEN_VLA
-
-
-def get_family(name: str) -> Family:
-    """A registered family by name (``pi0``, ``pi05``, ``smolvla``, ``openpi``, ``openvla-oft``, ``qwen-vla``)."""
-    known = families()
-    if name not in known:
-        raise CapvectorError(f"unknown VLA family {name!r}; known: {sorted(known)}")
-    return known[name]
-
 
 __all__ = [
     "OPENPI",
@@ -31,7 +22,9 @@ __all__ = [
     "Family",
     "FamilyFiles",
     "PresetSpec",
+    "extract_family",
     "families",
     "get_family",
+    "merge_family",
     "register_family",
 ]
