@@ -368,3 +368,29 @@ def test_extract_and_merge_by_family_from_run_directories(tmp_path, pi0_runs):
     assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
     with pytest.raises(CapvectorError, match="has no preset 'language_model'"):
         extract_family("pi0", runs[1], runs[2], tmp_path / "v2", preset="language_model", progress=False)
+
+
+def test_cli_extract_and_merge_with_a_family_preset(tmp_path, pi0_runs):
+    """`capvector extract --preset pi0:vlm+expert` and `merge`, once the integrations are imported."""
+    import os
+    import subprocess
+    import sys
+
+    pre, sft, aux = pi0_runs
+    code = "import sys, capvector.integrations; from capvector.cli import main; sys.argv[0] = 'capvector'; main()"
+
+    def cli(*args) -> str:
+        env = {**os.environ, "COLUMNS": "200"}  # rich wraps table cells at narrow widths
+        r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                           timeout=120, env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    out = json.loads(cli("extract", "--sft", sft, "--aux", aux, "--pretrained", pre, "-o", tmp_path / "v",
+                         "--preset", "pi0:vlm+expert", "--json"))
+    want = check_preset_roundtrip(tmp_path, pre, sft, aux, "pi0:vlm+expert", PI_EXPECTED["vlm+expert"])
+    assert out["tensors"] == sum(1 for k in read_all(sft) if PI_EXPECTED["vlm+expert"](k))
+    cli("merge", "--base", pre, "--vector", tmp_path / "v", "-o", tmp_path / "m", "--json")
+    got = read_all(tmp_path / "m")
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert "pi0:vlm+expert" in cli("presets")
