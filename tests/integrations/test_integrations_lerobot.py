@@ -32,7 +32,7 @@ from transformers import (
 from capvector.errors import CapvectorError
 from capvector.integrations import PI0, PI05, SMOLVLA, get_family
 
-W, WE, ACT, STATE = 16, 8, 6, 5  # VLM width, expert width, action dim, state dim
+W, WE, WS, ACT, STATE = 16, 8, 12, 6, 5  # VLM width, pi0 / SmolVLA expert widths, action dim, state dim
 
 TEXT = dict(hidden_size=W, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=1, head_dim=8, vocab_size=64)
@@ -98,9 +98,17 @@ class SmolVLMWithExpert(nn.Module):
                                image_size=28, patch_size=14),
             scale_factor=2, vocab_size=64, image_token_id=60)
         self.vlm = SmolVLMForConditionalGeneration(cfg)
-        self.lm_expert = LlamaModel(LlamaConfig(hidden_size=WE, intermediate_size=16, num_hidden_layers=2,
+        self.lm_expert = LlamaModel(LlamaConfig(hidden_size=WS, intermediate_size=16, num_hidden_layers=2,
                                                 num_attention_heads=2, num_key_value_heads=1, vocab_size=64))
         self.lm_expert.embed_tokens = None
+        # cross-attention layers (every other one by default) read the VLM's keys/values: k/v take its width
+        text = self.vlm.config.text_config
+        vlm_kv = text.num_key_value_heads * (text.hidden_size // text.num_attention_heads)
+        for i, layer in enumerate(self.lm_expert.layers):
+            if i % 2:
+                out = layer.self_attn.k_proj.out_features
+                layer.self_attn.k_proj = nn.Linear(vlm_kv, out, bias=False)
+                layer.self_attn.v_proj = nn.Linear(vlm_kv, out, bias=False)
 
 
 class VLAFlowMatching(nn.Module):
@@ -108,10 +116,10 @@ class VLAFlowMatching(nn.Module):
         super().__init__()
         self.vlm_with_expert = SmolVLMWithExpert()
         self.state_proj = nn.Linear(STATE, W)
-        self.action_in_proj = nn.Linear(ACT, WE)
-        self.action_out_proj = nn.Linear(WE, ACT)
-        self.action_time_mlp_in = nn.Linear(2 * WE, WE)
-        self.action_time_mlp_out = nn.Linear(WE, WE)
+        self.action_in_proj = nn.Linear(ACT, WS)
+        self.action_out_proj = nn.Linear(WS, ACT)
+        self.action_time_mlp_in = nn.Linear(2 * WS, WS)
+        self.action_time_mlp_out = nn.Linear(WS, WS)
 
 
 class Policy(nn.Module):
