@@ -112,3 +112,15 @@ def test_load_rejects_mismatched_weights(tmp_path, tiny_cfg):
         load_policy(tmp_path / "p")
     with pytest.raises(CapvectorError, match="missing config.json"):
         load_policy(tmp_path / "nowhere")
+
+
+def test_implements_the_evaluator_policy_interface(tiny_cfg, tiny_ds):
+    api = pytest.importorskip("capvector.sim.policy_api", reason="the simulator package is not available")
+    model = TinyVLA(tiny_cfg)
+    assert isinstance(model, api.Policy)
+    s = tiny_ds[0]
+    obs = {"image": s["image"].numpy(), "proprio": s["proprio"].numpy(), "instruction": s["instruction"],
+           "task": s["task"]}
+    first = model.act(obs)
+    model.reset()
+    np.testing.assert_array_equal(model.act(obs), first)

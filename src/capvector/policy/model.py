@@ -250,6 +250,9 @@ class TinyVLA(nn.Module, PyTorchModelHubMixin, library_name="capvector", tags=["
             self.train(was_training)
         return out.actions[0].clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
 
+    def reset(self) -> None:
+        """Start of an episode (the evaluator's policy interface); the policy keeps no history, so nothing to clear."""
+
     # ---- persistence --------------------------------------------------------------------------
     def _save_pretrained(self, save_directory: Path) -> None:
         """Weights as safetensors, written to a temp file then renamed (the mixin writes config.json)."""
