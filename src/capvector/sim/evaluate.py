@@ -1,0 +1,200 @@
+"""Rollout evaluation: N seeded episodes per task and variant, in worker processes, with Wilson intervals.
+
+Episode seeds depend only on (seed, task, episode index), never on the worker, so results with any number
+of workers equal the sequential ones. Workers are forked: the policy object is inherited, not pickled.
+Rendering happens only when the policy is queried (and for recorded videos), which is what makes
+chunked policies cheap to evaluate.
+"""
+
+from __future__ import annotations
+
+from capvector.sim import _gl  # noqa: F401
+
+import json
+import multiprocessing as mp
+import os
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from capvector.errors import CapvectorError
+from capvector.sim.env import SimConfig, SimEnv
+from capvector.sim.perturb import Perturbation
+from capvector.sim.policy_api import Policy
+from capvector.sim.stats import wilson_interval
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to run; `execute` = how many actions of each chunk run open-loop (None = the whole chunk)."""
+
+    tasks: tuple[str, ...]
+    episodes: int = 10
+    seed: int = 0
+    perturbations: tuple[Perturbation, ...] = (Perturbation(),)
+    execute: int | None = None
+    workers: int = 1
+    sim: SimConfig = SimConfig()
+    videos: int = 0  # record the first `videos` episodes of each task/variant
+    video_dir: str | None = None
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    variant: str
+    episode: int
+    seed: int
+    success: bool
+    length: int
+    video: str | None = None
+
+
+@dataclass
+class EvalResult:
+    config: dict[str, Any]
+    episodes: list[EpisodeResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """LeRobot-like eval_info: per task/variant and overall pc_success with 95% Wilson intervals."""
+        groups: dict[tuple[str, str], list[EpisodeResult]] = {}
+        for e in self.episodes:
+            groups.setdefault((e.task, e.variant), []).append(e)
+        per = []
+        for (task, variant), eps in groups.items():
+            per.append(_aggregate(eps) | {"task": task, "variant": variant})
+        variants = {}
+        for v in dict.fromkeys(e.variant for e in self.episodes):
+            variants[v] = _aggregate([e for e in self.episodes if e.variant == v])
+        return {"overall": _aggregate(self.episodes), "per_variant": variants, "per_task": per,
+                "episodes": [asdict(e) for e in self.episodes], "config": self.config,
+                "eval_s": round(self.seconds, 3),
+                "eval_ep_s": round(self.seconds / max(1, len(self.episodes)), 4)}
+
+
+def _aggregate(eps: Sequence[EpisodeResult]) -> dict[str, Any]:
+    n, k = len(eps), sum(e.success for e in eps)
+    lo, hi = wilson_interval(k, n)
+    return {"n_episodes": n, "n_success": k, "pc_success": 100.0 * k / max(n, 1),
+            "ci95": [100.0 * lo, 100.0 * hi], "avg_length": float(np.mean([e.length for e in eps])) if eps else 0.0}
+
+
+def episode_seed(seed: int, task: str, episode: int) -> int:
+    """Stable per-episode seed (crc32, not Python's salted hash)."""
+    return (seed * 1_000_003 + zlib.crc32(task.encode()) * 7919 + episode) % (2**31 - 1)
+
+
+def run_episode(env: SimEnv, policy: Policy, seed: int, pert: Perturbation, execute: int | None,
+                frames: list[np.ndarray] | None = None) -> tuple[bool, int]:
+    """One rollout; returns (success, steps)."""
+    env.reset(seed, pert)
+    policy.reset()
+    bind = getattr(policy, "bind", None)
+    if bind is not None:
+        bind(env)
+    done = success = False
+    while not done:
+        obs = env.observation()
+        chunk = np.asarray(policy.act(obs), dtype=np.float32)
+        if chunk.ndim != 2 or chunk.shape[1] != 4 or chunk.shape[0] < 1:
+            raise CapvectorError(f"policy.act: expected an action chunk (K, 4), found shape {chunk.shape}")
+        for i, action in enumerate(chunk[:execute] if execute else chunk):
+            if frames is not None:
+                frames.append(obs["image"][0].transpose(1, 2, 0) if i == 0 else
+                              env.rig.rgb(env.data)[0].transpose(1, 2, 0))
+            success, done = env.step(action)
+            if done:
+                break
+    return success, env.steps
+
+
+_POLICY: Policy | None = None
+_ENVS: dict[str, SimEnv] = {}
+
+
+def _job(cfg: EvalConfig, job: tuple[str, Perturbation, int]) -> EpisodeResult:
+    task, pert, ep = job
+    if task not in _ENVS:
+        _ENVS[task] = SimEnv(task, cfg.sim)
+    seed = episode_seed(cfg.seed, task, ep)
+    frames: list[np.ndarray] | None = [] if ep < cfg.videos and cfg.video_dir else None
+    success, length = run_episode(_ENVS[task], _POLICY, seed, pert, cfg.execute, frames)
+    video = None
+    if frames:
+        video = str(write_video(frames, Path(cfg.video_dir) / f"{task}_{pert.label.replace(':', '-')}_{ep}.gif"))
+    return EpisodeResult(task, pert.label, ep, seed, success, length, video)
+
+
+def _worker_init(threads: int) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+def _run_chunk(args: tuple[EvalConfig, list[tuple[str, Perturbation, int]]]) -> list[EpisodeResult]:
+    cfg, jobs = args
+    return [_job(cfg, j) for j in jobs]
+
+
+def evaluate(policy: Policy, cfg: EvalConfig, progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Run every (variant, task, episode) job; same results for any `workers`."""
+    global _POLICY
+    if cfg.episodes < 1:
+        raise CapvectorError(f"episodes: expected ≥ 1, found {cfg.episodes}")
+    jobs = [(t, p, e) for p in cfg.perturbations for t in cfg.tasks for e in range(cfg.episodes)]
+    _POLICY = policy
+    start = time.perf_counter()
+    results: list[EpisodeResult] = []
+    try:
+        if cfg.workers <= 1:
+            for j in jobs:
+                results.append(_job(cfg, j))
+                if progress:
+                    progress(1)
+        else:
+            # Group each task's episodes so a worker builds few envs; small groups keep the load balanced.
+            groups = [jobs[i:i + 2] for i in range(0, len(jobs), 2)]
+            ctx = mp.get_context("fork")
+            with ctx.Pool(cfg.workers, initializer=_worker_init, initargs=(1,)) as pool:
+                for chunk in pool.imap(_run_chunk, [(cfg, g) for g in groups]):
+                    results.extend(chunk)
+                    if progress:
+                        progress(len(chunk))
+    finally:
+        _POLICY = None
+        for env in _ENVS.values():
+            env.close()
+        _ENVS.clear()
+    config = asdict(cfg) | {"perturbations": [p.label for p in cfg.perturbations]}
+    return EvalResult(config=config, episodes=results, seconds=time.perf_counter() - start)
+
+
+def write_video(frames: list[np.ndarray], path: Path) -> Path:
+    """GIF (or MP4 when the suffix is .mp4 and an ffmpeg plugin is present), written atomically."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
+    if path.suffix == ".mp4":
+        imageio.mimwrite(tmp, frames, fps=20)
+    else:
+        imageio.mimwrite(tmp, frames, duration=50, loop=0)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    """Atomic JSON write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
