@@ -1,0 +1,80 @@
+"""torch Dataset over a demo directory: one sample per timestep, in the data contract's dict form."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from capvector.data.format import load_episode, read_manifest, verify_episode
+from capvector.errors import CapvectorError
+
+
+class DemoDataset(Dataset):
+    """Samples (episode, step) with the next `chunk` actions (padded by repeating the last, masked).
+
+    Episodes are decompressed on demand and kept in a small LRU cache (`cache_episodes`), so a dataset
+    larger than memory still streams; shuffled access over few hundred episodes fits the default cache.
+    """
+
+    def __init__(self, root: str | Path, chunk: int = 8, verify: bool = True, cache_episodes: int = 256,
+                 tasks: list[str] | None = None) -> None:
+        self.root = Path(root)
+        if chunk < 1:
+            raise CapvectorError(f"chunk: expected ≥ 1, found {chunk}")
+        self.manifest = read_manifest(self.root)
+        if not self.manifest.get("complete", False):
+            raise CapvectorError(f"dataset {self.root}: collection did not finish (manifest complete=false); "
+                                 "rerun `capvector collect` with the same options to resume")
+        self.entries = [e for e in self.manifest["episodes"] if tasks is None or e["task"] in tasks]
+        if verify:
+            for e in self.entries:
+                verify_episode(self.root, e)
+        self.chunk, self.cache_episodes = chunk, cache_episodes
+        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        lengths = np.array([e["length"] for e in self.entries], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(lengths)])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _episode(self, i: int) -> dict[str, np.ndarray]:
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        arrays = load_episode(self.root, self.entries[i])
+        self._cache[i] = arrays
+        if len(self._cache) > self.cache_episodes:
+            self._cache.popitem(last=False)
+        return arrays
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        i = int(np.searchsorted(self._starts, index, side="right") - 1)
+        t = index - int(self._starts[i])
+        entry, ep = self.entries[i], self._episode(i)
+        n = ep["actions"].shape[0]
+        idx = np.minimum(np.arange(t, t + self.chunk), n - 1)
+        return {
+            "image": torch.from_numpy(ep["image"][t].copy()),
+            "proprio": torch.from_numpy(ep["proprio"][t].astype(np.float32)),
+            "instruction": entry["instruction"],
+            "task": entry["task"],
+            "actions": torch.from_numpy(ep["actions"][idx].astype(np.float32)),
+            "action_mask": torch.from_numpy(np.arange(t, t + self.chunk) < n),
+            "depth": torch.from_numpy(ep["depth"][t].astype(np.float32)),
+            "intrinsics": torch.from_numpy(ep["intrinsics"].astype(np.float32)),
+            "cam_to_world": torch.from_numpy(ep["cam_to_world"][t].astype(np.float32)),
+            "episode": torch.tensor(entry["index"], dtype=torch.int64),
+            "step": torch.tensor(t, dtype=torch.int64),
+        }
+
+
+def open_dataset(path: str | Path, chunk: int = 8, verify: bool = True, **kwargs: Any) -> DemoDataset:
+    """The entry point `capvector train --data DIR` uses."""
+    return DemoDataset(path, chunk=chunk, verify=verify, **kwargs)
