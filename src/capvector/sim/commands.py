@@ -1,0 +1,112 @@
+"""Typer-ready functions for `capvector collect` and `capvector eval` (the lead wires them into cli.py)."""
+
+from __future__ import annotations
+
+from capvector.sim import _gl  # noqa: F401
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from capvector.errors import CapvectorError
+from capvector.sim.env import SimConfig
+from capvector.sim.perturb import parse_perturbation
+from capvector.sim.tasks import split_tasks
+
+
+def _sim_config(image_size: int, cameras: str, max_steps: int) -> SimConfig:
+    return SimConfig(image_size=image_size, cameras=tuple(c.strip() for c in cameras.split(",") if c.strip()),
+                     max_steps=max_steps)
+
+
+def collect_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Dataset directory to create or resume.")],
+    split: Annotated[str, typer.Option(help="pretrain | cap | down | ood, or comma-separated task names.")],
+    episodes: Annotated[int, typer.Option(help="Successful episodes per task.")] = 10,
+    seed: Annotated[int, typer.Option(help="Base seed of the episode layouts.")] = 0,
+    noise: Annotated[float, typer.Option(help="Std of Gaussian noise on executed expert actions.")] = 0.0,
+    image_size: Annotated[int, typer.Option(help="Rendered image side in pixels.")] = 64,
+    cameras: Annotated[str, typer.Option(help="Comma-separated MuJoCo camera names (1 or 2).")] = "corner3",
+    max_steps: Annotated[int, typer.Option(help="Episode step limit.")] = 200,
+    keep_failed: Annotated[bool, typer.Option(help="Also keep episodes the expert failed.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Record scripted-expert demonstrations (images, depth, camera geometry, proprio, actions)."""
+    from capvector.data.collect import collect
+
+    if episodes < 1:
+        raise CapvectorError(f"--episodes: expected ≥ 1, found {episodes}")
+    manifest = collect(output, split_tasks(split), episodes, seed=seed, noise=noise,
+                       sim=_sim_config(image_size, cameras, max_steps), keep_failed=keep_failed,
+                       progress=sys.stderr.isatty(), split=split)
+    eps = manifest["episodes"]
+    summary = {"output": str(output), "episodes": len(eps), "steps": sum(e["length"] for e in eps),
+               "bytes": sum(e["bytes"] for e in eps), "collect_s": manifest["collect_s"]}
+    typer.echo(json.dumps(summary) if as_json else
+               f"wrote {output}: {summary['episodes']} episodes, {summary['steps']} steps, "
+               f"{summary['bytes'] / 1e6:.1f} MB in {summary['collect_s']:.1f} s")
+
+
+def load_policy_for_eval(spec: str):
+    """'expert' → the scripted experts; otherwise a trained policy/run directory (capvector.train.load_trained)."""
+    if spec == "expert":
+        from capvector.sim.experts import ScriptedExpert
+
+        return ScriptedExpert()
+    path = Path(spec)
+    if not path.exists():
+        raise CapvectorError(f"--policy {spec!r}: no such directory (or use 'expert')")
+    from capvector.train import load_trained
+
+    return load_trained(path)
+
+
+def eval_command(
+    policy: Annotated[str, typer.Option(help="Trained policy or run directory, or 'expert'.")],
+    split: Annotated[str, typer.Option(help="pretrain | cap | down | ood, or comma-separated task names.")],
+    episodes: Annotated[int, typer.Option(help="Episodes per task and variant.")] = 10,
+    seed: Annotated[int, typer.Option(help="Base seed (episode layouts and perturbations).")] = 1000,
+    perturb: Annotated[list[str] | None, typer.Option(
+        help="Variant NAME[:SEVERITY] (repeatable): none, camera, lighting, colors, distractors, init_noise.")] = None,
+    execute: Annotated[int | None, typer.Option(help="Actions executed per chunk before re-querying (default all).")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    image_size: Annotated[int, typer.Option(help="Rendered image side in pixels.")] = 64,
+    cameras: Annotated[str, typer.Option(help="Comma-separated MuJoCo camera names (1 or 2).")] = "corner3",
+    max_steps: Annotated[int, typer.Option(help="Episode step limit.")] = 200,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write eval_info JSON here.")] = None,
+    videos: Annotated[int, typer.Option(help="Record the first N episodes per task/variant as GIF.")] = 0,
+    video_dir: Annotated[Path | None, typer.Option(help="Folder for videos (default: beside --output).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Roll out a policy in the simulator; success rates with 95% Wilson intervals."""
+    from capvector.sim.evaluate import EvalConfig, evaluate, write_json
+
+    perts = tuple(parse_perturbation(p) for p in (perturb or ["none"]))
+    if videos and video_dir is None:
+        video_dir = (output.parent if output else Path(".")) / "videos"
+    cfg = EvalConfig(tasks=tuple(split_tasks(split)), episodes=episodes, seed=seed, perturbations=perts,
+                     execute=execute, workers=workers, sim=_sim_config(image_size, cameras, max_steps),
+                     videos=videos, video_dir=str(video_dir) if video_dir else None)
+    model = load_policy_for_eval(policy)
+    pcfg = getattr(model, "config", None)
+    for field, want in (("image_size", cfg.sim.image_size), ("num_cameras", len(cfg.sim.cameras))):
+        have = getattr(pcfg, field, None)
+        if isinstance(have, int) and have != want:
+            raise CapvectorError(f"--policy {policy}: policy config {field}={have} but the simulator is set to "
+                                 f"{want}; pass matching --image-size / --cameras")
+    result = evaluate(model, cfg).summary()
+    if output:
+        write_json(result, output)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for row in result["per_task"]:
+        lo, hi = row["ci95"]
+        typer.echo(f"{row['task']:<26} {row['variant']:<16} {row['pc_success']:5.1f}% "
+                   f"[{lo:5.1f}, {hi:5.1f}]  len {row['avg_length']:.0f}")
+    o = result["overall"]
+    typer.echo(f"overall {o['pc_success']:.1f}% [{o['ci95'][0]:.1f}, {o['ci95'][1]:.1f}] "
+               f"over {o['n_episodes']} episodes, {result['eval_ep_s']:.2f} s/episode")
