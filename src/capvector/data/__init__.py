@@ -1,4 +1,4 @@
-"""Demonstration datasets: on-disk format (compressed per-episode arrays + checksummed manifest), collection, loading."""
+"""Demo datasets: on-disk format (compressed per-episode arrays + checksummed manifest), collection, loading."""
 
 from capvector.data.dataset import DemoDataset, open_dataset
 from capvector.data.format import FORMAT_VERSION, read_manifest, verify_dataset

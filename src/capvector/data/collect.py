@@ -7,8 +7,7 @@ state diversity; the *recorded* action is always the expert's clean action at th
 
 from __future__ import annotations
 
-from capvector.sim import _gl  # noqa: F401
-
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -49,20 +48,24 @@ def record_episode(env: SimEnv, expert: ScriptedExpert, seed: int) -> tuple[dict
 
 
 def collect(output: str | Path, tasks: list[str], episodes: int, seed: int = 0, noise: float = 0.0,
-            sim: SimConfig = SimConfig(), keep_failed: bool = False, max_attempts_factor: int = 3,
+            sim: SimConfig | None = None, keep_failed: bool = False, max_attempts_factor: int = 3,
             progress: bool = True, split: str | None = None) -> dict[str, Any]:
     """Write (or resume) a dataset of `episodes` kept episodes per task; returns the manifest."""
     root = Path(output)
+    sim = sim or SimConfig()
     settings = {"tasks": list(tasks), "episodes_per_task": episodes, "seed": seed, "noise": noise,
                 "sim": asdict(sim), "keep_failed": keep_failed, "split": split}
+    settings = json.loads(json.dumps(settings))  # as stored (tuples become lists), so a resume compares equal
     if (root / MANIFEST).exists():
         manifest = read_manifest(root)
-        if manifest["settings"] != settings:
-            diff = sorted(k for k in settings if manifest["settings"].get(k) != settings[k])
+        old = dict(manifest["settings"], episodes_per_task=episodes)  # more episodes per task extends a dataset
+        if old != settings:
+            diff = sorted(k for k in settings if old.get(k) != settings[k])
             raise CapvectorError(f"dataset {root}: exists with different settings {diff}; "
                                  "choose another output or the same options to resume")
         for e in manifest["episodes"]:
             verify_episode(root, e)
+        manifest["settings"], manifest["complete"] = settings, False
     elif root.exists() and any(root.iterdir()):
         raise CapvectorError(f"output {root} exists and is not a capvector dataset; choose an empty path")
     else:

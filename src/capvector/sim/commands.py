@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from capvector.sim import _gl  # noqa: F401
-
 import json
 import sys
 from pathlib import Path
@@ -71,7 +69,7 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Base seed (episode layouts and perturbations).")] = 1000,
     perturb: Annotated[list[str] | None, typer.Option(
         help="Variant NAME[:SEVERITY] (repeatable): none, camera, lighting, colors, distractors, init_noise.")] = None,
-    execute: Annotated[int | None, typer.Option(help="Actions executed per chunk before re-querying (default all).")] = None,
+    execute: Annotated[int | None, typer.Option(help="Actions run per chunk before re-querying (default all).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     image_size: Annotated[int, typer.Option(help="Rendered image side in pixels.")] = 64,
     cameras: Annotated[str, typer.Option(help="Comma-separated MuJoCo camera names (1 or 2).")] = "corner3",

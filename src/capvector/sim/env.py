@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from capvector.sim import _gl  # noqa: F401
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +62,9 @@ class SimEnv:
         self.raw_obs = np.zeros(39)
         self.steps = 0
 
-    def reset(self, seed: int, perturbation: Perturbation = Perturbation()) -> np.ndarray:
+    def reset(self, seed: int, perturbation: Perturbation | None = None) -> np.ndarray:
         """New episode: layout from `seed`, perturbation drawn from the same seed. Returns raw_obs."""
+        perturbation = perturbation or Perturbation()
         for k, v in self._orig.items():
             getattr(self.model, k)[:] = v
         self.model.vis.headlight.diffuse[:] = self._orig_head

@@ -8,8 +8,6 @@ chunked policies cheap to evaluate.
 
 from __future__ import annotations
 
-from capvector.sim import _gl  # noqa: F401
-
 import json
 import multiprocessing as mp
 import os

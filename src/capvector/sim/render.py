@@ -3,9 +3,7 @@
 Returns RGB (V, 3, H, W) uint8, metric z-depth (V, H, W), intrinsics (V, 3, 3) and OpenCV cam_to_world (V, 4, 4).
 """
 
-from __future__ import annotations
-
-from capvector.sim import _gl  # noqa: F401
+from __future__ import annotations  # MUJOCO_GL etc. are set by capvector.sim.__init__ before this runs
 
 import mujoco
 import numpy as np

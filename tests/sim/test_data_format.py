@@ -1,0 +1,95 @@
+"""Dataset round trip against the raw arrays, checksum failures, resume determinism, contract dtypes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from capvector.data import open_dataset, verify_dataset
+from capvector.data.collect import collect
+from capvector.errors import CapvectorError
+from capvector.sim import SimConfig
+
+SIM = SimConfig(image_size=32)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds") / "demos"
+    collect(root, ["reach-v3"], 2, seed=1, sim=SIM, progress=False)
+    return root
+
+
+def test_samples_match_the_stored_episode(dataset):
+    ds = open_dataset(dataset, chunk=8)
+    man = json.loads((dataset / "manifest.json").read_text())
+    lengths = [e["length"] for e in man["episodes"]]
+    assert len(ds) == sum(lengths)
+    with np.load(dataset / man["episodes"][1]["file"]) as z:
+        raw = {k: z[k] for k in z.files}
+    n = lengths[1]
+    last = ds[len(ds) - 1]  # final step of episode 1: one real action, then padding by the last
+    assert torch.equal(last["actions"], torch.from_numpy(np.repeat(raw["actions"][n - 1:n], 8, axis=0)))
+    assert last["action_mask"].tolist() == [True] + [False] * 7
+    s = ds[lengths[0] + 2]
+    assert torch.equal(s["actions"], torch.from_numpy(raw["actions"][2:10]))
+    assert torch.equal(s["image"], torch.from_numpy(raw["image"][2]))
+    assert torch.equal(s["proprio"], torch.from_numpy(raw["state"][2, :4]))
+    assert int(s["episode"]) == 1 and int(s["step"]) == 2
+    batch = torch.utils.data.default_collate([ds[0], s])
+    expect = {"image": (torch.uint8, (2, 1, 3, 32, 32)), "proprio": (torch.float32, (2, 4)),
+              "actions": (torch.float32, (2, 8, 4)), "action_mask": (torch.bool, (2, 8)),
+              "depth": (torch.float32, (2, 1, 32, 32)), "intrinsics": (torch.float32, (2, 1, 3, 3)),
+              "cam_to_world": (torch.float32, (2, 1, 4, 4)), "episode": (torch.int64, (2,)),
+              "step": (torch.int64, (2,))}
+    for key, (dtype, shape) in expect.items():
+        assert batch[key].dtype == dtype and tuple(batch[key].shape) == shape, key
+    assert batch["instruction"] == ["move the gripper to the goal position"] * 2
+    assert float(batch["actions"].abs().max()) <= 1.0
+
+
+def test_corruption_is_detected(dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    f = copy / "episodes" / "000001.npz"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(CapvectorError, match="checksum mismatch for episodes/000001.npz"):
+        verify_dataset(copy)
+    with pytest.raises(CapvectorError, match="checksum mismatch"):
+        open_dataset(copy)
+    f.unlink()
+    with pytest.raises(CapvectorError, match="missing"):
+        open_dataset(copy)
+
+
+def test_resume_extends_to_the_same_bytes_as_a_fresh_run(dataset, tmp_path):
+    part = tmp_path / "part"
+    collect(part, ["reach-v3"], 1, seed=1, sim=SIM, progress=False)
+    collect(part, ["reach-v3"], 2, seed=1, sim=SIM, progress=False)
+    sha = lambda p: [e["sha256"] for e in json.loads((p / "manifest.json").read_text())["episodes"]]  # noqa: E731
+    assert sha(part) == sha(dataset)
+    with pytest.raises(CapvectorError, match=r"different settings \['noise'\]"):
+        collect(part, ["reach-v3"], 2, seed=1, noise=0.1, sim=SIM, progress=False)
+
+
+def test_incomplete_and_foreign_directories_are_refused(dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "inc"
+    shutil.copytree(dataset, copy)
+    man = json.loads((copy / "manifest.json").read_text())
+    man["complete"] = False
+    (copy / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(CapvectorError, match="did not finish"):
+        open_dataset(copy)
+    man["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(CapvectorError, match="format_version expected 1, found 99"):
+        open_dataset(copy)
+    with pytest.raises(CapvectorError, match="no manifest.json"):
+        open_dataset(tmp_path)

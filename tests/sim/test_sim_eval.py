@@ -1,0 +1,80 @@
+"""Scripted experts through the Policy interface; evaluator parallel == sequential; Wilson intervals."""
+
+import math
+
+import numpy as np
+import pytest
+
+from capvector.errors import CapvectorError
+from capvector.sim import Perturbation, Policy, ScriptedExpert, SimConfig
+from capvector.sim.evaluate import EvalConfig, evaluate
+from capvector.sim.stats import wilson_interval
+from capvector.sim.tasks import SPLITS, split_tasks
+
+SIM = SimConfig(image_size=32)
+
+
+def test_expert_implements_policy_and_solves_tasks():
+    assert isinstance(ScriptedExpert(), Policy)
+    tasks = ("reach-v3", "door-close-v3", "button-press-v3")
+    res = evaluate(ScriptedExpert(), EvalConfig(tasks=tasks, episodes=2, sim=SIM)).summary()
+    assert res["overall"]["pc_success"] == 100.0
+    assert all(10 < e["length"] < 150 for e in res["episodes"])
+
+
+def test_parallel_equals_sequential():
+    cfg = dict(tasks=("reach-v3", "push-v3"), episodes=2, sim=SIM, seed=3,
+               perturbations=(Perturbation(), Perturbation("init_noise", 1.0)))
+    seq = evaluate(ScriptedExpert(), EvalConfig(workers=1, **cfg))
+    par = evaluate(ScriptedExpert(), EvalConfig(workers=2, **cfg))
+    assert [vars(e) for e in seq.episodes] == [vars(e) for e in par.episodes]
+    assert len(seq.episodes) == 8
+
+
+class _Open:
+    """A chunked policy that moves up and never closes: fails reach, exercises chunk execution."""
+
+    def __init__(self, shape=(8, 4)):
+        self.shape, self.calls = shape, 0
+
+    def reset(self):
+        pass
+
+    def act(self, observation):
+        assert observation["image"].dtype == np.uint8 and observation["proprio"].shape == (4,)
+        self.calls += 1
+        out = np.zeros(self.shape, dtype=np.float32)
+        out[..., 2] = 1.0
+        return out
+
+
+def test_chunks_run_open_loop_and_failures_count():
+    pol = _Open()
+    sim = SimConfig(image_size=32, max_steps=40)
+    res = evaluate(pol, EvalConfig(tasks=("reach-v3",), episodes=1, sim=sim, execute=4)).summary()
+    assert res["overall"]["n_success"] == 0 and res["episodes"][0]["length"] == 40
+    assert pol.calls == 10  # 40 steps / 4 executed per query
+
+
+def test_bad_chunk_shape_is_reported():
+    with pytest.raises(CapvectorError, match=r"\(K, 4\), found shape \(1, 3\)"):
+        evaluate(_Open((1, 3)), EvalConfig(tasks=("reach-v3",), episodes=1, sim=SIM))
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (5, 10), (10, 10), (3, 7), (40, 50)])
+def test_wilson_bounds_solve_the_score_equation(k, n):
+    z = 1.959964
+    p_hat = k / n
+    for p in wilson_interval(k, n):
+        if 0 < p < 1:  # the score equation (p̂ − p)² = z² p (1 − p) / n holds at both ends
+            assert math.isclose((p_hat - p) ** 2, z * z * p * (1 - p) / n, rel_tol=1e-6, abs_tol=1e-12)
+    lo, hi = wilson_interval(k, n)
+    assert lo <= p_hat <= hi
+
+
+def test_splits_are_disjoint_and_parse():
+    seen = [t for s in SPLITS.values() for t in s]
+    assert len(seen) == len(set(seen))
+    assert split_tasks("down@v1") == list(SPLITS["down"])
+    with pytest.raises(CapvectorError, match="unknown"):
+        split_tasks("nope")
