@@ -39,3 +39,21 @@ def dense_vector(tmp_path_factory) -> Path:
         model.save_pretrained(root / role)
     capvector.extract(root / "sft", root / "aux", root / "vec", progress=False)
     return root / "vec"
+
+
+@pytest.fixture(scope="session")
+def factored_vector(tmp_path_factory) -> Path:
+    """A factored vector from two PEFT LoRA adapters (q_proj, v_proj; r=2) on the tiny Llama."""
+    from peft import LoraConfig, get_peft_model
+
+    root = tmp_path_factory.mktemp("orthlora")
+    for role, seed in (("sft", 1), ("aux", 2)):
+        model = get_peft_model(_llama(0), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+        model.save_pretrained(root / role)
+    capvector.extract(root / "sft", root / "aux", root / "vec", progress=False)
+    return root / "vec"
