@@ -183,8 +183,12 @@ class OrthogonalRegularizer(nn.Module):
 
 def _reject_sharded(model: nn.Module) -> None:
     """Sharded parameters (FSDP flat params, DTensors) hold only a slice of W: refuse them clearly."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed support: nothing can be sharded
+        return
     for name, p in model.named_parameters():
-        if getattr(p, "_is_flat_param", False) or type(p).__name__ == "DTensor" or "_fsdp_wrapped_module" in name:
+        if getattr(p, "_is_flat_param", False) or isinstance(p, DTensor) or "_fsdp_wrapped_module" in name:
             raise CapvectorError(
                 f"orthogonal regulariser: parameter {name!r} is sharded (FSDP); sharded parameters are not "
                 "supported. Use DDP, or FSDP with use_orig_params=True and a full state (no sharding)"
