@@ -86,3 +86,9 @@ def test_bad_task_and_camera_are_named():
         SimEnv("not-a-task")
     with pytest.raises(CapvectorError, match="nocam"):
         SimEnv("reach-v3", SimConfig(cameras=("nocam",)))
+
+
+def test_combined_render_equals_separate_renders(env):
+    env.reset(2)
+    rgb, depth = env.rig.rgb_depth(env.data)
+    assert np.array_equal(rgb, env.rig.rgb(env.data)) and np.array_equal(depth, env.rig.depth(env.data))

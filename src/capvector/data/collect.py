@@ -32,11 +32,11 @@ def record_episode(env: SimEnv, expert: ScriptedExpert, seed: int) -> tuple[dict
                                                           "cam_to_world")}
     done = success = False
     while not done:
-        geo = env.geometry()
+        image, depth = env.rig.rgb_depth(env.data)
         clean = expert.clean_action()
-        frames["image"].append(env.rig.rgb(env.data))
-        frames["depth"].append(geo["depth"])
-        frames["cam_to_world"].append(geo["cam_to_world"])
+        frames["image"].append(image)
+        frames["depth"].append(depth)
+        frames["cam_to_world"].append(env.rig.cam_to_world(env.data))
         frames["proprio"].append(env.proprio())
         frames["state"].append(env.raw_obs.astype(np.float32))
         frames["actions"].append(clean)

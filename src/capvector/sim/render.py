@@ -64,6 +64,19 @@ class CameraRig:
             self.renderer.disable_depth_rendering()
         return np.stack(out)
 
+    def rgb_depth(self, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:
+        """Both from one scene update per camera (collection renders both every step)."""
+        rgb, depth = [], []
+        for cid in self.camera_ids:
+            self._update(data, cid)
+            rgb.append(self.renderer.render().transpose(2, 0, 1))
+            self.renderer.enable_depth_rendering()
+            try:
+                depth.append(self.renderer.render().astype(np.float32))
+            finally:
+                self.renderer.disable_depth_rendering()
+        return np.stack(rgb), np.stack(depth)
+
     def intrinsics(self) -> np.ndarray:
         """(V, 3, 3) pinhole matrices from each camera's vertical field of view (square pixels)."""
         out = []
