@@ -219,6 +219,37 @@ def _build_term(vec: CapabilityVector, key: str, pname: str, param: nn.Parameter
     return _Term(pname, key, group_of(canonical_name(pname)), param, consts)
 
 
+class _AbsSumOuter(torch.autograd.Function):
+    """Σ_ij |(L Rᵀ)_ij| in row blocks of L; backward recomputes each block, so no m×m product is kept."""
+
+    @staticmethod
+    def forward(ctx, left: torch.Tensor, right: torch.Tensor, block: int) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(left, right)
+        ctx.block = block
+        total = right.new_zeros(())
+        for s in range(0, left.shape[0], block):
+            total = total + (left[s : s + block] @ right.T).abs().sum()
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        left, right = ctx.saved_tensors
+        g_left = torch.zeros_like(left) if ctx.needs_input_grad[0] else None
+        g_right = torch.zeros_like(right) if ctx.needs_input_grad[1] else None
+        for s in range(0, left.shape[0], ctx.block):
+            sign = (left[s : s + ctx.block] @ right.T).sign()
+            if g_right is not None:
+                g_right += sign.T @ left[s : s + ctx.block]
+            if g_left is not None:
+                g_left[s : s + ctx.block] = sign @ right
+        return (None if g_left is None else grad * g_left, None if g_right is None else grad * g_right, None)
+
+
+def abs_sum_outer(left: torch.Tensor, right: torch.Tensor, block_elems: int = 1 << 22) -> torch.Tensor:
+    """Σ_ij |(left · rightᵀ)_ij| with at most ~`block_elems` elements of the product alive at once."""
+    return _AbsSumOuter.apply(left, right, max(1, block_elems // max(1, right.shape[0])))
+
+
 def _work_dtype(param: torch.Tensor) -> torch.dtype:
     """fp32 for fp32/bf16/fp16 parameters, fp64 for fp64 ones (so gradcheck sees the true function)."""
     return torch.promote_types(param.dtype, torch.float32)
@@ -230,12 +261,12 @@ def _w(t: _Term) -> torch.Tensor:
 
 def _exact(t: _Term) -> torch.Tensor:
     delta = _w(t) - t.consts["w_meta"]
-    return (t.consts["c"] @ delta.T).abs().sum()
+    return abs_sum_outer(t.consts["c"], delta)
 
 
 def _factored(t: _Term) -> torch.Tensor:
     dv = _w(t) @ t.consts["v"] - t.consts["p"]  # Δ V_k, m×k
-    return (t.consts["us"] @ dv.T).abs().sum()
+    return abs_sum_outer(t.consts["us"], dv)
 
 
 def _lora(t: _Term) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from capvector.errors import CapvectorError
-from capvector.orth import _TERM_LOSS, OrthogonalRegularizer, _Term, canonical_name
+from capvector.orth import _TERM_LOSS, OrthogonalRegularizer, _Term, abs_sum_outer, canonical_name
 from capvector.vectors import CapabilityVector
 
 
@@ -95,6 +95,15 @@ def test_gradcheck_float64(mode):
         return _TERM_LOSS[mode](_Term("w", "w", "g", w, consts))
 
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [1, 3, 1 << 22])
+def test_blockwise_abs_sum_matches_dense_and_gradchecks(block):
+    gen = torch.Generator().manual_seed(1)
+    left = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    right = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert abs_sum_outer(left, right, block).item() == pytest.approx((left @ right.T).abs().sum().item(), rel=1e-12)
+    assert torch.autograd.gradcheck(lambda a, b: abs_sum_outer(a, b, block), (left, right), eps=1e-6, atol=1e-5)
 
 
 def test_canonical_names():
