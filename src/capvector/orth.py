@@ -27,7 +27,7 @@ from capvector.vectors.format import CapabilityVector
 
 log = logging.getLogger(__name__)
 
-MODES = ("exact", "factored", "lora")
+MODES = ("exact", "factored", "lora", "auto")
 _PREFIXES = ("module.", "_orig_mod.", "base_model.model.")
 _LORA_A = re.compile(r"^(?P<mod>.+)\.lora_A\.(?P<adapter>[^.]+)\.weight$")
 
@@ -108,7 +108,7 @@ class OrthogonalRegularizer(nn.Module):
         vector: str | Path | CapabilityVector,
         *,
         weight: float = 1e-4,
-        mode: str = "factored",
+        mode: str = "auto",
         rank: int = 16,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
@@ -119,12 +119,16 @@ class OrthogonalRegularizer(nn.Module):
 
         Call before the first optimiser step: the current weights are taken as W_meta.
         `rank`: k for ``factored`` (C ≈ U_k S_k V_kᵀ) and ``lora`` (rows of A_cap).
+        `mode="auto"`: ``lora`` when the model has trainable PEFT ``lora_A`` weights, else ``factored``.
         """
         if mode not in MODES:
             raise CapvectorError(f"orthogonal regulariser: mode {mode!r} unknown; expected one of {MODES}")
         if rank < 1:
             raise CapvectorError(f"orthogonal regulariser: rank must be ≥ 1, found {rank}")
         _reject_sharded(model)
+        if mode == "auto":
+            lora = any(p.requires_grad and _LORA_A.match(canonical_name(n)) for n, p in model.named_parameters())
+            mode = "lora" if lora else "factored"
         vec = vector if isinstance(vector, CapabilityVector) else CapabilityVector(vector)
         all_names = vec.names()
         selected = make_selection(include, exclude, preset).filter(all_names)

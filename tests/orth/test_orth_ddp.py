@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -42,10 +41,10 @@ def _train(model, module, vec_dir: str, ids: torch.Tensor) -> dict:
     return {"reg": values, "w": w.detach().double().sum().item()}
 
 
-def _worker(rank: int, vec_dir: str, out: str, port: int) -> None:
+def _worker(rank: int, vec_dir: str, out: str, init_file: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # A rendezvous file, not a TCP port: no race with other jobs for a free port.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         module = _model()
         ddp = torch.nn.parallel.DistributedDataParallel(module)
@@ -55,17 +54,9 @@ def _worker(rank: int, vec_dir: str, out: str, port: int) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
 def test_ddp_two_processes_match_one(dense_vector, tmp_path):
-    mp.spawn(_worker, args=(str(dense_vector), str(tmp_path), _free_port()), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(dense_vector), str(tmp_path), str(tmp_path / "rdzv")), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
     module = _model()
     single = _train(module, module, str(dense_vector), _batch())
@@ -76,13 +67,12 @@ def test_ddp_two_processes_match_one(dense_vector, tmp_path):
 
 
 @pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
-def test_fsdp_sharded_parameters_rejected_clearly(dense_vector):
+def test_fsdp_sharded_parameters_rejected_clearly(dense_vector, tmp_path):
     from torch.distributed.fsdp import fully_shard
 
     from capvector.errors import CapvectorError
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
     try:
         model = _model()
         fully_shard(model)

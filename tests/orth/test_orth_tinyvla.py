@@ -30,7 +30,7 @@ def vla_vector(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize(("tuner", "mode"), [("full", "factored"), ("lora", "lora")])
+@pytest.mark.parametrize(("tuner", "mode"), [("full", "factored"), ("lora", "lora"), ("lora", "auto")])
 def test_reg_is_a_trainer_regularizer(vla_vector, tmp_path, tuner, mode):
     cfg = TrainConfig(output_dir=str(tmp_path / tuner), steps=3, batch_size=8, lr=3e-3, init=str(vla_vector / "pre"),
                       tuner=tuner, lora_r=4, progress=False, log_every=1, threads=1)
@@ -38,5 +38,6 @@ def test_reg_is_a_trainer_regularizer(vla_vector, tmp_path, tuner, mode):
     reg = OrthogonalRegularizer.from_vector(trainer.model, vla_vector / "vec", weight=1.0, mode=mode, rank=4)
     trainer.add_regularizer("orth", reg)
     result = trainer.train()
+    assert reg.mode == ("lora" if tuner == "lora" else "factored")
     assert reg.terms and all(h["reg/orth"] >= 0 for h in result.history)
     assert result.history[-1]["reg/orth"] > 0
