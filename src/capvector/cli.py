@@ -185,9 +185,12 @@ def demo(
 
 def _register_subsystem_commands() -> None:
     """Commands whose implementation lives with their subsystem (each module stays importable alone)."""
+    from capvector.sim.commands import collect_command, eval_command
     from capvector.train.cli import train_command
 
     app.command("train")(user_errors(train_command))
+    app.command("collect")(user_errors(collect_command))
+    app.command("eval")(user_errors(eval_command))
 
 
 _register_subsystem_commands()

@@ -11,7 +11,15 @@ from policy_helpers import small_config
 
 from capvector.errors import CapvectorError
 from capvector.policy import TinyVLA, load_policy, save_policy
-from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer, global_batch, load_trained, lr_factor
+from capvector.train import (
+    SyntheticDemoDataset,
+    TrainConfig,
+    Trainer,
+    global_batch,
+    load_trained,
+    lr_factor,
+    snapshot_dir,
+)
 
 
 def _cfg(tmp_path, name, **kw) -> TrainConfig:
@@ -187,3 +195,19 @@ def test_dropout_runs_are_reproducible_and_resumable(tmp_path, tiny_ds):
     c = Trainer(_cfg(tmp_path, "d3", **kw), tiny_ds, policy_config=pc).train()
     wa, wb, wc = (_weights(r.policy_dir) for r in (a, b, c))
     assert all(torch.equal(wa[k], wb[k]) and torch.equal(wa[k], wc[k]) for k in wa)
+
+
+@pytest.mark.parametrize("tuner", ["full", "lora"])
+def test_snapshots_hold_the_policy_at_their_step(tmp_path, tiny_ds, tuner):
+    """A snapshot at step 3 of a 6-step run equals the live policy of the same run stopped after step 3."""
+    kw = dict(tuner=tuner, lora_r=2, snapshot_steps=[3])
+    Trainer(_cfg(tmp_path, "a", **kw), tiny_ds, policy_config=small_config()).train()
+    stopped = Trainer(_cfg(tmp_path, "b", **kw), tiny_ds, policy_config=small_config())
+    stopped.train(stop_at=3)
+    live = stopped.model.merge_and_unload() if tuner == "lora" else stopped.policy
+    snap = load_trained(snapshot_dir(tmp_path / "a", 3)).state_dict()
+    assert snap.keys() == live.state_dict().keys()
+    assert all(torch.allclose(snap[k], v, atol=1e-6) for k, v in live.state_dict().items())
+    key = "vlm.trunk.layers.0.attn.q_proj.weight"
+    assert not torch.equal(snap[key], _weights(tmp_path / "a" / "policy")[key])  # training went on after it
+    assert sorted(p.name for p in (tmp_path / "a" / "snapshots").iterdir()) == ["step_0000003"]

@@ -17,11 +17,14 @@ from capvector.errors import CapvectorError
 class DemoDataset(Dataset):
     """Samples (episode, step) with the next `chunk` actions (padded by repeating the last, masked).
 
-    Episodes are decompressed on demand and kept in a small LRU cache (`cache_episodes`), so a dataset
-    larger than memory still streams; shuffled access over few hundred episodes fits the default cache.
+    Episodes are decompressed on demand and kept in an LRU cache bounded by `cache_mb` of decompressed
+    arrays, so a dataset larger than memory still streams. Shuffled training touches every episode each
+    epoch: a cache smaller than the dataset then decompresses an episode for nearly every sample (~2 ms
+    each, as long as a training step of the tiny VLA), so the default budget holds a few thousand
+    64 px episodes.
     """
 
-    def __init__(self, root: str | Path, chunk: int = 8, verify: bool = True, cache_episodes: int = 256,
+    def __init__(self, root: str | Path, chunk: int = 8, verify: bool = True, cache_mb: float = 4096,
                  tasks: list[str] | None = None) -> None:
         self.root = Path(root)
         if chunk < 1:
@@ -34,8 +37,9 @@ class DemoDataset(Dataset):
         if verify:
             for e in self.entries:
                 verify_episode(self.root, e)
-        self.chunk, self.cache_episodes = chunk, cache_episodes
+        self.chunk, self.cache_bytes = chunk, int(cache_mb * 2**20)
         self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._cached_bytes = 0
         lengths = np.array([e["length"] for e in self.entries], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
 
@@ -48,8 +52,10 @@ class DemoDataset(Dataset):
             return self._cache[i]
         arrays = load_episode(self.root, self.entries[i])
         self._cache[i] = arrays
-        if len(self._cache) > self.cache_episodes:
-            self._cache.popitem(last=False)
+        self._cached_bytes += _nbytes(arrays)
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_bytes -= _nbytes(evicted)
         return arrays
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -73,6 +79,10 @@ class DemoDataset(Dataset):
             "episode": torch.tensor(entry["index"], dtype=torch.int64),
             "step": torch.tensor(t, dtype=torch.int64),
         }
+
+
+def _nbytes(arrays: dict[str, np.ndarray]) -> int:
+    return sum(a.nbytes for a in arrays.values())
 
 
 def open_dataset(path: str | Path, chunk: int = 8, verify: bool = True, **kwargs: Any) -> DemoDataset:

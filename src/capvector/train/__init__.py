@@ -4,7 +4,14 @@ from capvector.train.cli import open_dataset, train_command
 from capvector.train.config import TrainConfig
 from capvector.train.order import global_batch
 from capvector.train.synthetic import SyntheticDemoDataset
-from capvector.train.trainer import Trainer, TrainResult, load_trained, lr_factor, tuner_aux_loss
+from capvector.train.trainer import (
+    Trainer,
+    TrainResult,
+    load_trained,
+    lr_factor,
+    snapshot_dir,
+    tuner_aux_loss,
+)
 
 __all__ = [
     "SyntheticDemoDataset",
@@ -15,6 +22,7 @@ __all__ = [
     "load_trained",
     "lr_factor",
     "open_dataset",
+    "snapshot_dir",
     "train_command",
     "tuner_aux_loss",
 ]

@@ -58,6 +58,8 @@ def train_command(
     orth_vector: Annotated[Path | None, typer.Option(help="Capability vector for the orthogonal regulariser.")] = None,
     orth_weight: Annotated[float, typer.Option(help="λ_orth.")] = 1e-4,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints (0: final only).")] = None,
+    snapshot_step: Annotated[list[int] | None, typer.Option(
+        help="Also export the policy at this step to snapshots/step_N/ (repeatable).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     width: Annotated[int | None, typer.Option(help="Fresh policy: trunk width.")] = None,
     depth: Annotated[int | None, typer.Option(help="Fresh policy: trunk layers.")] = None,
@@ -74,6 +76,7 @@ def train_command(
                  "seed": seed, "tuner": tuner, "lora_r": lora_r,
                  "also_train": also_train, "aux_weight": aux_weight, "aux_layer": aux_layer, "teacher": teacher,
                  "teacher_path": str(teacher_path) if teacher_path else None, "checkpoint_every": checkpoint_every,
+                 "snapshot_steps": snapshot_step,
                  "threads": threads, "init": str(init) if init else None}
     fields.update({k: v for k, v in overrides.items() if v is not None})
     fields["output_dir"] = str(output)

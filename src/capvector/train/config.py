@@ -10,7 +10,7 @@ from capvector.policy.presets import LORA_TARGETS
 TUNERS = ("full", "lora", "gse", "peft")
 # Fields that may differ between a run and its resumption; everything else must match.
 RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "threads",
-                     "num_workers")
+                     "num_workers", "snapshot_steps")
 
 
 @dataclass
@@ -53,6 +53,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only the final checkpoint
     keep_checkpoints: int = 2
+    snapshot_steps: list[int] = field(default_factory=list)  # also export the policy at these steps
     num_workers: int = 0
     threads: int | None = None
     progress: bool = True
@@ -67,6 +68,8 @@ class TrainConfig:
             raise CapvectorError(f"train config: lr must be positive, found {self.lr}")
         if self.aux_weight < 0:
             raise CapvectorError(f"train config: aux_weight must be >= 0, found {self.aux_weight}")
+        if any(s <= 0 for s in self.snapshot_steps):
+            raise CapvectorError(f"train config: snapshot_steps must be positive, found {self.snapshot_steps}")
         if self.checkpoint_every < 0 or self.warmup_steps < 0:
             raise CapvectorError("train config: checkpoint_every and warmup_steps must be >= 0")
 

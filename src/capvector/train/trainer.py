@@ -13,6 +13,8 @@ import contextlib
 import inspect
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -356,60 +358,84 @@ class Trainer:
                     progress.update(self.step, record)
                 else:
                     progress.update(self.step, None)
+                if self.step in cfg.snapshot_steps and self.step < cfg.steps:
+                    self._snapshot(self.step)  # before the checkpoint, so a resumed run never skips it
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
                     self._save(self.step)
         acc.wait_for_everyone()
         self._save(self.step)
-        policy_dir = self.export(self.run_dir / "policy") if self.step >= cfg.steps else self.run_dir / "policy"
+        if self.step >= cfg.steps:
+            policy_dir = self.export(self.run_dir)
+            if self.alignment is not None and acc.is_main_process:
+                atomic_save_safetensors(self.alignment.state_dict(), self.run_dir / PROJECTOR)
+        else:
+            policy_dir = self.run_dir / POLICY_DIR
         return TrainResult(self.run_dir, policy_dir, self.step, last_loss, list(self.history))
+
+    def _snapshot(self, step: int) -> None:
+        """Export the policy as it is at `step` (for success-vs-steps curves), written atomically."""
+        final = self.run_dir / SNAPSHOT_DIR / f"step_{step:07d}"
+        if final.exists() or not self.accelerator.is_main_process:
+            return
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        was_training = self.model.training
+        self.export(tmp)
+        self.model.train(was_training)
+        os.replace(tmp, final)
 
     def _clip_params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def export(self, directory: Path) -> Path:
-        """Save what evaluation and `capvector extract/merge` read; returns the directory `load_trained` opens.
+    def export(self, root: Path) -> Path:
+        """Write what evaluation and `capvector extract/merge` read into `root`; returns what `load_trained` opens.
 
-        full: `policy/` (a TinyVLA directory). lora: `adapter/` and `policy/` with the adapter merged in.
-        gse / peft: `adapter/` and `base_policy/` (the frozen base plus any `also_train` updates), since
-        routed experts have no dense equivalent. The alignment projector is saved beside them
-        (`aux_projector.safetensors`), never inside a policy.
+        full: `root/policy/` (a TinyVLA directory, returned). lora: `root/adapter/` and `root/policy/` with the
+        adapter merged in (returned). gse / peft: `root/adapter/` and `root/base_policy/` (the frozen base
+        plus any `also_train` updates), since routed experts have no dense equivalent; `root` is returned.
         """
+        root = Path(root)
         if not self.accelerator.is_main_process:
-            return directory
+            return root / POLICY_DIR
         if self.model is self.policy:
-            save_policy(self.policy, directory)
-        else:
-            import copy
+            return save_policy(self.policy, root / POLICY_DIR)
+        import copy
 
-            self.model.save_pretrained(str(self.run_dir / ADAPTER_DIR))
-            if self.cfg.tuner == "lora":
-                save_policy(copy.deepcopy(self.model).merge_and_unload(), directory)
-            else:
-                base = TinyVLA(self.policy.config)
-                state = dict(self._base_state)
-                for name, p in self.policy.named_parameters():
-                    plain = name.replace(".base_layer.", ".")
-                    if p.requires_grad and plain in state:
-                        state[plain] = p.detach().clone()
-                base.load_state_dict(state)
-                save_policy(base, self.run_dir / BASE_DIR)
-                directory = self.run_dir
-        if self.alignment is not None:
-            atomic_save_safetensors(self.alignment.state_dict(), self.run_dir / PROJECTOR)
-        return directory
+        self.model.save_pretrained(str(root / ADAPTER_DIR))
+        if self.cfg.tuner == "lora":
+            return save_policy(copy.deepcopy(self.model).merge_and_unload(), root / POLICY_DIR)
+        base = TinyVLA(self.policy.config)
+        state = dict(self._base_state)
+        for name, p in self.policy.named_parameters():
+            plain = name.replace(".base_layer.", ".")
+            if p.requires_grad and plain in state:
+                state[plain] = p.detach().clone()
+        base.load_state_dict(state)
+        save_policy(base, root / BASE_DIR)
+        return root
 
 
+POLICY_DIR = "policy"
+SNAPSHOT_DIR = "snapshots"
 ADAPTER_DIR = "adapter"
 BASE_DIR = "base_policy"
 
 
+def snapshot_dir(run_dir: str | Path, step: int) -> Path:
+    """Where `TrainConfig.snapshot_steps` put the policy exported at `step` (open it with `load_trained`)."""
+    return Path(run_dir) / SNAPSHOT_DIR / f"step_{step:07d}"
+
+
 def load_trained(path: str | Path) -> nn.Module:
-    """A trained policy ready for `act()`: a policy dir, or a run dir with `policy/` or `base_policy/` + `adapter/`."""
+    """A trained policy ready for `act()`.
+
+    `path`: a policy dir, or a run/snapshot dir holding `policy/` or `base_policy/` + `adapter/`.
+    """
     path = Path(path)
     if (path / "model.safetensors").is_file():
         return load_policy(path)
-    if (path / "policy" / "model.safetensors").is_file():
-        return load_policy(path / "policy")
+    if (path / POLICY_DIR / "model.safetensors").is_file():
+        return load_policy(path / POLICY_DIR)
     if (path / BASE_DIR).is_dir() and (path / ADAPTER_DIR).is_dir():
         from peft import PeftModel
 
