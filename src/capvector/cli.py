@@ -168,29 +168,16 @@ def inspect(
     out.print(largest)
 
 
-@app.command()
-@user_errors
-def demo(
-    workdir: Annotated[Path, typer.Option(help="Where to write the demo's checkpoints.")] = Path("runs/tiny-demo"),
-    steps: Annotated[int, typer.Option(help="Fine-tuning steps for θ_sft and θ_aux.")] = 30,
-    weight: Annotated[float, typer.Option(help="Vector weight λ.")] = 1.0,
-) -> None:
-    """Extract, merge and inspect a capability vector on a tiny random Llama (minutes on a laptop)."""
-    from capvector.tiny_demo import run
-
-    summary = run(workdir, steps=steps, weight=weight)
-    if summary["max_abs_error_vs_direct_formula"] > 1e-5:
-        raise CapvectorError(f"merged weights deviate from the direct formula: {summary}")
-
-
 def _register_subsystem_commands() -> None:
     """Commands whose implementation lives with their subsystem (each module stays importable alone)."""
+    from capvector.pipeline.commands import demo_command, pipeline_command, pretrain_command, report_command
     from capvector.sim.commands import collect_command, eval_command
     from capvector.train.cli import train_command
 
-    app.command("train")(user_errors(train_command))
-    app.command("collect")(user_errors(collect_command))
-    app.command("eval")(user_errors(eval_command))
+    for name, fn in (("demo", demo_command), ("pipeline", pipeline_command), ("report", report_command),
+                     ("collect", collect_command), ("train", train_command), ("eval", eval_command),
+                     ("pretrain", pretrain_command)):
+        app.command(name)(user_errors(fn))
 
 
 _register_subsystem_commands()

@@ -80,7 +80,7 @@ def test_half_precision_inputs_computed_in_fp32(tmp_path, dtype):
     tau = load_file(tmp_path / "v" / "vector.safetensors")["layer.weight"]
     assert tau.dtype == torch.float32
     assert torch.equal(tau, a.float() - s.float())  # exact: differences of half values fit in fp32
-    merge(tmp_path / "p", [VectorWeight(tmp_path / "v", 2.0)], tmp_path / "m", progress=False)
+    merge(tmp_path / "p", [VectorWeight(str(tmp_path / "v"), 2.0)], tmp_path / "m", progress=False)
     merged = load_file(tmp_path / "m" / "model.safetensors")["layer.weight"]
     assert merged.dtype == dtype  # output keeps the base's dtype
     assert torch.equal(merged, (p.float() + 2.0 * (a.float() - s.float())).to(dtype))

@@ -8,7 +8,7 @@ import pytest
 from capvector.errors import CapvectorError
 from capvector.sim import Perturbation, Policy, ScriptedExpert, SimConfig
 from capvector.sim.evaluate import EvalConfig, evaluate
-from capvector.sim.stats import wilson_interval
+from capvector.sim.stats import newcombe_difference, wilson_interval
 from capvector.sim.tasks import SPLITS, split_tasks
 
 SIM = SimConfig(image_size=32)
@@ -70,6 +70,21 @@ def test_wilson_bounds_solve_the_score_equation(k, n):
             assert math.isclose((p_hat - p) ** 2, z * z * p * (1 - p) / n, rel_tol=1e-6, abs_tol=1e-12)
     lo, hi = wilson_interval(k, n)
     assert lo <= p_hat <= hi
+
+
+@pytest.mark.parametrize("k1,n1,k2,n2,low,high", [
+    (56, 70, 48, 80, 0.0524, 0.3339),  # Newcombe (1998), Stat. Med. 17:873, Table II, example (a), method 10
+    (9, 10, 3, 10, 0.1705, 0.8090),  # ibid., example (b)
+])
+def test_newcombe_difference_matches_published_examples(k1, n1, k2, n2, low, high):
+    d, lo, hi = newcombe_difference(k1, n1, k2, n2)
+    assert math.isclose(d, k1 / n1 - k2 / n2)
+    assert (round(lo, 4), round(hi, 4)) == (low, high)
+
+
+def test_newcombe_difference_stays_in_range_at_the_extremes():
+    d, lo, hi = newcombe_difference(10, 10, 0, 10)
+    assert d == 1.0 and 0 < lo < 1 and hi == 1.0
 
 
 def test_splits_are_disjoint_and_parse():

@@ -45,6 +45,9 @@ class VectorWeight:
     path: Path
     weight: WeightSpec = 1.0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))  # accept str, as the README's example passes
+
     def weight_for(self, name: str) -> float:
         if not isinstance(self.weight, Mapping):
             return float(self.weight)

@@ -1,0 +1,133 @@
+"""The demo recipe's settings: one dataclass, three named modes (quick / default / extended), JSON overrides."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from capvector.errors import CapvectorError
+
+MODES = ("quick", "default", "extended")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that determines a demo run. Stages are fingerprinted from the fields they read.
+
+    Budgets are in optimiser steps at `batch_size`; `down_budgets` lists the downstream budgets at which
+    every method is evaluated (the last is the length of the runs, the others are snapshots of them).
+    """
+
+    mode: str = "default"
+    pretrained: str | None = None  # policy directory; None = the weights shipped with capvector
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # data
+    noise: float = 0.1
+    cap_episodes: int = 20  # per D_cap task
+    down_episodes: int = 10  # per D_down task
+    collect_seed_cap: int = 100
+    collect_seed_down: int = 200
+    # capability extraction (SFT and aux-SFT on D_cap, same data, order, seed and steps)
+    cap_steps: int = 1500
+    cap_lr: float = 3e-4
+    aux_weight: float = 0.5
+    aux_layer: int | None = None
+    # merge
+    vector_weight: float = 1.0
+    vector_preset: str = "tiny-vla:vlm+expert"
+    weight_sweep: tuple[float, ...] = ()  # extra λ values for the merge-choice experiment
+    preset_sweep: tuple[str, ...] = ()  # extra selections for the merge-choice experiment
+    # downstream
+    down_budgets: tuple[int, ...] = (300, 1200)
+    down_lr: float = 3e-4
+    batch_size: int = 64
+    orth_weight: float = 1e-4
+    orth_mode: str = "factored"
+    orth_rank: int = 16
+    orth_sweep: tuple[float, ...] = ()  # extra λ_orth values (0 is the no-orth method, always run)
+    # VLA-GSE vs LoRA vs full fine-tuning, from θ_pre on D_down
+    tuner_steps: int = 1200
+    tuners: tuple[str, ...] = ("full", "lora", "gse")
+    lora_r: int = 16
+    gse_r: int = 16
+    tuner_lr: float = 1e-3  # adapters want a larger step than full fine-tuning
+    # evaluation
+    eval_episodes: int = 10  # per task and seed
+    eval_seed: int = 1000
+    max_steps: int = 150
+    workers: int = 2
+    ood_perturbations: tuple[str, ...] = ("camera:0.5", "lighting:0.7", "colors:0.5", "distractors:0.5")
+    videos: int = 1
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise CapvectorError(f"pipeline config: mode must be one of {MODES}, found {self.mode!r}")
+        if not self.seeds:
+            raise CapvectorError("pipeline config: seeds must not be empty")
+        if not self.down_budgets or list(self.down_budgets) != sorted(set(self.down_budgets)):
+            raise CapvectorError(f"pipeline config: down_budgets must be increasing, found {self.down_budgets}")
+        for name in ("cap_steps", "tuner_steps", "eval_episodes", "batch_size", "cap_episodes", "down_episodes"):
+            if getattr(self, name) <= 0:
+                raise CapvectorError(f"pipeline config: {name} must be positive, found {getattr(self, name)}")
+        unknown = set(self.tuners) - {"full", "lora", "gse"}
+        if unknown:
+            raise CapvectorError(f"pipeline config: unknown tuners {sorted(unknown)}; use full, lora, gse")
+
+    @property
+    def down_steps(self) -> int:
+        return self.down_budgets[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def for_mode(cls, mode: str, **overrides: Any) -> PipelineConfig:
+        """The named mode's settings, then `overrides` (e.g. from a JSON file) on top."""
+        if mode not in MODES:
+            raise CapvectorError(f"unknown mode {mode!r}; choose from {MODES}")
+        return _from_dict({**MODE_SETTINGS[mode], "mode": mode, **overrides}, f"mode {mode}")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PipelineConfig:
+        """A JSON object of fields; `mode` (default "default") picks the base settings the file overrides."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CapvectorError(f"pipeline config {path}: cannot read JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise CapvectorError(f"pipeline config {path}: expected a JSON object of fields")
+        mode = data.pop("mode", "default")
+        _check_keys(data, str(path))
+        return cls.for_mode(mode, **data)
+
+
+MODE_SETTINGS: dict[str, dict[str, Any]] = {
+    # CI smoke test of the whole pipeline: tiny budgets, one seed, effect sizes meaningless.
+    "quick": dict(seeds=(0,), cap_episodes=2, down_episodes=2, cap_steps=40, down_budgets=(20, 40),
+                  tuner_steps=40, eval_episodes=2, max_steps=60, ood_perturbations=("camera:0.5",),
+                  tuners=("full", "lora", "gse"), videos=1),
+    "default": {},
+    "extended": dict(weight_sweep=(0.5, 1.5), preset_sweep=("tiny-vla:vlm",), orth_sweep=(1e-5, 1e-3),
+                     down_budgets=(300, 1200, 3000), eval_episodes=15),
+}
+
+
+def _check_keys(data: dict[str, Any], source: str) -> None:
+    known = {f.name for f in fields(PipelineConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CapvectorError(f"{source}: unknown pipeline config keys {unknown}; expected a subset of {sorted(known)}")
+
+
+def _from_dict(data: dict[str, Any], source: str) -> PipelineConfig:
+    _check_keys(data, source)
+    tuples = {f.name for f in fields(PipelineConfig) if str(f.type).startswith("tuple")}
+    data = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()}
+    return replace(PipelineConfig(), **data)
+
+
+__all__ = ["MODES", "MODE_SETTINGS", "PipelineConfig"]

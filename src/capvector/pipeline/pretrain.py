@@ -1,0 +1,95 @@
+"""Pretraining the tiny VLA on the pretraining split: the recipe behind the shipped θ_pre, as cached stages.
+
+`capvector pretrain -o DIR` collects scripted-expert demos of the pretraining tasks, trains a fresh policy
+with plain SFT, evaluates it by rollouts and writes DIR (config.json, model.safetensors, recipe.json with
+the settings, data summary and success rates). Regenerating the shipped weights:
+`capvector pretrain -o src/capvector/assets/tiny_vla_pretrained --overwrite`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capvector.errors import CapvectorError
+from capvector.pipeline.stages import Stage, StageRunner
+from capvector.pipeline.work import DATASET, Collect, Evaluate, Train, read_eval, stderr_is_tty
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    episodes: int = 40  # per pretraining task
+    noise: float = 0.1
+    collect_seed: int = 0
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup_steps: int = 200
+    seed: int = 0
+    policy: dict[str, Any] = field(default_factory=lambda: {"embedder": "minilm"})  # PolicyConfig fields
+    eval_episodes: int = 10
+    eval_seed: int = 1000
+    max_steps: int = 150
+    workers: int = 2
+    threads: int = 2
+
+
+class _FreshTrain(Train):
+    """Train from a fresh policy of the given shape (the pretraining run has no `init`)."""
+
+    def __call__(self, directory: Path) -> dict[str, Any]:
+        import torch
+
+        from capvector.data import open_dataset
+        from capvector.policy import PolicyConfig
+        from capvector.train import TrainConfig, Trainer
+
+        fields = dict(self.train)
+        policy_cfg = PolicyConfig(**fields.pop("policy"))
+        cfg = TrainConfig(**{**fields, "output_dir": str(directory), "progress": stderr_is_tty()})
+        threads = torch.get_num_threads()
+        result = Trainer(cfg, open_dataset(self.data), policy_config=policy_cfg).train()
+        torch.set_num_threads(threads)
+        shutil.rmtree(directory / "checkpoints", ignore_errors=True)
+        return {"steps": result.steps, "final_loss": result.final_loss}
+
+
+def pretrain(output: str | Path, cfg: PretrainConfig, run_dir: str | Path = "runs/pretrain",
+             overwrite: bool = False, log: Any = print) -> dict[str, Any]:
+    """Run (or resume) the pretraining stages under `run_dir` and write the policy directory `output`."""
+    output, run_dir = Path(output), Path(run_dir)
+    if output.exists() and not overwrite:
+        raise CapvectorError(f"{output} exists; pass --overwrite to replace it")
+    runner = StageRunner(run_dir, log=log)
+    data = Collect("pretrain", cfg.episodes, cfg.collect_seed, cfg.noise)
+    train_fields = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps,
+                    "seed": cfg.seed, "threads": cfg.threads, "log_every": 50, "checkpoint_every": 500,
+                    "policy": dict(cfg.policy)}
+    train = _FreshTrain("", str(runner.directory("data/pretrain") / DATASET), train_fields)
+    evaluate = Evaluate(str(runner.directory("train")), "pretrain", cfg.eval_episodes, cfg.eval_seed,
+                        cfg.max_steps, ("none",), cfg.workers)
+    stages = [
+        Stage("data/pretrain", data, data.params(), (), True, "collect pretraining demos"),
+        Stage("train", train, {**train.params(), "train": json.loads(json.dumps(train_fields))}, ("data/pretrain",),
+              True, "pretrain the tiny VLA"),
+        Stage("eval/pretrain", evaluate, evaluate.params(), ("train",), False, "rollouts on the pretraining tasks"),
+    ]
+    runner.run(stages)
+    result = read_eval(runner.directory("eval/pretrain"))
+    recipe = {"pretrain_config": asdict(cfg), "data": runner.summary("data/pretrain"),
+              "train": runner.summary("train"),
+              "eval": {"overall": result["overall"],
+                       "per_task": {r["task"]: r["pc_success"] for r in result["per_task"]}},
+              "regenerate": f"capvector pretrain -o {output} --overwrite"}
+    tmp = output.with_name(f".{output.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(runner.directory("train") / "policy", tmp)
+    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    return recipe

@@ -1,0 +1,213 @@
+"""The CapVector demo as a graph of cached stages (see docs/demo.md for what each experiment answers).
+
+θ_pre (shipped) ─► SFT and aux-SFT on D_cap ─► τ_cap = θ_aux − θ_sft ─► θ_meta = θ_pre + λ·τ_cap
+                                                                               │
+D_down demos ─► downstream fine-tunes per method and seed ─► rollouts at each budget (+ OOD variants)
+
+Methods (downstream, on D_down): `sft` (SFT from θ_pre), `aux` (SFT + spatial alignment from θ_pre),
+`capvector` (SFT from θ_meta + L_orth), `capvector_no_orth` (SFT from θ_meta); plus the merge-choice and
+λ_orth variants of `capvector`, and LoRA / GSE tuners from θ_pre beside full fine-tuning (= `sft`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from capvector.errors import CapvectorError
+from capvector.pipeline.config import PipelineConfig
+from capvector.pipeline.stages import Stage
+from capvector.pipeline.work import DATASET, Collect, Evaluate, Extract, Merge, Train
+
+MAIN_METHODS = ("sft", "aux", "capvector", "capvector_no_orth")
+METHOD_LABELS = {
+    "sft": "SFT from θ_pre",
+    "aux": "aux-SFT from θ_pre (SFT + spatial alignment)",
+    "capvector": "CapVector: SFT from θ_meta + L_orth",
+    "capvector_no_orth": "CapVector without L_orth",
+    "tuner-full": "full fine-tuning",
+    "tuner-lora": "LoRA",
+    "tuner-gse": "VLA-GSE",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One downstream fine-tune: which method it is, its seed, the stage that trains it, its evaluated budgets."""
+
+    method: str
+    seed: int
+    stage: str
+    budgets: tuple[int, ...]
+
+
+class DemoGraph:
+    """Builds the stage list for a config; `runs` lists every downstream fine-tune for the report."""
+
+    def __init__(self, cfg: PipelineConfig, root: Path) -> None:
+        self.cfg, self.root = cfg, root
+        self.stages: list[Stage] = []
+        self.runs: list[Run] = []
+        self.evals: dict[tuple[str, int, int], str] = {}  # (method, seed, budget) → eval stage
+        self._build()
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def dir(self, stage: str) -> Path:
+        return self.root / "stages" / stage
+
+    def _add(self, name: str, work: Any, deps: tuple[str, ...] = (), resumable: bool = False,
+             label: str = "") -> str:
+        self.stages.append(Stage(name, work, work.params(), deps, resumable, label))
+        return name
+
+    def _policy(self, stage: str) -> str:
+        return str(self.dir(stage) / "policy")
+
+    def _data(self, stage: str) -> str:
+        return str(self.dir(stage) / DATASET)
+
+    def _train_fields(self, steps: int, seed: int, lr: float, **extra: Any) -> dict[str, Any]:
+        c = self.cfg
+        return {"steps": steps, "batch_size": c.batch_size, "lr": lr, "seed": seed, "threads": c.threads,
+                "log_every": 25, "checkpoint_every": max(50, steps // 4), **extra}
+
+    def _eval(self, policy: str, split: str, deps: tuple[str, ...], name: str, perturbations: tuple[str, ...] = (),
+              videos: int = 0) -> str:
+        c = self.cfg
+        work = Evaluate(policy, split, c.eval_episodes, c.eval_seed, c.max_steps, ("none", *perturbations),
+                        c.workers, videos)
+        return self._add(name, work, deps, label=f"rollouts {name.removeprefix('eval/')}")
+
+    # ---- the graph ----------------------------------------------------------------------------
+    def _build(self) -> None:
+        c = self.cfg
+        pre = self._add("pretrained", CopyPolicy(resolve_pretrained(c.pretrained)), label="pretrained policy θ_pre")
+        cap_data = self._add("data/cap", Collect("cap", c.cap_episodes, c.collect_seed_cap, c.noise), resumable=True,
+                             label="collect D_cap demos")
+        down_data = self._add("data/down", Collect("down", c.down_episodes, c.collect_seed_down, c.noise),
+                              resumable=True, label="collect D_down demos")
+        # Capability extraction: identical runs but for the auxiliary loss (same data, order, seed, steps).
+        cap_seed = c.seeds[0]
+        cap_runs = {}
+        for name, aux in (("sft", 0.0), ("aux", c.aux_weight)):
+            fields = self._train_fields(c.cap_steps, cap_seed, c.cap_lr, aux_weight=aux, aux_layer=c.aux_layer)
+            cap_runs[name] = self._add(f"cap/{name}", Train(self._policy(pre), self._data(cap_data), fields),
+                                       (pre, cap_data), resumable=True, label=f"θ_{name}: {name} on D_cap")
+        for who, stage in (("pretrained", pre), ("sft", cap_runs["sft"]), ("aux", cap_runs["aux"])):
+            self._eval(self._policy(stage), "cap", (stage,), f"eval/cap/{who}")
+        vectors = {c.vector_preset: self._vector(c.vector_preset, pre, cap_runs)}
+        meta = self._meta(pre, vectors[c.vector_preset], c.vector_weight, "meta/main")
+
+        down_kwargs = dict(pre=pre, data=down_data)
+        methods: dict[str, dict[str, Any]] = {
+            "sft": dict(init=pre), "aux": dict(init=pre, aux=True),
+            "capvector": dict(init=meta, orth=(vectors[c.vector_preset], c.orth_weight)),
+            "capvector_no_orth": dict(init=meta),
+        }
+        for w in c.orth_sweep:
+            methods[f"capvector@orth={w:g}"] = dict(init=meta, orth=(vectors[c.vector_preset], w))
+        for method, spec in methods.items():
+            for seed in c.seeds:
+                self._downstream(method, seed, c.down_budgets, **down_kwargs, **spec)
+
+        # Merge choices, compared at the first budget with the main CapVector run's snapshot there.
+        short = (c.down_budgets[0],)
+        for w in c.weight_sweep:
+            m = self._meta(pre, vectors[c.vector_preset], w, f"meta/weight={w:g}")
+            for seed in c.seeds:
+                self._downstream(f"capvector@weight={w:g}", seed, short, init=m, orth=(vectors[c.vector_preset],
+                                                                                       c.orth_weight), **down_kwargs)
+        for preset in c.preset_sweep:
+            vectors[preset] = self._vector(preset, pre, cap_runs)
+            m = self._meta(pre, vectors[preset], c.vector_weight, f"meta/{slug(preset)}")
+            for seed in c.seeds:
+                self._downstream(f"capvector@{slug(preset)}", seed, short, init=m,
+                                 orth=(vectors[preset], c.orth_weight), **down_kwargs)
+
+        # Tuners from θ_pre; full fine-tuning (at down_lr) is the `sft` method when the budgets agree.
+        for tuner in c.tuners:
+            for seed in c.seeds:
+                if tuner == "full" and c.tuner_steps == c.down_steps:
+                    sft = next(r for r in self.runs if r.method == "sft" and r.seed == seed)
+                    self.runs.append(Run("tuner-full", seed, sft.stage, (c.down_steps,)))
+                    self.evals[("tuner-full", seed, c.down_steps)] = self.evals[("sft", seed, c.down_steps)]
+                    continue
+                self._downstream(f"tuner-{tuner}", seed, (c.tuner_steps,), init=pre, tuner=tuner, **down_kwargs)
+
+    def _vector(self, preset: str, pre: str, cap_runs: dict[str, str]) -> str:
+        work = Extract(self._policy(cap_runs["sft"]), self._policy(cap_runs["aux"]), self._policy(pre), preset)
+        return self._add(f"vector/{slug(preset)}", work, (pre, cap_runs["sft"], cap_runs["aux"]),
+                         label=f"extract τ_cap ({preset})")
+
+    def _meta(self, pre: str, vector: str, weight: float, name: str) -> str:
+        work = Merge(self._policy(pre), str(self.dir(vector) / "vector"), weight)
+        return self._add(name, work, (pre, vector), label=f"merge θ_meta = θ_pre + {weight:g}·τ_cap")
+
+    def _downstream(self, method: str, seed: int, budgets: tuple[int, ...], *, init: str, pre: str, data: str,
+                    aux: bool = False, orth: tuple[str, float] | None = None, tuner: str = "full") -> None:
+        c = self.cfg
+        steps = budgets[-1]
+        lr = c.down_lr if tuner == "full" else c.tuner_lr
+        extra: dict[str, Any] = {"aux_weight": c.aux_weight if aux else 0.0, "aux_layer": c.aux_layer,
+                                 "snapshot_steps": list(budgets[:-1]), "tuner": tuner}
+        if tuner != "full":
+            extra |= {"also_train": ["action_expert.*"], "lora_r": c.lora_r, "lora_alpha": c.lora_r}
+        if tuner == "gse":
+            extra["gse_options"] = {"r": c.gse_r}
+        deps = (init, data)
+        orth_vector, orth_opts = None, {}
+        if orth is not None:
+            orth_vector = str(self.dir(orth[0]) / "vector")
+            orth_opts = {"weight": orth[1], "mode": c.orth_mode, "rank": c.orth_rank}
+            deps = (*deps, orth[0])
+        name = f"down/{method}/seed{seed}"
+        work = Train(self._policy(init), self._data(data), self._train_fields(steps, seed, lr, **extra),
+                     orth_vector, orth_opts)
+        self._add(name, work, deps, resumable=True, label=f"{METHOD_LABELS.get(method, method)}, seed {seed}")
+        self.runs.append(Run(method, seed, name, budgets))
+        from capvector.train import snapshot_dir
+
+        for b in budgets:
+            final = b == steps
+            policy = str(self.dir(name)) if final else str(snapshot_dir(self.dir(name), b))
+            perts = c.ood_perturbations if final else ()
+            videos = c.videos if final and seed == c.seeds[0] and method in ("sft", "capvector") else 0
+            self.evals[(method, seed, b)] = self._eval(policy, "down", (name,), f"eval/{name}/step{b}", perts, videos)
+
+
+@dataclass(frozen=True)
+class CopyPolicy:
+    """Copy θ_pre into the run, so the run is self-contained and fingerprinted by the weights' content."""
+
+    source: Path
+
+    def params(self) -> dict[str, Any]:
+        digest = hashlib.sha256((self.source / "model.safetensors").read_bytes()).hexdigest()
+        return {"kind": "pretrained", "weights_sha256": digest,
+                "config": (self.source / "config.json").read_text()}
+
+    def __call__(self, directory: Path) -> dict[str, Any]:
+        from capvector.policy import load_policy
+
+        shutil.copytree(self.source, directory / "policy", ignore=shutil.ignore_patterns("README.md"))
+        model = load_policy(directory / "policy")  # validates the copy
+        return {"source": str(self.source), "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def resolve_pretrained(path: str | None) -> Path:
+    """The user's policy directory, or the tiny VLA weights shipped inside the package."""
+    if path is None:
+        from capvector.assets import pretrained_policy_dir
+
+        return pretrained_policy_dir()
+    p = Path(path)
+    if not ((p / "model.safetensors").is_file() and (p / "config.json").is_file()):
+        raise CapvectorError(f"pretrained policy {p}: expected a directory with config.json and model.safetensors")
+    return p
+
+
+def slug(text: str) -> str:
+    return text.replace(":", "-").replace("+", "_plus_").replace("/", "-")

@@ -1,0 +1,203 @@
+"""`report.md` and PNG plots from `results.json`: tables with intervals and n, plain verdicts, figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from capvector.policy.files import atomic_write_text
+
+PLOTS = ("success_vs_steps.png", "methods.png", "ood.png", "merge_choices.png", "orth_sweep.png", "cost.png",
+         "tuners.png")
+
+
+def _pc(r: dict[str, Any] | None) -> str:
+    if not r or r.get("pc") is None:
+        return "-"
+    lo, hi = r["ci95"]
+    return f"{r['pc']:.1f} [{lo:.0f}, {hi:.0f}] (n={r['n']})"
+
+
+def _diff(f: dict[str, Any]) -> str:
+    lo, hi = f["ci95_pp"]
+    return f"{f['diff_pp']:+.1f} pp [{lo:+.1f}, {hi:+.1f}]"
+
+
+def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
+    c, methods = res["config"], res["methods"]
+    budgets = [str(b) for b in c["down_budgets"]]
+    out = [f"# CapVector demo report ({c['mode']} mode)", "",
+           f"{res['date']} · {res['machine']['processor']}, {res['machine']['cpus']} CPUs, torch "
+           f"{res['machine']['torch']}" + (f" · total {res['total_s'] / 60:.1f} min" if res.get("total_s") else ""),
+           "", "Success rates are % of rollouts on the held-out downstream tasks (D_down), pooled over seeds "
+           f"{c['seeds']}, with 95% Wilson intervals and the number of episodes n. Differences between methods "
+           "carry Newcombe's 95% interval; a finding is **shown** only when that interval excludes zero.", "",
+           "## Findings against the papers", "", "| claim | measured difference | verdict |", "| --- | --- | --- |"]
+    for f in res["findings"]:
+        out.append(f"| {f['claim']} | {_diff(f)} ({f['a_pc']:.1f}% vs {f['b_pc']:.1f}%) | {f['verdict']} |")
+    cap = res["cap"]
+    out += ["", "## Capability extraction (D_cap)", "",
+            f"SFT and aux-SFT ran {c['cap_steps']} steps from θ_pre with the same data order, seed and optimiser; "
+            f"alignment weight α = {c['aux_weight']}. Rollouts on the D_cap tasks:", "",
+            "| policy | success % |", "| --- | --- |",
+            f"| θ_pre (no fine-tuning) | {_pc(cap['pretrained'])} |", f"| θ_sft | {_pc(cap['sft'])} |",
+            f"| θ_aux | {_pc(cap['aux'])} |", ""]
+    if res.get("vector"):
+        out.append(f"τ_cap = θ_aux − θ_sft ({c['vector_preset']}): {res['vector'].get('tensors')} tensors, "
+                   f"‖τ‖ = {res['vector'].get('norm', float('nan')):.4g}; θ_meta = θ_pre + {c['vector_weight']}·τ_cap.")
+    out += ["", "## Downstream success vs training steps (Table 1 / Fig. 2 analogue)", "",
+            "| method | " + " | ".join(f"{b} steps" for b in budgets) + " |",
+            "| --- | " + " | ".join("---" for _ in budgets) + " |"]
+    for m, v in methods.items():
+        if m.startswith("tuner-") or not all(b in v["budgets"] for b in budgets):
+            continue
+        out.append(f"| {v['label']} | " + " | ".join(_pc(v["budgets"][b]) for b in budgets) + " |")
+    out += ["", "![success vs steps](success_vs_steps.png)", "", "## Cost", "",
+            "| method | s / step | × SFT | trainable params |", "| --- | --- | --- | --- |"]
+    for m, v in methods.items():
+        cost = v["cost"]
+        ratio = res["cost_ratio_vs_sft"].get(m)
+        out.append(f"| {v['label']} | {_num(cost['s_per_step'], 3)} | {_num(ratio, 2)} | "
+                   f"{cost.get('trainable_parameters') or '-':,} |" if cost.get("trainable_parameters") else
+                   f"| {v['label']} | {_num(cost['s_per_step'], 3)} | {_num(ratio, 2)} | - |")
+    out += ["", "![cost](cost.png)", "", "## Out of distribution (perturbed D_down, final budget)", ""]
+    variants = sorted({k for v in methods.values() for k in v["ood"]})
+    out += ["| method | " + " | ".join(variants) + " | pooled |", "| --- |" + " --- |" * (len(variants) + 1)]
+    for v in methods.values():
+        out.append(f"| {v['label']} | " + " | ".join(_pc(v["ood"].get(x)) for x in variants)
+                   + f" | {_pc(v['ood_pooled'])} |")
+    out += ["", "![ood](ood.png)", "", f"## Merge choices (CapVector at {budgets[0]} steps)", "",
+            "| variant | λ | selection | success % |", "| --- | --- | --- | --- |"]
+    for r in res["merge_choices"]:
+        out.append(f"| {r['variant']} | {r['weight']:g} | {r['preset']} | {_pc(r)} |")
+    if len(res["merge_choices"]) == 1:
+        out.append("\nNo λ or selection sweep in this mode (run `capvector demo --extended`).")
+    out += ["", "![merge choices](merge_choices.png)", "", f"## λ_orth sweep (at {budgets[-1]} steps)", "",
+            "| λ_orth | success % |", "| --- | --- |"]
+    out += [f"| {r['orth_weight']:g} | {_pc(r)} |" for r in res["orth_sweep"]]
+    out += ["", "![orth sweep](orth_sweep.png)", ""]
+    if res["tuners"]:
+        out += [f"## VLA-GSE vs LoRA vs full fine-tuning (from θ_pre, {c['tuner_steps']} steps)", "",
+                "| tuner | trainable params | in distribution | OOD pooled |", "| --- | --- | --- | --- |"]
+        for t in res["tuners"]:
+            v = methods[f"tuner-{t}"]
+            params = v["cost"].get("trainable_parameters")
+            out.append(f"| {v['label']} | {params:,} | {_pc(v['budgets'][str(c['tuner_steps'])])} | "
+                       f"{_pc(v['ood_pooled'])} |" if params else f"| {v['label']} | - | "
+                       f"{_pc(v['budgets'][str(c['tuner_steps'])])} | {_pc(v['ood_pooled'])} |")
+        out += ["", "![tuners](tuners.png)", ""]
+    if videos:
+        out += ["## Rollout videos", ""] + [f"- [{Path(v).name}]({v})" for v in videos] + [""]
+    out += ["## Configuration", "", "```json", _json(c), "```", ""]
+    return "\n".join(out)
+
+
+def _num(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _json(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=1)
+
+
+def plot_all(res: dict[str, Any], directory: Path) -> list[Path]:
+    """Write the report's figures; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c, methods = res["config"], res["methods"]
+    budgets = [str(b) for b in c["down_budgets"]]
+    written = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        path = directory / name
+        tmp = path.with_name(f".{name}.tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        tmp.replace(path)
+        written.append(path)
+
+    def errbar(ax: Any, xs: list, rows: list[dict[str, Any]], **kw: Any) -> None:
+        ys = [r["pc"] for r in rows]
+        lo = [r["pc"] - r["ci95"][0] for r in rows]
+        hi = [r["ci95"][1] - r["pc"] for r in rows]
+        ax.errorbar(xs, ys, yerr=[lo, hi], capsize=3, marker="o", **kw)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for m, v in methods.items():
+        if m.startswith("tuner-") or not all(b in v["budgets"] for b in budgets):
+            continue
+        errbar(ax, [int(b) for b in budgets], [v["budgets"][b] for b in budgets], label=v["label"])
+    ax.set(xlabel="downstream training steps", ylabel="success % (D_down)", ylim=(-2, 102),
+           title="Success vs training steps")
+    ax.legend(fontsize=7)
+    save(fig, "success_vs_steps.png")
+
+    main = [m for m in res["main_methods"] if m in methods]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    _bars(ax, [methods[m]["label"] for m in main], [methods[m]["budgets"][budgets[-1]] for m in main])
+    ax.set(ylabel="success % (D_down)", title=f"Methods at {budgets[-1]} steps", ylim=(0, 102))
+    save(fig, "methods.png")
+
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    variants = sorted({k for m in main for k in methods[m]["ood"]})
+    width = 0.8 / max(1, len(main))
+    for i, m in enumerate(main):
+        rows = [methods[m]["ood"][x] for x in variants]
+        xs = [j + i * width for j in range(len(variants))]
+        ax.bar(xs, [r["pc"] for r in rows], width, label=methods[m]["label"],
+               yerr=[[r["pc"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["pc"] for r in rows]], capsize=2)
+    ax.set_xticks([j + width * (len(main) - 1) / 2 for j in range(len(variants))], variants, fontsize=8)
+    ax.set(ylabel="success %", title="Perturbed D_down (final budget)", ylim=(0, 102))
+    ax.legend(fontsize=7)
+    save(fig, "ood.png")
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    rows = res["merge_choices"]
+    _bars(ax, [f"λ={r['weight']:g}\n{r['preset']}" for r in rows], rows)
+    ax.set(ylabel=f"success % at {budgets[0]} steps", title="Merge choices", ylim=(0, 102))
+    save(fig, "merge_choices.png")
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    rows = res["orth_sweep"]
+    _bars(ax, [f"{r['orth_weight']:g}" for r in rows], rows)
+    ax.set(xlabel="λ_orth", ylabel=f"success % at {budgets[-1]} steps", title="Orthogonal regulariser weight",
+           ylim=(0, 102))
+    save(fig, "orth_sweep.png")
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    names = list(methods)
+    ax.bar(range(len(names)), [methods[m]["cost"]["s_per_step"] or 0 for m in names])
+    ax.set_xticks(range(len(names)), [methods[m]["label"] for m in names], rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="seconds per step", title="Training cost per step")
+    save(fig, "cost.png")
+
+    if res["tuners"]:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        tb = str(c["tuner_steps"])
+        labels, rows = [], []
+        for t in res["tuners"]:
+            v = methods[f"tuner-{t}"]
+            labels += [f"{v['label']}\nin dist.", f"{v['label']}\nOOD"]
+            rows += [v["budgets"][tb], v["ood_pooled"]]
+        _bars(ax, labels, rows)
+        ax.set(ylabel="success %", title="Tuners from θ_pre", ylim=(0, 102))
+        save(fig, "tuners.png")
+    return written
+
+
+def _bars(ax: Any, labels: list[str], rows: list[dict[str, Any]]) -> None:
+    ys = [r["pc"] for r in rows]
+    err = [[r["pc"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["pc"] for r in rows]]
+    ax.bar(range(len(rows)), ys, yerr=err, capsize=3)
+    ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right", fontsize=7)
+
+
+def write_report(res: dict[str, Any], run_dir: Path, videos: list[str]) -> Path:
+    plot_all(res, run_dir)
+    return atomic_write_text(run_dir / "report.md", render_markdown(res, videos))

@@ -1,0 +1,159 @@
+"""Collect a demo run's evaluations into `results.json`: success pooled over seeds with Wilson intervals, the
+papers' findings as paired differences with Newcombe intervals and a plain verdict, and each method's cost."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from capvector.pipeline.recipe import MAIN_METHODS, METHOD_LABELS, DemoGraph, slug
+from capvector.pipeline.stages import MARKER
+from capvector.pipeline.work import read_eval
+from capvector.sim.stats import newcombe_difference, wilson_interval
+
+
+def pooled(evals: list[dict[str, Any]], variant: str = "none") -> dict[str, Any]:
+    """Episodes of one variant pooled over evaluations (seeds): n, k, %, 95% Wilson interval, per-seed %."""
+    per_seed = []
+    n = k = 0
+    for e in evals:
+        v = e["per_variant"].get(variant)
+        if v is None:
+            continue
+        n, k = n + v["n_episodes"], k + v["n_success"]
+        per_seed.append(v["pc_success"])
+    lo, hi = wilson_interval(k, n)
+    return {"n": n, "k": k, "pc": 100.0 * k / n if n else None, "ci95": [100 * lo, 100 * hi], "per_seed": per_seed}
+
+
+def difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """a − b in percentage points with Newcombe's 95% interval."""
+    d, lo, hi = newcombe_difference(a["k"], a["n"], b["k"], b["n"])
+    return {"diff_pp": 100 * d, "ci95_pp": [100 * lo, 100 * hi]}
+
+
+def verdict(diff: dict[str, Any], claim: str) -> str:
+    """How a measured difference stands against a claim: 'greater' (a > b) or 'at_least' (a ≥ b)."""
+    lo, hi = diff["ci95_pp"]
+    if lo > 0:
+        return "shown"
+    if hi < 0:
+        return "contradicted"
+    return "consistent (no significant difference)" if claim == "at_least" else "not shown (not significant)"
+
+
+class ResultsBuilder:
+    def __init__(self, graph: DemoGraph) -> None:
+        self.g = graph
+        self.cfg = graph.cfg
+
+    def _eval(self, stage: str) -> dict[str, Any]:
+        return read_eval(self.g.dir(stage))
+
+    def _seconds(self, stage: str) -> float | None:
+        marker = self.g.dir(stage) / MARKER
+        return json.loads(marker.read_text())["seconds"] if marker.is_file() else None
+
+    def _summary(self, stage: str) -> dict[str, Any]:
+        marker = self.g.dir(stage) / MARKER
+        return json.loads(marker.read_text())["summary"] if marker.is_file() else {}
+
+    def method(self, method: str, variants: tuple[str, ...] = ("none",)) -> dict[str, Any]:
+        runs = [r for r in self.g.runs if r.method == method]
+        budgets: dict[str, Any] = {}
+        for b in runs[0].budgets:
+            budgets[str(b)] = pooled([self._eval(self.g.evals[(method, r.seed, b)]) for r in runs])
+        final = [self._eval(self.g.evals[(method, r.seed, runs[0].budgets[-1])]) for r in runs]
+        ood = {v: pooled(final, v) for v in final[0]["per_variant"] if v != "none"}
+        trains = [self._summary(r.stage) for r in runs]
+        rates = [t["samples_per_s"] for t in trains if t.get("samples_per_s")]
+        seconds = [self._seconds(r.stage) for r in runs]
+        cost = {"samples_per_s": sum(rates) / len(rates) if rates else None,
+                "s_per_step": self.cfg.batch_size * len(rates) / sum(rates) if rates else None,
+                "train_s_per_run": sum(s for s in seconds if s) / max(1, len(seconds)),
+                "trainable_parameters": trains[0].get("trainable_parameters")}
+        return {"label": METHOD_LABELS.get(method, method), "seeds": [r.seed for r in runs], "budgets": budgets,
+                "ood": ood, "ood_pooled": _pool_variants(ood), "cost": cost}
+
+    def build(self, total_s: float | None = None) -> dict[str, Any]:
+        c = self.cfg
+        methods = {m: self.method(m) for m in dict.fromkeys(r.method for r in self.g.runs)}
+        cap = {who: pooled([self._eval(f"eval/cap/{who}")]) for who in ("pretrained", "sft", "aux")}
+        final, short = str(c.down_budgets[-1]), str(c.down_budgets[0])
+        findings = []
+
+        def finding(key: str, text: str, a: dict, b: dict, claim: str) -> None:
+            d = difference(a, b)
+            findings.append({"key": key, "claim": text, **d, "a_pc": a["pc"], "b_pc": b["pc"], "n": [a["n"], b["n"]],
+                             "verdict": verdict(d, claim)})
+
+        finding("cap_aux_beats_sft", "aux-SFT beats SFT on D_cap at equal steps (in-domain)", cap["aux"], cap["sft"],
+                "greater")
+        for b in map(str, c.down_budgets):
+            finding(f"down_aux_beats_sft@{b}", f"aux-SFT beats SFT on D_down at {b} steps",
+                    methods["aux"]["budgets"][b], methods["sft"]["budgets"][b], "greater")
+            finding(f"capvector_beats_sft@{b}", f"CapVector beats SFT from θ_pre at {b} steps",
+                    methods["capvector"]["budgets"][b], methods["sft"]["budgets"][b], "greater")
+            finding(f"capvector_matches_aux@{b}", f"CapVector matches or beats aux-SFT at {b} steps",
+                    methods["capvector"]["budgets"][b], methods["aux"]["budgets"][b], "at_least")
+        finding(f"orth_keeps_gain@{final}", f"L_orth keeps CapVector's gain at the longest budget ({final} steps)",
+                methods["capvector"]["budgets"][final], methods["capvector_no_orth"]["budgets"][final], "greater")
+        finding("capvector_ood_beats_sft", "CapVector beats SFT under the OOD perturbations (pooled)",
+                methods["capvector"]["ood_pooled"], methods["sft"]["ood_pooled"], "greater")
+        tuners = {m.removeprefix("tuner-"): methods[m] for m in methods if m.startswith("tuner-")}
+        if "gse" in tuners and "lora" in tuners:
+            tb = str(c.tuner_steps)
+            finding("gse_beats_lora", "VLA-GSE beats LoRA in distribution", tuners["gse"]["budgets"][tb],
+                    tuners["lora"]["budgets"][tb], "greater")
+            finding("gse_beats_lora_ood", "VLA-GSE beats LoRA out of distribution (pooled perturbations)",
+                    tuners["gse"]["ood_pooled"], tuners["lora"]["ood_pooled"], "greater")
+        sft_cost = methods["sft"]["cost"]["s_per_step"]
+        cost_ratio = {m: (v["cost"]["s_per_step"] / sft_cost if sft_cost and v["cost"]["s_per_step"] else None)
+                      for m, v in methods.items()}
+        merge_choices = [{"variant": "main", "weight": c.vector_weight, "preset": c.vector_preset,
+                          **methods["capvector"]["budgets"][short]}]
+        for m, v in methods.items():
+            if m.startswith("capvector@weight="):
+                merge_choices.append({"variant": m, "weight": float(m.split("=")[1]), "preset": c.vector_preset,
+                                      **v["budgets"][short]})
+            elif m.startswith("capvector@") and "orth=" not in m:
+                merge_choices.append({"variant": m, "weight": c.vector_weight, "preset": m.split("@", 1)[1],
+                                      **v["budgets"][short]})
+        orth_sweep = [{"orth_weight": 0.0, **methods["capvector_no_orth"]["budgets"][final]},
+                      {"orth_weight": c.orth_weight, **methods["capvector"]["budgets"][final]}]
+        orth_sweep += [{"orth_weight": float(m.split("=")[1]), **v["budgets"][final]}
+                       for m, v in methods.items() if m.startswith("capvector@orth=")]
+        return {
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(), "total_s": total_s,
+            "config": c.to_dict(), "cap": cap, "vector": self._summary(f"vector/{slug(c.vector_preset)}"),
+            "methods": methods, "main_methods": list(MAIN_METHODS), "findings": findings,
+            "cost_ratio_vs_sft": cost_ratio, "merge_choices": merge_choices,
+            "orth_sweep": sorted(orth_sweep, key=lambda r: r["orth_weight"]),
+            "tuners": list(tuners),
+        }
+
+
+def _pool_variants(ood: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    n = sum(v["n"] for v in ood.values())
+    k = sum(v["k"] for v in ood.values())
+    lo, hi = wilson_interval(k, n)
+    return {"n": n, "k": k, "pc": 100.0 * k / n if n else None, "ci95": [100 * lo, 100 * hi]}
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def write_results(results: dict[str, Any], path: Path) -> None:
+    from capvector.policy.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(results, indent=1) + "\n")

@@ -1,0 +1,163 @@
+"""The stage bodies of the demo recipe: collect, train, extract, merge, evaluate. Each writes into the directory
+`StageRunner` gives it and returns a small JSON summary; the recipe (`recipe.py`) wires them into a graph."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capvector.errors import CapvectorError
+
+DATASET = "dataset"  # sub-directory of a collect stage
+
+
+@dataclass(frozen=True)
+class Collect:
+    split: str
+    episodes: int
+    seed: int
+    noise: float
+    image_size: int = 64
+    camera: str = "corner3"
+
+    def params(self) -> dict[str, Any]:
+        return {"kind": "collect", **self.__dict__}
+
+    def __call__(self, directory: Path) -> dict[str, Any]:
+        from capvector.data.collect import collect
+        from capvector.sim.env import SimConfig
+        from capvector.sim.tasks import split_tasks
+
+        manifest = collect(directory / DATASET, split_tasks(self.split), self.episodes, seed=self.seed,
+                           noise=self.noise, sim=SimConfig(image_size=self.image_size, cameras=(self.camera,)),
+                           progress=stderr_is_tty(), split=self.split)
+        eps = manifest["episodes"]
+        return {"episodes": len(eps), "steps": sum(e["length"] for e in eps), "collect_s": manifest["collect_s"]}
+
+
+@dataclass(frozen=True)
+class Train:
+    """One `capvector.train` run; `init` and `data` are directories of earlier stages (or shipped weights)."""
+
+    init: str
+    data: str
+    train: dict[str, Any]  # TrainConfig fields (output_dir, init and progress are set here)
+    orth_vector: str | None = None
+    orth: dict[str, Any] = field(default_factory=dict)  # OrthogonalRegularizer.from_vector options
+
+    def params(self) -> dict[str, Any]:
+        # Paths are fingerprinted through the stage's dependencies, not as strings.
+        return {"kind": "train", "train": self.train, "orth": self.orth if self.orth_vector else None}
+
+    def __call__(self, directory: Path) -> dict[str, Any]:
+        import torch
+
+        from capvector.data import open_dataset
+        from capvector.train import TrainConfig, Trainer
+
+        cfg = TrainConfig(**{**self.train, "output_dir": str(directory), "init": self.init,
+                             "progress": stderr_is_tty()})
+        trainer = Trainer(cfg, open_dataset(self.data))
+        if self.orth_vector:
+            from capvector.orth import OrthogonalRegularizer
+
+            trainer.add_regularizer("orth", OrthogonalRegularizer.from_vector(trainer.model, self.orth_vector,
+                                                                              **self.orth))
+        threads = torch.get_num_threads()
+        result = trainer.train()
+        torch.set_num_threads(threads)
+        shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # resume state: not needed once done
+        return {"steps": result.steps, "final_loss": result.final_loss,
+                "trainable_parameters": sum(p.numel() for _, p in trainer.trainable), **_speed(result.history)}
+
+
+def _speed(history: list[dict]) -> dict[str, float]:
+    """Median training throughput over the logged intervals after the first (which includes start-up)."""
+    rates = sorted(r["samples_per_s"] for r in history[1:] if r.get("samples_per_s"))
+    if not rates:
+        return {}
+    return {"samples_per_s": rates[len(rates) // 2]}
+
+
+@dataclass(frozen=True)
+class Extract:
+    sft: str
+    aux: str
+    pretrained: str
+    preset: str | None
+
+    def params(self) -> dict[str, Any]:
+        return {"kind": "extract", "preset": self.preset}
+
+    def __call__(self, directory: Path) -> dict[str, Any]:
+        from capvector.vectors import extract
+
+        out = directory / "vector"
+        result = extract(self.sft, self.aux, out, pretrained=self.pretrained, preset=self.preset, progress=False)
+        return {"tensors": result.tensors, "norm": result.norm}
+
+
+@dataclass(frozen=True)
+class Merge:
+    base: str
+    vector: str
+    weight: float
+
+    def params(self) -> dict[str, Any]:
+        return {"kind": "merge", "weight": self.weight}
+
+    def __call__(self, directory: Path) -> dict[str, Any]:
+        from capvector.vectors import VectorWeight, merge
+
+        recipe = merge(self.base, [VectorWeight(self.vector, self.weight)], directory / "policy", progress=False)
+        return {"merged_tensors": recipe["merged_tensors"], "total_tensors": recipe["total_tensors"]}
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    """Rollouts of one policy on a split under one or more variants; writes `eval.json` (eval_info)."""
+
+    policy: str
+    split: str
+    episodes: int
+    seed: int
+    max_steps: int
+    perturbations: tuple[str, ...] = ("none",)
+    workers: int = 2
+    videos: int = 0
+
+    def params(self) -> dict[str, Any]:
+        return {"kind": "eval", **{k: v for k, v in self.__dict__.items() if k not in ("policy", "workers")}}
+
+    def __call__(self, directory: Path) -> dict[str, Any]:
+        from capvector.sim.env import SimConfig
+        from capvector.sim.evaluate import EvalConfig, evaluate, write_json
+        from capvector.sim.perturb import parse_perturbation
+        from capvector.sim.tasks import split_tasks
+        from capvector.train import load_trained
+
+        policy = load_trained(self.policy)
+        cfg = EvalConfig(tasks=tuple(split_tasks(self.split)), episodes=self.episodes, seed=self.seed,
+                         perturbations=tuple(parse_perturbation(p) for p in self.perturbations),
+                         workers=self.workers, sim=SimConfig(max_steps=self.max_steps), videos=self.videos,
+                         video_dir=str(directory / "videos") if self.videos else None)
+        result = evaluate(policy, cfg).summary()
+        write_json(result, directory / "eval.json")
+        return {"pc_success": result["overall"]["pc_success"], "n_episodes": result["overall"]["n_episodes"],
+                "per_variant": {k: v["pc_success"] for k, v in result["per_variant"].items()}}
+
+
+def read_eval(directory: Path) -> dict[str, Any]:
+    path = directory / "eval.json"
+    if not path.is_file():
+        raise CapvectorError(f"{path}: missing evaluation result")
+    return json.loads(path.read_text())
+
+
+def stderr_is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()

@@ -1,0 +1,135 @@
+"""Results and report from a fabricated finished run: pooled counts, intervals, verdicts, tables and plots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pytest
+
+from capvector.errors import CapvectorError
+from capvector.pipeline import CONFIG_FILE, PipelineConfig, regenerate_report
+from capvector.pipeline.recipe import DemoGraph
+from capvector.pipeline.report import PLOTS
+from capvector.pipeline.results import verdict
+from capvector.pipeline.stages import MARKER, StageRunner
+from capvector.policy import PolicyConfig, TinyVLA, save_policy
+from capvector.sim.stats import newcombe_difference, wilson_interval
+
+EPISODES = 8  # per (variant) in each fabricated evaluation
+# Successes out of EPISODES per method at each budget index; CapVector is made clearly better than SFT.
+SUCCESS = {"sft": [1, 2], "aux": [2, 3], "capvector": [4, 7], "capvector_no_orth": [4, 6], "tuner-lora": [3],
+           "tuner-gse": [5]}
+
+
+def _eval_json(k: int, variants: list[str]) -> dict:
+    per_variant = {v: {"n_episodes": EPISODES, "n_success": k if v == "none" else k // 2,
+                       "pc_success": 100.0 * (k if v == "none" else k // 2) / EPISODES} for v in variants}
+    return {"overall": {}, "per_variant": per_variant, "per_task": [], "episodes": []}
+
+
+def _finish_fabricated(graph: DemoGraph, run_dir) -> None:
+    """Write plausible outputs and valid markers for every stage, as a finished run would leave them."""
+    runner = StageRunner(run_dir)
+    for stage in graph.stages:
+        fp = runner.fingerprint(stage)
+        runner.fingerprints[stage.name] = fp
+        d = graph.dir(stage.name)
+        d.mkdir(parents=True, exist_ok=True)
+        summary: dict = {}
+        if stage.name.startswith("eval/"):
+            variants = ["none", *([p for p in stage.params["perturbations"] if p != "none"])]
+            if stage.name.startswith("eval/cap/"):
+                k = {"pretrained": 0, "sft": 3, "aux": 5}[stage.name.rsplit("/", 1)[1]]
+            else:
+                run = next(r for r in graph.runs if stage.name.startswith(f"eval/{r.stage}/"))
+                budget = int(stage.name.rsplit("step", 1)[1])
+                k = SUCCESS[run.method][run.budgets.index(budget)] + run.seed % 2
+            (d / "eval.json").write_text(json.dumps(_eval_json(k, variants)))
+        elif stage.name.startswith("down/"):
+            summary = {"samples_per_s": 400.0 if "/aux/" not in stage.name else 300.0, "trainable_parameters": 1000}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                 for p in d.iterdir() if p.is_file() and p.name != MARKER}
+        (d / MARKER).write_text(json.dumps({"fingerprint": fp, "seconds": 1.0, "summary": summary, "files": files}))
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    pre = save_policy(TinyVLA(PolicyConfig(embedder="hash", width=32, depth=1, heads=1)), tmp_path / "pre")
+    cfg = PipelineConfig.for_mode("quick", pretrained=str(pre), seeds=(0, 1))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict()))
+    _finish_fabricated(DemoGraph(cfg, run_dir), run_dir)
+    return run_dir, cfg
+
+
+def test_results_pool_seeds_and_judge_findings(finished_run):
+    run_dir, cfg = finished_run
+    res = regenerate_report(run_dir)
+    assert res == json.loads((run_dir / "results.json").read_text())
+    final = str(cfg.down_budgets[-1])
+    cap = res["methods"]["capvector"]["budgets"][final]
+    k = sum(SUCCESS["capvector"][-1] + s % 2 for s in cfg.seeds)
+    assert (cap["k"], cap["n"]) == (k, EPISODES * len(cfg.seeds))
+    lo, hi = wilson_interval(k, cap["n"])
+    assert math.isclose(cap["ci95"][0], 100 * lo) and math.isclose(cap["ci95"][1], 100 * hi)
+    sft = res["methods"]["sft"]["budgets"][final]
+    finding = next(f for f in res["findings"] if f["key"] == f"capvector_beats_sft@{final}")
+    d, dlo, dhi = newcombe_difference(cap["k"], cap["n"], sft["k"], sft["n"])
+    assert math.isclose(finding["diff_pp"], 100 * d) and math.isclose(finding["ci95_pp"][0], 100 * dlo)
+    assert finding["verdict"] == "shown"
+    # OOD: the fabricated perturbed runs succeed half as often; pooled over the one variant of quick mode.
+    assert res["methods"]["sft"]["ood_pooled"]["k"] == sum((SUCCESS["sft"][-1] + s % 2) // 2 for s in cfg.seeds)
+    assert math.isclose(res["cost_ratio_vs_sft"]["aux"], 400.0 / 300.0)
+    assert res["tuners"] == ["full", "lora", "gse"]
+
+
+def test_report_has_tables_plots_and_config(finished_run):
+    run_dir, _ = finished_run
+    regenerate_report(run_dir)
+    text = (run_dir / "report.md").read_text()
+    for needle in ("## Findings against the papers", "CapVector: SFT from θ_meta + L_orth", "VLA-GSE", "λ_orth",
+                   "| θ_aux |", '"mode": "quick"'):
+        assert needle in text, needle
+    for name in PLOTS:
+        assert (run_dir / name).stat().st_size > 1000, name
+    assert (run_dir / "success_vs_steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unfinished_run_is_refused(finished_run):
+    run_dir, _ = finished_run
+    victim = next((run_dir / "stages" / "eval" / "cap").iterdir())
+    (victim / "eval.json").write_text("{}")
+    with pytest.raises(CapvectorError, match="not finished"):
+        regenerate_report(run_dir)
+    with pytest.raises(CapvectorError, match="not a demo run directory"):
+        regenerate_report(run_dir / "stages")
+
+
+@pytest.mark.parametrize("interval,claim,expected", [
+    ((1.0, 9.0), "greater", "shown"), ((-9.0, -1.0), "greater", "contradicted"),
+    ((-3.0, 5.0), "greater", "not shown (not significant)"),
+    ((-3.0, 5.0), "at_least", "consistent (no significant difference)"),
+])
+def test_verdicts(interval, claim, expected):
+    assert verdict({"ci95_pp": list(interval)}, claim) == expected
+
+
+def test_config_modes_and_file_errors(tmp_path):
+    quick = PipelineConfig.for_mode("quick")
+    assert quick.seeds == (0,) and quick.down_steps == quick.down_budgets[-1]
+    ext = PipelineConfig.for_mode("extended")
+    assert ext.orth_sweep and ext.weight_sweep and ext.preset_sweep
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"mode": "quick", "seeds": [3, 4], "down_budgets": [10, 30]}))
+    cfg = PipelineConfig.from_file(path)
+    assert cfg.seeds == (3, 4) and cfg.down_budgets == (10, 30) and cfg.cap_steps == quick.cap_steps
+    path.write_text(json.dumps({"sedes": [1]}))
+    with pytest.raises(CapvectorError, match="unknown pipeline config keys \\['sedes'\\]"):
+        PipelineConfig.from_file(path)
+    with pytest.raises(CapvectorError, match="increasing"):
+        PipelineConfig.for_mode("default", down_budgets=(50, 10))
+    with pytest.raises(CapvectorError, match="tuners"):
+        PipelineConfig.for_mode("default", tuners=("full", "ia3"))

@@ -1,0 +1,145 @@
+"""StageRunner: caching by fingerprint, redo on changed parameters / corrupted or partial outputs, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from capvector.errors import CapvectorError
+from capvector.pipeline.stages import MARKER, Stage, StageRunner
+
+
+class Writer:
+    """A stage body that writes `value` to out.txt and counts its calls."""
+
+    def __init__(self, value: str, fail: bool = False) -> None:
+        self.value, self.fail, self.calls = value, fail, 0
+
+    def __call__(self, directory: Path) -> dict:
+        self.calls += 1
+        (directory / "out.txt").write_text(self.value)
+        if self.fail:
+            raise RuntimeError("interrupted")
+        return {"value": self.value}
+
+
+def _graph(a: Writer, b: Writer, a_params: dict | None = None) -> list[Stage]:
+    return [Stage("a", a, a_params or {"v": 1}), Stage("b/sub", b, {"v": 2}, deps=("a",))]
+
+
+def test_second_run_is_cached_and_summaries_survive(tmp_path):
+    a, b = Writer("x"), Writer("y")
+    first = StageRunner(tmp_path, log=lambda s: None).run(_graph(a, b))
+    assert [o.status for o in first] == ["ran", "ran"]
+    runner = StageRunner(tmp_path, log=lambda s: None)
+    second = runner.run(_graph(a, b))
+    assert [o.status for o in second] == ["cached", "cached"] and (a.calls, b.calls) == (1, 1)
+    assert runner.summary("b/sub") == {"value": "y"}
+    record = json.loads((tmp_path / "stages" / "b" / "sub" / MARKER).read_text())
+    assert record["files"]["out.txt"]["bytes"] == 1
+
+
+def test_changed_parameters_redo_the_stage_and_its_dependants_only(tmp_path):
+    a, b, c = Writer("x"), Writer("y"), Writer("z")
+    stages = [*_graph(a, b), Stage("c", c, {"v": 3})]
+    StageRunner(tmp_path, log=lambda s: None).run(stages)
+    changed = [*_graph(a, b, {"v": 99}), Stage("c", c, {"v": 3})]
+    out = StageRunner(tmp_path, log=lambda s: None).run(changed)
+    assert [o.status for o in out] == ["ran", "ran", "cached"]
+    assert (a.calls, b.calls, c.calls) == (2, 2, 1)
+
+
+@pytest.mark.parametrize("damage", ["edit", "delete", "extra"])
+def test_corrupted_output_is_detected_and_redone(tmp_path, damage):
+    a, b = Writer("x"), Writer("y")
+    StageRunner(tmp_path, log=lambda s: None).run(_graph(a, b))
+    target = tmp_path / "stages" / "a" / "out.txt"
+    if damage == "edit":
+        target.write_text("X")  # same size, different content
+    elif damage == "delete":
+        target.unlink()
+    else:
+        (target.parent / "stray.bin").write_bytes(b"??")
+    logs: list[str] = []
+    out = StageRunner(tmp_path, log=logs.append).run(_graph(a, b))
+    assert [o.status for o in out] == ["ran", "cached"] and a.calls == 2
+    assert target.read_text() == "x" and not (target.parent / "stray.bin").exists()
+    assert any("redoing" in line for line in logs)
+
+
+def test_failed_stage_leaves_no_marker_and_reruns(tmp_path):
+    broken = Writer("x", fail=True)
+    with pytest.raises(RuntimeError):
+        StageRunner(tmp_path, log=lambda s: None).run([Stage("a", broken, {"v": 1})])
+    assert not (tmp_path / "stages" / "a" / MARKER).exists()
+    fixed = Writer("x")
+    out = StageRunner(tmp_path, log=lambda s: None).run([Stage("a", fixed, {"v": 1})])
+    assert out[0].status == "ran" and fixed.calls == 1
+
+
+def test_resumable_stage_continues_in_place(tmp_path):
+    seen: list[bool] = []
+
+    def body(directory: Path) -> dict:
+        seen.append((directory / "progress").exists())
+        (directory / "progress").write_text("half")
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+        return {}
+
+    stage = Stage("train", body, {"v": 1}, resumable=True)
+    with pytest.raises(KeyboardInterrupt):
+        StageRunner(tmp_path, log=lambda s: None).run([stage])
+    out = StageRunner(tmp_path, log=lambda s: None).run([stage])
+    assert out[0].status == "resumed" and seen == [False, True]
+
+
+def test_declaration_errors_are_clear(tmp_path):
+    with pytest.raises(CapvectorError, match="depends on"):
+        StageRunner(tmp_path).run([Stage("b", Writer("y"), deps=("a",))])
+    with pytest.raises(CapvectorError, match="duplicate stage names"):
+        StageRunner(tmp_path).run([Stage("a", Writer("x")), Stage("a", Writer("x"))])
+
+
+def test_sigkill_mid_stage_then_rerun_completes(tmp_path):
+    """A process killed inside a stage leaves no marker; the next run redoes that stage and keeps the others."""
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from capvector.pipeline.stages import Stage, StageRunner
+
+        def quick(d):
+            (d / "done.txt").write_text("ok")
+
+        def slow(d):
+            (d / "partial.txt").write_text("half")
+            if sys.argv[1] == "hang":
+                Path({str(tmp_path / "ready")!r}).write_text("1")
+                time.sleep(600)
+            (d / "partial.txt").write_text("full")
+
+        StageRunner({str(tmp_path / "run")!r}, log=lambda s: None).run(
+            [Stage("first", quick, {{}}), Stage("second", slow, {{}}, deps=("first",))])
+    """))
+    proc = subprocess.Popen([sys.executable, str(script), "hang"])
+    deadline = time.time() + 120
+    while not (tmp_path / "ready").exists():
+        assert proc.poll() is None and time.time() < deadline, "job did not reach the slow stage"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    second = tmp_path / "run" / "stages" / "second"
+    assert (second / "partial.txt").read_text() == "half" and not (second / MARKER).exists()
+    first_marker = (tmp_path / "run" / "stages" / "first" / MARKER).read_text()
+    subprocess.run([sys.executable, str(script), "finish"], check=True)
+    assert (second / "partial.txt").read_text() == "full" and (second / MARKER).is_file()
+    assert (tmp_path / "run" / "stages" / "first" / MARKER).read_text() == first_marker  # cached, not redone
