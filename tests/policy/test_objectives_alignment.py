@@ -85,6 +85,31 @@ def test_geometry_teacher_patch_statistics_match_direct_loops():
     torch.testing.assert_close(std.mean(1), torch.zeros(1, 12), atol=1e-5, rtol=0)
 
 
+def test_residual_teacher_keeps_only_what_differs_across_the_batch():
+    ds = SyntheticDemoDataset(length=6, seed=3)
+    batch = batch_of(ds, [0, 1, 2, 3])
+    raw = DepthGeometryTeacher(standardise=False)(batch, grid=8)  # (4, 64, 12)
+    res = DepthGeometryTeacher(centre="batch")(batch, grid=8)
+    for f in (0, 5, 11):  # a few features, by hand: per-token mean over the batch, one std per feature
+        col = raw[..., f]
+        dev = col - col.mean(dim=0)
+        expected = dev / max(float(dev.pow(2).mean().sqrt()), 1e-6)
+        torch.testing.assert_close(res[..., f], expected, atol=1e-5, rtol=1e-5)
+    same = batch_of(ds, [2, 2, 2])  # identical samples: nothing differs, every target is zero
+    assert DepthGeometryTeacher(centre="batch")(same, grid=8).abs().max() == 0
+    # Zero targets carry no direction: the loss ignores those tokens.
+    pred, target = torch.randn(2, 5, 12), res[:2, :5].clone()
+    target[0, 1] = 0
+    keep = torch.ones(2, 5, dtype=torch.bool)
+    keep[0, 1] = False
+    cos = torch.nn.functional.cosine_similarity(pred, target, dim=-1)
+    torch.testing.assert_close(cosine_alignment_loss(pred, target), 1 - cos[keep].mean())
+    with pytest.raises(CapvectorError, match="at least 2"):
+        DepthGeometryTeacher(centre="batch")(batch_of(ds, [0]), grid=8)
+    with pytest.raises(CapvectorError, match="centre"):
+        DepthGeometryTeacher(centre="token")
+
+
 def test_geometry_teacher_bad_input():
     ds = SyntheticDemoDataset(length=2)
     batch = batch_of(ds, [0])

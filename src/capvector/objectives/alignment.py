@@ -35,12 +35,16 @@ class AlignmentProjector(nn.Module):
 
 
 def cosine_alignment_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """1 − mean cosine similarity over tokens (and batch); `mask` (B, T) drops tokens without a valid target."""
+    """1 − mean cosine similarity over tokens (and batch).
+
+    `mask` (B, T) drops tokens without a valid target; by default those whose target is all zeros (a zero
+    vector has no direction to align with, e.g. static background under a residual teacher).
+    """
     if pred.shape != target.shape:
         raise CapvectorError(f"alignment loss: projected features {tuple(pred.shape)} vs targets {tuple(target.shape)}")
     cos = F.cosine_similarity(pred.float(), target.float(), dim=-1, eps=1e-8)
     if mask is None:
-        return 1.0 - cos.mean()
+        mask = target.detach().abs().amax(dim=-1) > 0
     if tuple(mask.shape) != tuple(cos.shape):
         raise CapvectorError(f"alignment loss: mask shape {tuple(mask.shape)}, expected {tuple(cos.shape)}")
     w = mask.to(cos.dtype)

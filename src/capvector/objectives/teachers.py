@@ -55,18 +55,26 @@ def backproject_world(depth: torch.Tensor, intrinsics: torch.Tensor, cam_to_worl
 
 
 class DepthGeometryTeacher:
-    """Per patch: mean/min/max of world x, y, z and of depth (12 features), standardised per sample.
+    """Per patch: mean/min/max of world x, y, z and of depth (12 features), then centred.
 
-    Standardising each feature over all tokens of a sample (zero mean, unit std) makes the targets
-    describe where a patch sits relative to the rest of the scene, which is what a cosine can compare.
+    `centre="sample"`: each feature is standardised over the tokens of a sample (zero mean, unit std), so
+    the targets describe where a patch sits relative to the rest of the scene, which is what a cosine can
+    compare. With a fixed camera most of that is the static table, predictable from a token's position
+    alone. `centre="batch"`: each token's features minus that token's mean over the batch, scaled by the
+    feature's std over the batch: what remains is where the scene *differs* from the usual one (objects,
+    the arm, their heights and distances), and static background tokens get (near) zero targets, which
+    are dropped from the loss. Needs a batch sharing one camera placement.
     Depth is clamped to [0, max_depth] (non-finite → max_depth) so sky/far-plane pixels stay bounded.
     """
 
     target_dim = 12
 
-    def __init__(self, max_depth: float = 10.0, standardise: bool = True) -> None:
+    def __init__(self, max_depth: float = 10.0, standardise: bool = True, centre: str = "sample") -> None:
+        if centre not in ("sample", "batch"):
+            raise CapvectorError(f"geometry teacher: centre must be 'sample' or 'batch', found {centre!r}")
         self.max_depth = max_depth
         self.standardise = standardise
+        self.centre = centre
 
     @torch.no_grad()
     def __call__(self, batch: Mapping[str, Any], grid: int) -> torch.Tensor:
@@ -91,11 +99,17 @@ class DepthGeometryTeacher:
             [F.avg_pool2d(maps, k), -F.max_pool2d(-maps, k), F.max_pool2d(maps, k)], dim=1
         )  # (B·V, 12, g, g): mean xyz d, min xyz d, max xyz d
         feats = feats.reshape(b, v, 12, grid * grid).permute(0, 1, 3, 2).reshape(b, v * grid * grid, 12)
-        if self.standardise:
-            mean = feats.mean(dim=1, keepdim=True)
-            std = feats.std(dim=1, keepdim=True, unbiased=False)
-            feats = (feats - mean) / std.clamp_min(1e-6)
-        return feats
+        if not self.standardise:
+            return feats
+        if self.centre == "batch":
+            if b < 2:
+                raise CapvectorError("geometry teacher: centre='batch' needs batches of at least 2 samples")
+            dev = feats.double() - feats.double().mean(dim=0, keepdim=True)
+            dev = torch.where(dev.abs() < 1e-5, torch.zeros_like(dev), dev)  # rounding, not scene: exactly 0
+            return (dev / dev.std(dim=(0, 1), keepdim=True, unbiased=False).clamp_min(1e-3)).float()
+        mean = feats.mean(dim=1, keepdim=True)
+        std = feats.std(dim=1, keepdim=True, unbiased=False)
+        return (feats - mean) / std.clamp_min(1e-6)
 
 
 class PrecomputedTeacher:
@@ -169,11 +183,14 @@ def write_teacher_features(path: str | Path, features: Mapping[str, torch.Tensor
 
 
 def make_teacher(kind: str, path: str | Path | None = None) -> Teacher:
-    """'geometry' (simulator depth) or 'precomputed' (needs `path`)."""
+    """'geometry' (simulator depth, centred per sample), 'geometry-residual' (centred per token over the batch)
+    or 'precomputed' (needs `path`)."""
     if kind == "geometry":
         return DepthGeometryTeacher()
+    if kind == "geometry-residual":
+        return DepthGeometryTeacher(centre="batch")
     if kind == "precomputed":
         if path is None:
             raise CapvectorError("teacher 'precomputed' needs a feature path (--teacher-path)")
         return PrecomputedTeacher(path)
-    raise CapvectorError(f"unknown teacher {kind!r}; expected 'geometry' or 'precomputed'")
+    raise CapvectorError(f"unknown teacher {kind!r}; expected 'geometry', 'geometry-residual' or 'precomputed'")
