@@ -20,7 +20,7 @@ from capvector.sim.stats import newcombe_difference, wilson_interval
 EPISODES = 8  # per (variant) in each fabricated evaluation
 # Successes out of EPISODES per method at each budget index; CapVector is made clearly better than SFT.
 SUCCESS = {"sft": [1, 2], "aux": [2, 3], "capvector": [4, 7], "capvector_no_orth": [4, 6], "tuner-lora": [3],
-           "tuner-gse": [5]}
+           "tuner-gse": [5], "capvector@weight=0.5": [2], "capvector@tiny-vla-vlm": [3]}
 
 
 def _eval_json(k: int, variants: list[str]) -> dict:
@@ -39,12 +39,12 @@ def _finish_fabricated(graph: DemoGraph, run_dir) -> None:
         d.mkdir(parents=True, exist_ok=True)
         summary: dict = {}
         if stage.name.startswith("eval/"):
-            variants = ["none", *([p for p in stage.params["perturbations"] if p != "none"])]
+            variants = list(stage.params["perturbations"])
             if stage.name.startswith("eval/cap/"):
                 k = {"pretrained": 0, "sft": 3, "aux": 5}[stage.name.rsplit("/", 1)[1]]
             else:
                 run = next(r for r in graph.runs if stage.name.startswith(f"eval/{r.stage}/"))
-                budget = int(stage.name.rsplit("step", 1)[1])
+                budget = int(stage.name.rsplit("step", 1)[1]) if "/step" in stage.name else run.budgets[-1]
                 k = SUCCESS[run.method][run.budgets.index(budget)] + run.seed % 2
             (d / "eval.json").write_text(json.dumps(_eval_json(k, variants)))
         elif stage.name.startswith("down/"):

@@ -25,30 +25,31 @@ class PipelineConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     # data
     noise: float = 0.1
-    cap_episodes: int = 20  # per D_cap task
+    cap_episodes: int = 10  # per D_cap task
     down_episodes: int = 10  # per D_down task
     collect_seed_cap: int = 100
     collect_seed_down: int = 200
     # capability extraction (SFT and aux-SFT on D_cap, same data, order, seed and steps)
-    cap_steps: int = 1500
+    cap_steps: int = 800
     cap_lr: float = 3e-4
     aux_weight: float = 0.5
     aux_layer: int | None = None
+    teacher: str = "geometry"  # or "geometry-residual" (see docs/policy.md §3)
     # merge
     vector_weight: float = 1.0
     vector_preset: str = "tiny-vla:vlm+expert"
-    weight_sweep: tuple[float, ...] = ()  # extra λ values for the merge-choice experiment
-    preset_sweep: tuple[str, ...] = ()  # extra selections for the merge-choice experiment
+    weight_sweep: tuple[float, ...] = (0.5, 1.5)  # extra λ values for the merge-choice experiment
+    preset_sweep: tuple[str, ...] = ("tiny-vla:vlm",)  # extra selections for the merge-choice experiment
     # downstream
-    down_budgets: tuple[int, ...] = (300, 1200)
+    down_budgets: tuple[int, ...] = (150, 400)
     down_lr: float = 3e-4
-    batch_size: int = 64
+    batch_size: int = 32
     orth_weight: float = 1e-4
     orth_mode: str = "factored"
     orth_rank: int = 16
     orth_sweep: tuple[float, ...] = ()  # extra λ_orth values (0 is the no-orth method, always run)
     # VLA-GSE vs LoRA vs full fine-tuning, from θ_pre on D_down
-    tuner_steps: int = 1200
+    tuner_steps: int = 400
     tuners: tuple[str, ...] = ("full", "lora", "gse")
     lora_r: int = 16
     gse_r: int = 16
@@ -58,7 +59,8 @@ class PipelineConfig:
     eval_seed: int = 1000
     max_steps: int = 150
     workers: int = 2
-    ood_perturbations: tuple[str, ...] = ("camera:0.5", "lighting:0.7", "colors:0.5", "distractors:0.5")
+    ood_perturbations: tuple[str, ...] = ("camera:0.5", "distractors:0.5")
+    ood_episodes: int = 5  # per task, seed and perturbation
     videos: int = 1
     threads: int = 2
 
@@ -69,7 +71,8 @@ class PipelineConfig:
             raise CapvectorError("pipeline config: seeds must not be empty")
         if not self.down_budgets or list(self.down_budgets) != sorted(set(self.down_budgets)):
             raise CapvectorError(f"pipeline config: down_budgets must be increasing, found {self.down_budgets}")
-        for name in ("cap_steps", "tuner_steps", "eval_episodes", "batch_size", "cap_episodes", "down_episodes"):
+        for name in ("cap_steps", "tuner_steps", "eval_episodes", "ood_episodes", "batch_size", "cap_episodes",
+                     "down_episodes"):
             if getattr(self, name) <= 0:
                 raise CapvectorError(f"pipeline config: {name} must be positive, found {getattr(self, name)}")
         unknown = set(self.tuners) - {"full", "lora", "gse"}
@@ -107,12 +110,13 @@ class PipelineConfig:
 
 MODE_SETTINGS: dict[str, dict[str, Any]] = {
     # CI smoke test of the whole pipeline: tiny budgets, one seed, effect sizes meaningless.
-    "quick": dict(seeds=(0,), cap_episodes=2, down_episodes=2, cap_steps=40, down_budgets=(20, 40),
-                  tuner_steps=40, eval_episodes=2, max_steps=60, ood_perturbations=("camera:0.5",),
-                  tuners=("full", "lora", "gse"), videos=1),
+    "quick": dict(seeds=(0,), cap_episodes=2, down_episodes=2, cap_steps=40, down_budgets=(20, 40), tuner_steps=40,
+                  weight_sweep=(0.5,), eval_episodes=2, ood_episodes=1, max_steps=60,
+                  ood_perturbations=("camera:0.5",)),
     "default": {},
-    "extended": dict(weight_sweep=(0.5, 1.5), preset_sweep=("tiny-vla:vlm",), orth_sweep=(1e-5, 1e-3),
-                     down_budgets=(300, 1200, 3000), eval_episodes=15),
+    "extended": dict(weight_sweep=(0.5, 1.5, 2.0), orth_sweep=(1e-5, 1e-3),
+                     down_budgets=(150, 400, 1500),
+                     ood_perturbations=("camera:0.5", "lighting:0.7", "colors:0.5", "distractors:0.5")),
 }
 
 

@@ -21,6 +21,7 @@ from capvector.errors import CapvectorError
 from capvector.pipeline.config import PipelineConfig
 from capvector.pipeline.stages import Stage
 from capvector.pipeline.work import DATASET, Collect, Evaluate, Extract, Merge, Train
+from capvector.train import snapshot_dir
 
 MAIN_METHODS = ("sft", "aux", "capvector", "capvector_no_orth")
 METHOD_LABELS = {
@@ -52,6 +53,7 @@ class DemoGraph:
         self.stages: list[Stage] = []
         self.runs: list[Run] = []
         self.evals: dict[tuple[str, int, int], str] = {}  # (method, seed, budget) → eval stage
+        self.ood_evals: dict[tuple[str, int], str] = {}  # (method, seed) → perturbed eval at the final budget
         self._build()
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -76,9 +78,11 @@ class DemoGraph:
 
     def _eval(self, policy: str, split: str, deps: tuple[str, ...], name: str, perturbations: tuple[str, ...] = (),
               videos: int = 0) -> str:
+        """Rollouts unperturbed (`eval_episodes` per task) or under `perturbations` (`ood_episodes` per task each)."""
         c = self.cfg
-        work = Evaluate(policy, split, c.eval_episodes, c.eval_seed, c.max_steps, ("none", *perturbations),
-                        c.workers, videos)
+        episodes = c.ood_episodes if perturbations else c.eval_episodes
+        work = Evaluate(policy, split, episodes, c.eval_seed, c.max_steps, perturbations or ("none",), c.workers,
+                        videos)
         return self._add(name, work, deps, label=f"rollouts {name.removeprefix('eval/')}")
 
     # ---- the graph ----------------------------------------------------------------------------
@@ -93,7 +97,8 @@ class DemoGraph:
         cap_seed = c.seeds[0]
         cap_runs = {}
         for name, aux in (("sft", 0.0), ("aux", c.aux_weight)):
-            fields = self._train_fields(c.cap_steps, cap_seed, c.cap_lr, aux_weight=aux, aux_layer=c.aux_layer)
+            fields = self._train_fields(c.cap_steps, cap_seed, c.cap_lr, aux_weight=aux, aux_layer=c.aux_layer,
+                                        teacher=c.teacher)
             cap_runs[name] = self._add(f"cap/{name}", Train(self._policy(pre), self._data(cap_data), fields),
                                        (pre, cap_data), resumable=True, label=f"θ_{name}: {name} on D_cap")
         for who, stage in (("pretrained", pre), ("sft", cap_runs["sft"]), ("aux", cap_runs["aux"])):
@@ -118,13 +123,13 @@ class DemoGraph:
         for w in c.weight_sweep:
             m = self._meta(pre, vectors[c.vector_preset], w, f"meta/weight={w:g}")
             for seed in c.seeds:
-                self._downstream(f"capvector@weight={w:g}", seed, short, init=m, orth=(vectors[c.vector_preset],
-                                                                                       c.orth_weight), **down_kwargs)
+                self._downstream(f"capvector@weight={w:g}", seed, short, init=m, ood=False,
+                                 orth=(vectors[c.vector_preset], c.orth_weight), **down_kwargs)
         for preset in c.preset_sweep:
             vectors[preset] = self._vector(preset, pre, cap_runs)
             m = self._meta(pre, vectors[preset], c.vector_weight, f"meta/{slug(preset)}")
             for seed in c.seeds:
-                self._downstream(f"capvector@{slug(preset)}", seed, short, init=m,
+                self._downstream(f"capvector@{slug(preset)}", seed, short, init=m, ood=False,
                                  orth=(vectors[preset], c.orth_weight), **down_kwargs)
 
         # Tuners from θ_pre; full fine-tuning (at down_lr) is the `sft` method when the budgets agree.
@@ -134,6 +139,7 @@ class DemoGraph:
                     sft = next(r for r in self.runs if r.method == "sft" and r.seed == seed)
                     self.runs.append(Run("tuner-full", seed, sft.stage, (c.down_steps,)))
                     self.evals[("tuner-full", seed, c.down_steps)] = self.evals[("sft", seed, c.down_steps)]
+                    self.ood_evals[("tuner-full", seed)] = self.ood_evals[("sft", seed)]
                     continue
                 self._downstream(f"tuner-{tuner}", seed, (c.tuner_steps,), init=pre, tuner=tuner, **down_kwargs)
 
@@ -147,12 +153,13 @@ class DemoGraph:
         return self._add(name, work, (pre, vector), label=f"merge θ_meta = θ_pre + {weight:g}·τ_cap")
 
     def _downstream(self, method: str, seed: int, budgets: tuple[int, ...], *, init: str, pre: str, data: str,
-                    aux: bool = False, orth: tuple[str, float] | None = None, tuner: str = "full") -> None:
+                    aux: bool = False, orth: tuple[str, float] | None = None, tuner: str = "full",
+                    ood: bool = True) -> None:
         c = self.cfg
         steps = budgets[-1]
         lr = c.down_lr if tuner == "full" else c.tuner_lr
         extra: dict[str, Any] = {"aux_weight": c.aux_weight if aux else 0.0, "aux_layer": c.aux_layer,
-                                 "snapshot_steps": list(budgets[:-1]), "tuner": tuner}
+                                 "teacher": c.teacher, "snapshot_steps": list(budgets[:-1]), "tuner": tuner}
         if tuner != "full":
             extra |= {"also_train": ["action_expert.*"], "lora_r": c.lora_r, "lora_alpha": c.lora_r}
         if tuner == "gse":
@@ -168,14 +175,15 @@ class DemoGraph:
                      orth_vector, orth_opts)
         self._add(name, work, deps, resumable=True, label=f"{METHOD_LABELS.get(method, method)}, seed {seed}")
         self.runs.append(Run(method, seed, name, budgets))
-        from capvector.train import snapshot_dir
-
+        videos = c.videos if seed == c.seeds[0] and method in ("sft", "capvector") else 0
         for b in budgets:
             final = b == steps
             policy = str(self.dir(name)) if final else str(snapshot_dir(self.dir(name), b))
-            perts = c.ood_perturbations if final else ()
-            videos = c.videos if final and seed == c.seeds[0] and method in ("sft", "capvector") else 0
-            self.evals[(method, seed, b)] = self._eval(policy, "down", (name,), f"eval/{name}/step{b}", perts, videos)
+            self.evals[(method, seed, b)] = self._eval(policy, "down", (name,), f"eval/{name}/step{b}",
+                                                       videos=videos if final else 0)
+        if ood and c.ood_perturbations:
+            self.ood_evals[(method, seed)] = self._eval(str(self.dir(name)), "down", (name,), f"eval/{name}/ood",
+                                                        c.ood_perturbations, videos)
 
 
 @dataclass(frozen=True)

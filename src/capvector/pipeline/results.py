@@ -66,8 +66,9 @@ class ResultsBuilder:
         budgets: dict[str, Any] = {}
         for b in runs[0].budgets:
             budgets[str(b)] = pooled([self._eval(self.g.evals[(method, r.seed, b)]) for r in runs])
-        final = [self._eval(self.g.evals[(method, r.seed, runs[0].budgets[-1])]) for r in runs]
-        ood = {v: pooled(final, v) for v in final[0]["per_variant"] if v != "none"}
+        perturbed = [self._eval(self.g.ood_evals[(method, r.seed)]) for r in runs if (method, r.seed) in
+                     self.g.ood_evals]
+        ood = {v: pooled(perturbed, v) for v in (perturbed[0]["per_variant"] if perturbed else {})}
         trains = [self._summary(r.stage) for r in runs]
         rates = [t["samples_per_s"] for t in trains if t.get("samples_per_s")]
         seconds = [self._seconds(r.stage) for r in runs]

@@ -1,0 +1,41 @@
+"""`capvector demo --quick` end to end from the shipped weights: every stage runs, the report and results exist,
+a rerun is fully cached, and `capvector report` regenerates the same findings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("metaworld")
+
+
+def _capvector(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa"}
+    return subprocess.run([sys.executable, "-m", "capvector.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=1800)
+
+
+def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
+    run = _capvector("demo", "--quick", "--run-dir", "run", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = tmp_path / "run"
+    results = json.loads((out / "results.json").read_text())
+    keys = {f["key"] for f in results["findings"]}
+    assert {"cap_aux_beats_sft", "capvector_ood_beats_sft", "gse_beats_lora"} <= keys
+    assert set(results["methods"]) >= {"sft", "aux", "capvector", "capvector_no_orth", "tuner-lora", "tuner-gse"}
+    for m in ("sft", "capvector"):
+        assert results["methods"][m]["budgets"]["40"]["n"] == 8  # 4 tasks × 2 episodes × 1 seed
+    assert "## Findings against the papers" in (out / "report.md").read_text()
+    assert any((out / "videos").glob("*.gif"))
+
+    again = _capvector("demo", "--quick", "--run-dir", "run", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "running" not in again.stdout and again.stdout.count(": cached") >= 20
+
+    regen = _capvector("report", "run", cwd=tmp_path)
+    assert regen.returncode == 0, regen.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["findings"] == results["findings"]
