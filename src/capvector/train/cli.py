@@ -57,6 +57,8 @@ def train_command(
     teacher_path: Annotated[Path | None, typer.Option(help="Feature file/dir for the precomputed teacher.")] = None,
     orth_vector: Annotated[Path | None, typer.Option(help="Capability vector for the orthogonal regulariser.")] = None,
     orth_weight: Annotated[float, typer.Option(help="λ_orth.")] = 1e-4,
+    orth_mode: Annotated[str, typer.Option(help="auto | exact | factored | lora (see docs/orthogonal.md).")] = "auto",
+    orth_rank: Annotated[int, typer.Option(help="k of the factored / LoRA forms.")] = 16,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints (0: final only).")] = None,
     snapshot_step: Annotated[list[int] | None, typer.Option(
         help="Also export the policy at this step to snapshots/step_N/ (repeatable).")] = None,
@@ -102,7 +104,8 @@ def train_command(
         except ImportError as e:
             raise CapvectorError("--orth-vector needs capvector.orth (the orthogonal regulariser)") from e
         trainer.add_regularizer("orth", OrthogonalRegularizer.from_vector(trainer.model, orth_vector,
-                                                                          weight=orth_weight))
+                                                                          weight=orth_weight, mode=orth_mode,
+                                                                          rank=orth_rank))
     result = trainer.train(resume=not no_resume)
     summary = {"run_dir": str(result.run_dir), "policy": str(result.policy_dir), "steps": result.steps,
                "final_loss": result.final_loss}
