@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from capvector.errors import CapvectorError
@@ -32,7 +33,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except CapvectorError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -226,6 +227,53 @@ def _register_subsystem_commands() -> None:
 _register_subsystem_commands()
 
 
+@app.command("eval-libero")
+@user_errors
+def eval_libero(
+    policy: Annotated[str, typer.Option(
+        help="Trained capvector policy directory, or module:callable returning an object with act() and reset().")],
+    suite: Annotated[str, typer.Option(
+        help="libero_spatial, libero_object, libero_goal, libero_10 or libero_90.")] = "libero_spatial",
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated task indices (default: all).")] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per task, from the suite's fixed initial states.")] = 50,
+    image_size: Annotated[int | None, typer.Option(
+        help="Rendered image side (default: the policy config's image_size, else 256).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Policy steps per episode (default: the suite's).")] = None,
+    wait_steps: Annotated[int, typer.Option(help="Still steps while objects settle.")] = 10,
+    execute: Annotated[int | None, typer.Option(help="Actions run per chunk before re-querying (default all).")] = None,
+    seed: Annotated[int, typer.Option(help="Environment seed.")] = 0,
+    rotate: Annotated[bool, typer.Option(help="Rotate camera images 180° (as OpenVLA-OFT/openpi data).")] = True,
+    policy_arg: Annotated[list[str] | None, typer.Option(help="Argument for a module:callable policy.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the eval JSON here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Roll out a policy on a LIBERO suite (extra capvector[libero]); success rates with 95% Wilson intervals."""
+    from capvector.integrations.libero import LiberoConfig, evaluate_libero, load_policy
+    from capvector.sim.evaluate import write_json
+
+    model = load_policy(policy, tuple(policy_arg or ()))
+    size = image_size or getattr(getattr(model, "config", None), "image_size", None) or 256
+    try:
+        indices = tuple(int(t) for t in tasks.split(",")) if tasks else None
+    except ValueError:
+        raise CapvectorError(f"--tasks {tasks!r}: expected comma-separated integers, e.g. 0,3,7") from None
+    cfg = LiberoConfig(suite=suite, tasks=indices, episodes=episodes, image_size=size, max_steps=max_steps,
+                       wait_steps=wait_steps, execute=execute, seed=seed, rotate_images=rotate)
+    result = evaluate_libero(model, cfg).summary()
+    if output:
+        write_json(result, output)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for row in result["per_task"]:
+        lo, hi = row["ci95"]
+        typer.echo(f"{row['task'][:60]:<60} {row['pc_success']:5.1f}% [{lo:5.1f}, {hi:5.1f}]  "
+                   f"len {row['avg_length']:.0f}")
+    o = result["overall"]
+    typer.echo(f"{suite}: {o['pc_success']:.1f}% [{o['ci95'][0]:.1f}, {o['ci95'][1]:.1f}] over {o['n_episodes']} "
+               f"episodes, {result['eval_ep_s']:.2f} s/episode")
+
+
 @app.command()
 def presets() -> None:
     """List the named selections usable with --preset."""
@@ -243,7 +291,7 @@ def _print_card(out: Console, card: dict | None) -> None:
     if card is None:
         return
     if "error" in card:
-        out.print(f"[yellow]card:[/] {card['file']}: {card['error']}", highlight=False)
+        out.print(f"[yellow]card:[/] {escape(card['file'])}: {escape(card['error'])}", highlight=False)
         return
     meta = card["metadata"]
     cv = meta.get("capvector") or {}
@@ -259,7 +307,7 @@ def _print_card(out: Console, card: dict | None) -> None:
     }
     for key, value in fields.items():
         if value is not None:
-            out.print(f"[bold]{key}:[/] {value}", highlight=False)
+            out.print(f"[bold]{key}:[/] {escape(str(value))}", highlight=False)
 
 
 def _fmt(x: float | None) -> str:
