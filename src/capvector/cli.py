@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from capvector.errors import CapvectorError
@@ -32,13 +33,22 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except CapvectorError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
 
 
 Globs = Annotated[list[str] | None, typer.Option(help="Name glob (repeatable).")]
+FamilyOption = Annotated[str | None, typer.Option(
+    help="VLA family (pi0, pi05, smolvla, openpi, openvla-oft, qwen-vla): find the weights in its run/checkpoint "
+         "directories and default to its preset.")]
+
+
+def _load_families() -> None:
+    """Register the VLA families' presets (`pi0:vlm+expert`, ...). Imported by the commands that take
+    presets or families, not at start-up, so `capvector --help` loads nothing more."""
+    import capvector.integrations  # noqa: F401
 
 
 @app.command()
@@ -57,14 +67,29 @@ def extract(
     max_shard_size: Annotated[str, typer.Option(help="Largest vector shard, e.g. 5GB.")] = "5GB",
     no_hash: Annotated[bool, typer.Option("--no-hash", help="Skip content hashes of the sources.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    family: FamilyOption = None,
+    default_weight: Annotated[float, typer.Option(
+        help="Recommended λ, recorded in capvector.json and the card; merge uses it when given no weight.")] = 1.0,
+    task_set: Annotated[str | None, typer.Option(help="What D_cap was (for the model card).")] = None,
+    card_note: Annotated[str | None, typer.Option(help="Free text for the model card's Notes section.")] = None,
+    base_model: Annotated[str | None, typer.Option(
+        help="Hub id of θ_pre for the card's base_model (default: from a Hub cache path, else none).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """τ_cap = θ_aux − θ_sft, in fp32, streamed one tensor at a time."""
+    """τ_cap = θ_aux − θ_sft, in fp32, streamed one tensor at a time; writes a model card (README.md) too."""
     from capvector.vectors import extract as run
 
-    result = run(sft, aux, output, pretrained=pretrained, include=include, exclude=exclude, preset=preset,
-                 dtype=dtype, lora_storage=lora_storage, allow_missing=allow_missing, overwrite=overwrite,
-                 max_shard_size=max_shard_size, hash_sources=not no_hash, progress=sys.stderr.isatty())
+    _load_families()
+    options = dict(include=include, exclude=exclude, dtype=dtype, lora_storage=lora_storage,
+                   allow_missing=allow_missing, overwrite=overwrite, max_shard_size=max_shard_size,
+                   hash_sources=not no_hash, progress=sys.stderr.isatty(), default_weight=default_weight,
+                   task_set=task_set, note=card_note, base_model=base_model)
+    if family:
+        from capvector.integrations import extract_family
+
+        result = extract_family(family, sft, aux, output, preset=preset, pretrained=pretrained, **options)
+    else:
+        result = run(sft, aux, output, pretrained=pretrained, preset=preset, **options)
     summary = {"output": str(result.path), "tensors": result.tensors, "norm": result.norm,
                "skipped": {k: len(v) for k, v in result.skipped.items()}}
     _emit(summary, as_json, f"wrote {result.path}: {result.tensors} tensors, ‖τ‖ = {result.norm:.6g}")
@@ -78,33 +103,51 @@ def merge(
     base: Annotated[Path, typer.Option(help="Pretrained checkpoint θ_pre.")],
     vector: Annotated[list[Path], typer.Option(help="Vector directory (repeatable).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Merged checkpoint directory to create.")],
-    weight: Annotated[list[float] | None, typer.Option(help="λ per --vector (default 1.0).")] = None,
+    weight: Annotated[list[float] | None, typer.Option(
+        help="λ per --vector (default: each vector's recommended λ, 1.0 unless its extract said otherwise).")] = None,
     weights: Annotated[list[Path] | None, typer.Option(help="JSON glob→λ file per --vector.")] = None,
     dtype: Annotated[str | None, typer.Option(help="Output float dtype (default: the base's).")] = None,
     allow_missing: Annotated[bool, typer.Option(help="Skip vector tensors absent from the base.")] = False,
     max_shard_size: Annotated[str | None, typer.Option(help="Reshard output (default: mirror the base).")] = None,
     no_hash: Annotated[bool, typer.Option("--no-hash", help="Skip the base's content hash.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    strip_prefix: Annotated[str | None, typer.Option(
+        help="Remove this prefix from the vector's names (e.g. qwen_vl_interface.model.) before matching the base.")
+    ] = None,
+    add_prefix: Annotated[str | None, typer.Option(help="Put this prefix before the (stripped) vector names.")] = None,
+    map_prefix: Annotated[list[str] | None, typer.Option(
+        help="OLD=NEW prefix rule for vector names (repeatable; the longest matching OLD wins).")] = None,
+    family: FamilyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the recipe as JSON.")] = False,
 ) -> None:
     """θ_meta = θ_pre + Σ λ_i·τ_i, written with the base's layout, config and tokenizer files."""
     from capvector.vectors import VectorWeight, load_weights_file
     from capvector.vectors import merge as run
+    from capvector.vectors.rename import parse_prefix_rule
 
     if weight and weights:
         raise CapvectorError("give either --weight or --weights, not both")
-    specs: list[float | dict[str, float]]
+    specs: list[float | dict[str, float] | None]
     if weights:
         specs = [load_weights_file(p) for p in weights]
     else:
-        specs = list(weight or [1.0] * len(vector))
+        specs = list(weight or [None] * len(vector))
     if len(specs) == 1 and len(vector) > 1:
         specs = specs * len(vector)
     if len(specs) != len(vector):
         raise CapvectorError(f"got {len(vector)} --vector but {len(specs)} weights; give one per vector")
     items = [VectorWeight(v, w) for v, w in zip(vector, specs, strict=True)]
-    recipe = run(base, items, output, dtype=dtype, allow_missing=allow_missing, overwrite=overwrite,
-                 max_shard_size=max_shard_size, hash_sources=not no_hash, progress=sys.stderr.isatty())
+    options = dict(dtype=dtype, allow_missing=allow_missing, overwrite=overwrite, max_shard_size=max_shard_size,
+                   hash_sources=not no_hash, progress=sys.stderr.isatty(),
+                   prefix_map=[parse_prefix_rule(r) for r in map_prefix or ()],
+                   strip_prefix=strip_prefix, add_prefix=add_prefix)
+    if family:
+        _load_families()
+        from capvector.integrations import merge_family
+
+        recipe = merge_family(family, base, items, output, **options)
+    else:
+        recipe = run(base, items, output, **options)
     _emit(recipe, as_json, f"wrote {output}: merged {recipe['merged_tensors']} of {recipe['total_tensors']} tensors")
     for w in recipe["warnings"]:
         console.print(f"[yellow]warning:[/] {w}")
@@ -149,6 +192,7 @@ def inspect(
         print(json.dumps(report, indent=2))
         return
     out = Console()
+    _print_card(out, report.get("card"))
     totals = report["totals"]
     out.print(f"[bold]{report['kind']}[/] {report['path']}: {totals['tensors']} tensors, "
               f"{totals['numel']:,} elements, ‖·‖ = {totals['norm']:.6g}, zeros {totals['zero_fraction']:.2%}"
@@ -183,15 +227,87 @@ def _register_subsystem_commands() -> None:
 _register_subsystem_commands()
 
 
+@app.command("eval-libero")
+@user_errors
+def eval_libero(
+    policy: Annotated[str, typer.Option(
+        help="Trained capvector policy directory, or module:callable returning an object with act() and reset().")],
+    suite: Annotated[str, typer.Option(
+        help="libero_spatial, libero_object, libero_goal, libero_10 or libero_90.")] = "libero_spatial",
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated task indices (default: all).")] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per task, from the suite's fixed initial states.")] = 50,
+    image_size: Annotated[int | None, typer.Option(
+        help="Rendered image side (default: the policy config's image_size, else 256).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Policy steps per episode (default: the suite's).")] = None,
+    wait_steps: Annotated[int, typer.Option(help="Still steps while objects settle.")] = 10,
+    execute: Annotated[int | None, typer.Option(help="Actions run per chunk before re-querying (default all).")] = None,
+    seed: Annotated[int, typer.Option(help="Environment seed.")] = 0,
+    rotate: Annotated[bool, typer.Option(help="Rotate camera images 180° (as OpenVLA-OFT/openpi data).")] = True,
+    policy_arg: Annotated[list[str] | None, typer.Option(help="Argument for a module:callable policy.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the eval JSON here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Roll out a policy on a LIBERO suite (extra capvector[libero]); success rates with 95% Wilson intervals."""
+    from capvector.integrations.libero import LiberoConfig, evaluate_libero, load_policy
+    from capvector.sim.evaluate import write_json
+
+    model = load_policy(policy, tuple(policy_arg or ()))
+    size = image_size or getattr(getattr(model, "config", None), "image_size", None) or 256
+    try:
+        indices = tuple(int(t) for t in tasks.split(",")) if tasks else None
+    except ValueError:
+        raise CapvectorError(f"--tasks {tasks!r}: expected comma-separated integers, e.g. 0,3,7") from None
+    cfg = LiberoConfig(suite=suite, tasks=indices, episodes=episodes, image_size=size, max_steps=max_steps,
+                       wait_steps=wait_steps, execute=execute, seed=seed, rotate_images=rotate)
+    result = evaluate_libero(model, cfg).summary()
+    if output:
+        write_json(result, output)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for row in result["per_task"]:
+        lo, hi = row["ci95"]
+        typer.echo(f"{row['task'][:60]:<60} {row['pc_success']:5.1f}% [{lo:5.1f}, {hi:5.1f}]  "
+                   f"len {row['avg_length']:.0f}")
+    o = result["overall"]
+    typer.echo(f"{suite}: {o['pc_success']:.1f}% [{o['ci95'][0]:.1f}, {o['ci95'][1]:.1f}] over {o['n_episodes']} "
+               f"episodes, {result['eval_ep_s']:.2f} s/episode")
+
+
 @app.command()
 def presets() -> None:
     """List the named selections usable with --preset."""
     from capvector.selection import presets as all_presets
 
+    _load_families()
     table = Table("preset", "include", "exclude", "description")
     for name, p in all_presets().items():
         table.add_row(name, " ".join(p.include), " ".join(p.exclude), p.description)
     Console().print(table)
+
+
+def _print_card(out: Console, card: dict | None) -> None:
+    """One line per summary field of a vector's model card (what it is, for what, with which λ)."""
+    if card is None:
+        return
+    if "error" in card:
+        out.print(f"[yellow]card:[/] {escape(card['file'])}: {escape(card['error'])}", highlight=False)
+        return
+    meta = card["metadata"]
+    cv = meta.get("capvector") or {}
+    sel = cv.get("selection") or {}
+    fields = {
+        "card": card.get("title") or card["file"],
+        "base model": meta.get("base_model"),
+        "task set": cv.get("task_set"),
+        "recommended λ": cv.get("default_weight"),
+        "selection": sel.get("preset") or " ".join(sel.get("include", [])) or None,
+        "sources": ", ".join(f"{role}: {Path(src.get('path') or '?').name}" for role, src in
+                             (cv.get("sources") or {}).items()) or None,
+    }
+    for key, value in fields.items():
+        if value is not None:
+            out.print(f"[bold]{key}:[/] {escape(str(value))}", highlight=False)
 
 
 def _fmt(x: float | None) -> str:

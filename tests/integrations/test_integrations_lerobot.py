@@ -379,17 +379,19 @@ def test_extract_and_merge_by_family_from_run_directories(tmp_path, pi0_runs):
 
 
 def test_cli_extract_and_merge_with_a_family_preset(tmp_path, pi0_runs):
-    """`capvector extract --preset pi0:vlm+expert` and `merge`, once the integrations are imported."""
+    """`capvector extract --preset pi0:vlm+expert` and `merge` in a fresh process: the CLI itself registers the
+    family presets; `--family` resolves run directories and defaults to the family's preset."""
     import os
     import subprocess
     import sys
 
+    from capvector.vectors import CapabilityVector
+
     pre, sft, aux = pi0_runs
-    code = "import sys, capvector.integrations; from capvector.cli import main; sys.argv[0] = 'capvector'; main()"
 
     def cli(*args) -> str:
         env = {**os.environ, "COLUMNS": "200"}  # rich wraps table cells at narrow widths
-        r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-m", "capvector.cli", *map(str, args)], capture_output=True, text=True,
                            timeout=120, env=env)
         assert r.returncode == 0, r.stderr
         return r.stdout
@@ -402,3 +404,12 @@ def test_cli_extract_and_merge_with_a_family_preset(tmp_path, pi0_runs):
     got = read_all(tmp_path / "m")
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert "pi0:vlm+expert" in cli("presets")
+
+    runs = [p.parents[2] for p in pi0_runs]  # run directories, resolved through checkpoints/last
+    cli("extract", "--family", "pi0", "--sft", runs[1], "--aux", runs[2], "--pretrained", runs[0],
+        "-o", tmp_path / "v2", "--no-hash")
+    assert CapabilityVector(tmp_path / "v2").meta["selection"]["preset"] == "pi0:vlm+expert"
+    assert sorted(CapabilityVector(tmp_path / "v2").names()) == sorted(CapabilityVector(tmp_path / "v").names())
+    cli("merge", "--family", "pi0", "--base", runs[0], "--vector", tmp_path / "v2", "-o", tmp_path / "m2")
+    got2 = read_all(tmp_path / "m2")
+    assert sorted(got2) == sorted(got) and all(torch.equal(got2[k], got[k]) for k in got)

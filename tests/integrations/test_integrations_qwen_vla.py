@@ -23,6 +23,7 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
+import capvector
 from capvector.errors import CapvectorError
 from capvector.integrations import QWEN_VLA
 
@@ -185,3 +186,104 @@ def test_locate_errors(tmp_path):
         (tmp_path / "checkpoints" / name).write_bytes(b"")
     with pytest.raises(CapvectorError, match="step 7 saved twice"):
         QWEN_VLA.locate(tmp_path)
+
+
+def hf_name(framework_key: str, layout: str) -> str:
+    """The test's own translation of a StarVLA key into a plain Qwen-VL directory's key."""
+    name = framework_key.removeprefix(Q)
+    if layout == "legacy":  # what Qwen2.5-VL's save_pretrained writes (and the Hub checkpoints hold)
+        for new, old in (("model.visual.", "visual."), ("model.language_model.", "model.")):
+            if name.startswith(new):
+                return old + name.removeprefix(new)
+    return name
+
+
+def test_framework_vector_merges_into_a_plain_hf_qwen25_directory(tmp_path, runs25):
+    """A `qwen-vla:vlm` vector from StarVLA files, renamed by the legacy prefix map, merged into the backbone's
+    own `save_pretrained` directory: the same values as merging into the framework file, and it loads."""
+    from capvector.integrations.qwen_vla import HF_PREFIX_MAPS
+
+    pre, sft, aux = runs25
+    framework_merged = check_preset_roundtrip(tmp_path, pre, sft, aux, "qwen-vla:vlm", EXPECTED["vlm"], weight=0.5)
+    vec = tmp_path / "vec-qwen-vla_vlm"
+    framework = QwenvlOFT("2.5")
+    framework.load_state_dict(read_all(pre), strict=True)
+    hf_dir = tmp_path / "Qwen2.5-VL-mini"
+    framework.qwen_vl_interface.model.save_pretrained(hf_dir)
+    hf_pre = read_all(hf_dir)
+    assert "visual.blocks.0.attn.qkv.weight" in hf_pre and "model.layers.0.mlp.up_proj.weight" in hf_pre
+
+    out = tmp_path / "hf-merged"
+    recipe = capvector.merge(hf_dir, [capvector.VectorWeight(vec, 0.5)], out, prefix_map=HF_PREFIX_MAPS["legacy"],
+                             progress=False)
+    assert recipe["prefix_map"] == HF_PREFIX_MAPS["legacy"] and not recipe["warnings"]
+    got = read_all(out)
+    assert sorted(got) == sorted(hf_pre)
+    moved = {hf_name(k, "legacy"): v for k, v in framework_merged.items() if k.startswith(Q)}
+    assert set(moved) == set(hf_pre)
+    for k, v in moved.items():
+        assert torch.equal(got[k], v), k
+    assert (out / "config.json").read_text() == (hf_dir / "config.json").read_text()
+    vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
+    sd = vlm.state_dict()
+    for k, v in framework_merged.items():
+        if k.startswith(Q):
+            assert torch.equal(sd[k.removeprefix(Q)], v), k
+
+
+def test_prefix_map_errors_name_the_keys(tmp_path, runs25):
+    from capvector.integrations.qwen_vla import HF_PREFIX_MAPS
+
+    pre, sft, aux = runs25
+    framework = QwenvlOFT("2.5")
+    framework.load_state_dict(read_all(pre), strict=True)
+    hf_dir = tmp_path / "hf"
+    framework.qwen_vl_interface.model.save_pretrained(hf_dir)
+    both = tmp_path / "vlm+expert"
+    capvector.extract(sft, aux, both, preset="qwen-vla:vlm+expert", progress=False)
+    # the action model has no place in a plain VLM directory: named, not dropped
+    with pytest.raises(CapvectorError, match=r"start with no prefix .*'action_model\.model\.fc1\.weight'"):
+        capvector.merge(hf_dir, [both], tmp_path / "o1", strip_prefix=Q, progress=False)
+    # stripping alone gives today's in-memory names, which this (legacy-layout) directory does not have
+    vlm = tmp_path / "vlm"
+    capvector.extract(sft, aux, vlm, preset="qwen-vla:vlm", progress=False)
+    n = len(read_all(hf_dir))  # the VLM's tensors; only lm_head keeps its name after stripping the prefix
+    with pytest.raises(CapvectorError, match=rf"{n - 1} of {n} vector tensors are missing from base") as e:
+        capvector.merge(hf_dir, [vlm], tmp_path / "o2", strip_prefix=Q, progress=False)
+    assert "'qwen_vl_interface.model.model.language_model.embed_tokens.weight -> model.language_model." in str(e.value)
+    assert "the base has e.g. 'lm_head.weight'" in str(e.value)
+    with pytest.raises(CapvectorError, match=r"none of its .* tensors exist in base .*prefix map"):
+        capvector.merge(hf_dir, [both], tmp_path / "o3", prefix_map={Q: "wrong.", "action_model.": "wrong2."},
+                        progress=False)
+    # --allow-missing skips the unmapped action model and says so in the recipe
+    recipe = capvector.merge(hf_dir, [both], tmp_path / "o4", prefix_map=HF_PREFIX_MAPS["legacy"],
+                             allow_missing=True, progress=False)
+    assert any("action_model.model.fc1.weight" in w for w in recipe["warnings"])
+    assert not any(p.name.startswith(".o") for p in tmp_path.iterdir())  # failed merges left nothing behind
+
+
+def test_cli_strip_prefix_into_a_qwen3_directory(tmp_path):
+    """`capvector merge --strip-prefix`: Qwen3-VL directories use today's names, so one rule is enough; the
+    tied lm_head (not saved by save_pretrained) is reported, then skipped with --allow-missing."""
+    from typer.testing import CliRunner
+
+    from capvector.cli import app
+
+    pre, sft, aux = make_runs(tmp_path / "runs", "3")
+    vec = tmp_path / "vec"
+    capvector.extract(sft, aux, vec, preset="qwen-vla:vlm", progress=False)
+    framework = QwenvlOFT("3")
+    framework.load_state_dict(read_all(pre), strict=True)
+    hf_dir = tmp_path / "Qwen3-VL-mini"
+    framework.qwen_vl_interface.model.save_pretrained(hf_dir)
+    assert "lm_head.weight" not in read_all(hf_dir)
+    args = ["merge", "--base", str(hf_dir), "--vector", str(vec), "--strip-prefix", Q, "--json"]
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "m1")])
+    assert r.exit_code == 2 and "lm_head.weight -> lm_head.weight" in r.output
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "m2"), "--allow-missing"])
+    assert r.exit_code == 0, r.output
+    got, s, a, p = read_all(tmp_path / "m2"), read_all(sft), read_all(aux), read_all(hf_dir)
+    for k, base in p.items():
+        torch.testing.assert_close(got[k], base + (a[Q + k] - s[Q + k]), rtol=0, atol=1e-6)
+    tied = Qwen3VLForConditionalGeneration.from_pretrained(tmp_path / "m2")
+    assert torch.equal(tied.lm_head.weight, got["model.language_model.embed_tokens.weight"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -31,3 +32,11 @@ def test_import_is_light():
             "new = {m.split('.')[0] for m in set(sys.modules) - before} - {'capvector', 're'}; "
             "assert not new, new; assert 'transformers' not in sys.modules and 'peft' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_registers_families_only_in_the_commands_that_need_them():
+    """`capvector --help` does not import the integrations; `presets` lists the family presets."""
+    code = ("import sys; import capvector.cli as c; assert 'capvector.integrations' not in sys.modules; "
+            "from typer.testing import CliRunner; r = CliRunner().invoke(c.app, ['presets']); "
+            "assert r.exit_code == 0 and 'qwen-vla:vlm+expert' in r.output, r.output")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "COLUMNS": "250"})

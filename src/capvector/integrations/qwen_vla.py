@@ -51,6 +51,16 @@ def locate(path: Path) -> FamilyFiles:
 
 _Q = "qwen_vl_interface.model."
 _VISION = (_Q + "*visual.*",)
+
+# Prefix maps (`capvector.merge(prefix_map=...)`, `capvector merge --map-prefix OLD=NEW`) that rename a vector
+# extracted from a StarVLA file so it merges into a plain Hugging Face Qwen-VL directory of the backbone:
+HF_PREFIX_MAPS = {
+    # the names transformers >= 4.52 uses in memory and saves Qwen3-VL with (model.language_model.*, model.visual.*)
+    "current": {_Q: ""},
+    # the names Qwen2.5-VL checkpoints on the Hub have and save_pretrained still writes (model.layers.*, visual.*);
+    # framework files from transformers < 4.52 already hold these names under the prefix, which the last rule maps
+    "legacy": {_Q + "model.visual.": "visual.", _Q + "model.language_model.": "model.", _Q: ""},
+}
 _LANGUAGE_EXCLUDE = (_Q + "*visual.*",)
 
 QWEN_VLA = register_family(Family(

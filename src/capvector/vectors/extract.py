@@ -28,6 +28,7 @@ from capvector.io.prefetch import Prefetcher
 from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
 from capvector.selection import Selection, make_selection
+from capvector.vectors.card import CARD_FILE, hub_id, render_card
 from capvector.vectors.format import FACTOR_A, FACTOR_B, FORMAT, FORMAT_VERSION, META_FILE
 from capvector.vectors.stats import RunningStats, row_chunks
 
@@ -80,12 +81,22 @@ def extract(
     max_shard_size: str | int = "5GB",
     hash_sources: bool = True,
     progress: bool = True,
+    default_weight: float = 1.0,
+    task_set: str | None = None,
+    note: str | None = None,
+    base_model: str | None = None,
 ) -> ExtractResult:
     """Compute the capability vector between two fine-tunes of the same model and save it.
 
     Both inputs are full checkpoints, or both are PEFT LoRA adapters on the same base (then the
     vector is stored factored, exactly, unless `lora_storage="dense"`).
+    The directory also gets a model card (`README.md`) from its metadata, so it can be shared like an
+    adapter: `default_weight` is the recommended λ (what `merge` uses when no weight is given),
+    `task_set` describes D_cap, `note` is free text, `base_model` a Hub id for the card (found from a
+    Hub cache path or the adapters' base when not given).
     """
+    if not math.isfinite(default_weight):
+        raise CapvectorError(f"default weight (recommended λ) must be a finite number, found {default_weight}")
     out_dtype = parse_dtype(dtype)
     selection = make_selection(include, exclude, preset)
     sources = {"sft": Path(sft), "aux": Path(aux)} | ({"pretrained": Path(pretrained)} if pretrained else {})
@@ -117,6 +128,7 @@ def extract(
                     if name in pre:
                         pre_norm = _norm(pre, name)
                         entry["rel_norm"] = entry["norm"] / pre_norm if pre_norm > 0 else None
+            arch = _architecture(ckpts.get("pretrained") or s)
             meta = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -127,15 +139,19 @@ def extract(
                     r: {"path": str(p.resolve()), "kind": ckpts[r].kind, "hash": hashes[r].result() if hashes else None}
                     for r, p in sources.items()
                 },
-                "architecture": _architecture(ckpts.get("pretrained") or s),
+                "architecture": arch,
+                "base_model": base_model or hub_id(pretrained) or hub_id((arch or {}).get("base_model_name_or_path")),
                 "selection": selection.to_json(),
                 "dtype": str(out_dtype).removeprefix("torch."),
-                "default_weight": 1.0,
+                "default_weight": float(default_weight),
+                "task_set": task_set,
+                "note": note,
                 "totals": {"tensors": len(tensors_meta), "norm": total.norm, "numel": total.numel},
                 "skipped": skipped,
                 "tensors": tensors_meta,
             }
             write_json(tmp / META_FILE, meta)
+            (tmp / CARD_FILE).write_text(render_card(meta, Path(output).name), encoding="utf-8")
     finally:
         hasher.shutdown()
         for c in ckpts.values():

@@ -11,6 +11,7 @@ import torch
 
 from capvector.errors import CapvectorError
 from capvector.io import Checkpoint
+from capvector.vectors.card import read_card
 from capvector.vectors.format import CapabilityVector, is_vector_dir
 from capvector.vectors.stats import RunningStats, row_chunks
 
@@ -94,6 +95,7 @@ def inspect(path: str | Path, *, base: str | Path | None = None, other: str | Pa
         }
         if main.vector is not None:
             report["meta"] = {k: v for k, v in main.vector.meta.items() if k != "tensors"}
+            report["card"] = read_card(main.path)
         if "base" in refs:
             base_sq = sum(v["base_sumsq"] for v in layers.values())
             report["totals"]["rel_norm"] = total.norm / math.sqrt(base_sq) if base_sq else None

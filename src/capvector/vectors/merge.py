@@ -32,6 +32,7 @@ from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
 from capvector.vectors.extract import _first, parse_dtype
 from capvector.vectors.format import CapabilityVector
+from capvector.vectors.rename import PrefixMap
 from capvector.vectors.stats import row_chunks
 
 RECIPE_FILE = "capvector-merge.json"
@@ -40,15 +41,27 @@ WeightSpec = float | Mapping[str, float]
 
 @dataclass(frozen=True)
 class VectorWeight:
-    """A vector directory and its weight: a scalar λ, or ordered globs -> λ (first match wins, else 0)."""
+    """A vector directory and its weight: a scalar λ, or ordered globs -> λ (first match wins, else 0).
+
+    `weight=None` takes the λ recommended in the vector's `capvector.json` (`default_weight`, 1.0 unless
+    the extract said otherwise). Globs match the vector's own key names, before any prefix map.
+    """
 
     path: Path
-    weight: WeightSpec = 1.0
+    weight: WeightSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))  # accept str, as the README's example passes
 
+    def resolved(self, vector: CapabilityVector) -> VectorWeight:
+        """This weight with `None` replaced by the vector's recommended λ."""
+        if self.weight is not None:
+            return self
+        return VectorWeight(self.path, float(vector.meta.get("default_weight", 1.0)))
+
     def weight_for(self, name: str) -> float:
+        if self.weight is None:
+            raise ValueError("VectorWeight.weight_for: resolve the default weight first (VectorWeight.resolved)")
         if not isinstance(self.weight, Mapping):
             return float(self.weight)
         for pattern, value in self.weight.items():
@@ -82,28 +95,41 @@ def merge(
     max_shard_size: str | int | None = None,
     hash_sources: bool = True,
     progress: bool = True,
+    prefix_map: PrefixMap | Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    strip_prefix: str | None = None,
+    add_prefix: str | None = None,
 ) -> dict:
-    """Merge capability vectors into a base checkpoint; returns the resolved recipe (also saved)."""
+    """Merge capability vectors into a base checkpoint; returns the resolved recipe (also saved).
+
+    `strip_prefix`/`add_prefix` (one rule) and `prefix_map` (OLD → NEW prefixes, longest match wins)
+    rename the vectors' keys to the base's names, e.g. a StarVLA vector (`qwen_vl_interface.model.*`)
+    merged into a plain Hugging Face Qwen-VL directory. Keys no rule renames are an error
+    (`allow_missing` skips and reports them), as are renamed keys the base lacks.
+    """
     items = [v if isinstance(v, VectorWeight) else VectorWeight(Path(v)) for v in vectors]
     if not items:
         raise CapvectorError("no vector given to merge")
+    rules = prefix_map.rules if isinstance(prefix_map, PrefixMap) else prefix_map
+    names = PrefixMap.build(rules, strip_prefix=strip_prefix, add_prefix=add_prefix)
     base_ckpt = Checkpoint(base)
     if base_ckpt.kind == "peft-adapter":
         base_ckpt.close()
         raise CapvectorError(f"{base}: the base must be a model checkpoint, not a PEFT adapter")
     opened = [CapabilityVector(v.path) for v in items]
+    items = [item.resolved(vec) for item, vec in zip(items, opened, strict=True)]
     hasher = BackgroundHasher()
     try:
         base_hash = hasher.submit(base_ckpt.root, base_ckpt.weight_files) if hash_sources else None
-        warnings = _validate(base_ckpt, opened, allow_missing)
+        keymaps, warnings = _key_maps(opened, names, allow_missing)
+        warnings += _validate(base_ckpt, opened, keymaps, names, allow_missing)
         out_float = parse_dtype(dtype) if dtype else None
         specs = [
             (n, out_float if (out_float and i.is_float) else i.dtype, i.shape) for n, i in base_ckpt.infos.items()
         ]
         plan = _plan(base_ckpt, specs, max_shard_size)
         contributions = {
-            name: [(vec, w) for vec, item in zip(opened, items, strict=True)
-                   if name in vec.tensors and (w := item.weight_for(name)) != 0.0]
+            name: [(vec, keys[name], w) for vec, keys, item in zip(opened, keymaps, items, strict=True)
+                   if name in keys and (w := item.weight_for(keys[name])) != 0.0]
             for name in base_ckpt.keys()
         }
         total_bytes = sum(i.numel * i.dtype.itemsize for i in base_ckpt.infos.values())
@@ -129,6 +155,7 @@ def merge(
                     for vec, item in zip(opened, items, strict=True)
                 ],
                 "dtype": dtype or "base",
+                "prefix_map": names.to_json(),
                 "merged_tensors": sum(1 for c in contributions.values() if c),
                 "total_tensors": len(base_ckpt),
                 "warnings": warnings,
@@ -142,36 +169,61 @@ def merge(
     return recipe
 
 
-def _validate(base: Checkpoint, vectors: list[CapabilityVector], allow_missing: bool) -> list[str]:
+def _key_maps(vectors: list[CapabilityVector], names: PrefixMap, allow_missing: bool
+              ) -> tuple[list[dict[str, str]], list[str]]:
+    """Per vector {base name: vector key}; keys the prefix map cannot rename are an error or a warning."""
+    keymaps, warnings = [], []
+    for vec in vectors:
+        if not names:
+            keymaps.append({n: n for n in vec.names()})
+            continue
+        mapped, unmatched = names.map_names(vec.names())
+        if unmatched:
+            msg = (f"{vec.path}: {len(unmatched)} of {len(vec.names())} vector tensors start with no prefix of the "
+                   f"prefix map {names.to_json()} (first: {_first(unmatched)})")
+            if not allow_missing or not mapped:
+                raise CapvectorError(msg + "; extract a vector that selects only the mapped part (e.g. "
+                                     "preset qwen-vla:vlm), add a rule for them, or pass --allow-missing to skip them")
+            warnings.append(msg + "; skipped")
+        keymaps.append(mapped)
+    return keymaps, warnings
+
+
+def _validate(base: Checkpoint, vectors: list[CapabilityVector], keymaps: list[dict[str, str]], names: PrefixMap,
+              allow_missing: bool) -> list[str]:
     warnings = []
     base_arch = (base.config() or {}).get("architectures")
-    for vec in vectors:
+    sample = _first(list(base.keys()), 3)
+    for vec, keys in zip(vectors, keymaps, strict=True):
         vec_arch = (vec.meta.get("architecture") or {}).get("architectures")
-        if base_arch and vec_arch and base_arch != vec_arch:
+        # a prefix map says the layouts differ on purpose (framework file vs. its backbone's own directory)
+        if base_arch and vec_arch and base_arch != vec_arch and not names:
             raise CapvectorError(
                 f"{vec.path}: vector was extracted from architecture {vec_arch}, base {base.path} is {base_arch}"
             )
-        names = vec.names()
-        missing = [n for n in names if n not in base]
-        if missing and len(missing) == len(names):
+        missing = [n for n in keys if n not in base]
+        shown = (_first([f"{keys[n]} -> {n}" for n in missing]) + f" by prefix map {names.to_json()}" if names
+                 else _first(missing))
+        if missing and len(missing) == len(keys):
             raise CapvectorError(
-                f"{vec.path}: none of its {len(names)} tensors exist in base {base.path} "
-                f"(first: {_first(missing)}); is this vector for another model family?"
+                f"{vec.path}: none of its {len(keys)} tensors exist in base {base.path} (first: {shown}; "
+                f"the base has e.g. {sample}); is this vector for another model family"
+                + (", or does the prefix map not match the base's layout?" if names else "?")
             )
         if missing:
-            msg = (f"{vec.path}: {len(missing)} of {len(names)} vector tensors are missing from base "
-                   f"{base.path} (first: {_first(missing)})")
+            msg = (f"{vec.path}: {len(missing)} of {len(keys)} vector tensors are missing from base "
+                   f"{base.path} (first: {shown}" + (f"; the base has e.g. {sample})" if names else ")"))
             if not allow_missing:
                 raise CapvectorError(msg + "; pass --allow-missing to skip them")
             warnings.append(msg + "; skipped")
-        for name in names:
+        for name, key in keys.items():
             if name not in base:
                 continue
             info = base.info(name)
-            if info.shape != vec.shape(name):
+            if info.shape != vec.shape(key):
                 raise CapvectorError(
                     f"key {name!r}: base {base.path} ({info.file}) has shape {list(info.shape)}, "
-                    f"vector {vec.path} has {list(vec.shape(name))}"
+                    f"vector {vec.path} has {list(vec.shape(key))}" + (f" (as {key!r})" if key != name else "")
                 )
             if not info.is_float:
                 raise CapvectorError(f"key {name!r}: base tensor is {info.dtype}, cannot add a float vector to it")
@@ -188,7 +240,7 @@ def _plan(base: Checkpoint, specs: list, max_shard_size: str | int | None) -> Sh
 
 
 def _stream_merge(
-    base: Checkpoint, order: list[str], contributions: dict[str, list[tuple[CapabilityVector, float]]],
+    base: Checkpoint, order: list[str], contributions: dict[str, list[tuple[CapabilityVector, str, float]]],
     out_dtypes: dict[str, torch.dtype], writer: BackgroundWriter, bar: ByteProgress,
 ) -> None:
     """Chunk by chunk: reads run ahead on a thread, fp32 arithmetic here, writes behind on another thread."""
@@ -205,8 +257,8 @@ def _stream_merge(
         name, start, count = job
         buf = inputs.acquire()
         x = base.read_flat(name, start, count, into=buf[:region])
-        vs = [vec.read_flat(name, start, count, into=buf[region * (k + 1) : region * (k + 2)])
-              for k, (vec, _) in enumerate(contributions[name])]
+        vs = [vec.read_flat(key, start, count, into=buf[region * (k + 1) : region * (k + 2)])
+              for k, (vec, key, _) in enumerate(contributions[name])]
         return buf, x, vs
 
     for (name, _start, count), (buf, x, vs) in Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0])):
@@ -217,7 +269,7 @@ def _stream_merge(
             if contributions[name]:
                 acc = out if out_dtype == torch.float32 else acc_buf[:count]
                 acc.copy_(x)
-                for (_, weight), v in zip(contributions[name], vs, strict=True):
+                for (_, _, weight), v in zip(contributions[name], vs, strict=True):
                     acc.add_(v, alpha=weight)
                 lo, hi = torch.aminmax(acc)
                 if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
