@@ -191,8 +191,8 @@ def test_prefetcher_order_errors_and_early_exit():
     with pytest.raises(OSError, match="disk on fire"):
         for _, (buf, _) in Prefetcher(range(10), load, discard):
             pool.release(buf)
-    with pytest.raises(ZeroDivisionError):  # consumer fails while the reader is blocked on the pool
+    with pytest.raises(RuntimeError, match="consumer failed"):  # while the reader is blocked on the pool
         for _, (buf, _) in Prefetcher(range(100), load, discard, depth=2):
             pool.release(buf)
-            1 / 0
+            raise RuntimeError("consumer failed")
     assert pool.free == 4  # every buffer came back: no leak, no deadlock
