@@ -55,12 +55,12 @@ class PipelineConfig:
     gse_r: int = 16
     tuner_lr: float = 1e-3  # adapters want a larger step than full fine-tuning
     # evaluation
-    eval_episodes: int = 10  # per task and seed
+    eval_episodes: int = 25  # per task and seed
     eval_seed: int = 1000
     max_steps: int = 150
     workers: int = 2
     ood_perturbations: tuple[str, ...] = ("camera:0.5", "distractors:0.5")
-    ood_episodes: int = 5  # per task, seed and perturbation
+    ood_episodes: int = 10  # per task, seed and perturbation
     videos: int = 1
     threads: int = 2
 

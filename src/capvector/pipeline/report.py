@@ -56,16 +56,16 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
             "| method | s / step | × SFT | trainable params |", "| --- | --- | --- | --- |"]
     for m, v in methods.items():
         cost = v["cost"]
-        ratio = res["cost_ratio_vs_sft"].get(m)
-        out.append(f"| {v['label']} | {_num(cost['s_per_step'], 3)} | {_num(ratio, 2)} | "
-                   f"{cost.get('trainable_parameters') or '-':,} |" if cost.get("trainable_parameters") else
-                   f"| {v['label']} | {_num(cost['s_per_step'], 3)} | {_num(ratio, 2)} | - |")
+        params = cost.get("trainable_parameters")
+        out.append(f"| {v['label']} | {_num(cost['s_per_step'], 3)} | {_num(res['cost_ratio_vs_sft'].get(m), 2)} | "
+                   f"{f'{params:,}' if params else '-'} |")
     out += ["", "![cost](cost.png)", "", "## Out of distribution (perturbed D_down, final budget)", ""]
     variants = sorted({k for v in methods.values() for k in v["ood"]})
     out += ["| method | " + " | ".join(variants) + " | pooled |", "| --- |" + " --- |" * (len(variants) + 1)]
     for v in methods.values():
-        out.append(f"| {v['label']} | " + " | ".join(_pc(v["ood"].get(x)) for x in variants)
-                   + f" | {_pc(v['ood_pooled'])} |")
+        if v["ood"]:
+            out.append(f"| {v['label']} | " + " | ".join(_pc(v["ood"].get(x)) for x in variants)
+                       + f" | {_pc(v['ood_pooled'])} |")
     out += ["", "![ood](ood.png)", "", f"## Merge choices (CapVector at {budgets[0]} steps)", "",
             "| variant | λ | selection | success % |", "| --- | --- | --- | --- |"]
     for r in res["merge_choices"]:
@@ -82,8 +82,7 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
         for t in res["tuners"]:
             v = methods[f"tuner-{t}"]
             params = v["cost"].get("trainable_parameters")
-            out.append(f"| {v['label']} | {params:,} | {_pc(v['budgets'][str(c['tuner_steps'])])} | "
-                       f"{_pc(v['ood_pooled'])} |" if params else f"| {v['label']} | - | "
+            out.append(f"| {v['label']} | {f'{params:,}' if params else '-'} | "
                        f"{_pc(v['budgets'][str(c['tuner_steps'])])} | {_pc(v['ood_pooled'])} |")
         out += ["", "![tuners](tuners.png)", ""]
     if videos:
