@@ -42,6 +42,8 @@ def _finish_fabricated(graph: DemoGraph, run_dir) -> None:
             variants = list(stage.params["perturbations"])
             if stage.name.startswith("eval/cap/"):
                 k = {"pretrained": 0, "sft": 3, "aux": 5}[stage.name.rsplit("/", 1)[1]]
+            elif stage.name in ("eval/down/pretrained", "eval/down/meta"):
+                k = 0 if stage.name.endswith("pretrained") else 1
             else:
                 run = next(r for r in graph.runs if stage.name.startswith(f"eval/{r.stage}/"))
                 budget = int(stage.name.rsplit("step", 1)[1]) if "/step" in stage.name else run.budgets[-1]
@@ -84,6 +86,9 @@ def test_results_pool_seeds_and_judge_findings(finished_run):
     assert res["methods"]["sft"]["ood_pooled"]["k"] == sum((SUCCESS["sft"][-1] + s % 2) // 2 for s in cfg.seeds)
     assert math.isclose(res["cost_ratio_vs_sft"]["aux"], 400.0 / 300.0)
     assert res["tuners"] == ["full", "lora", "gse"]
+    # Step 0: θ_pre for the methods that start there, θ_meta for CapVector.
+    assert res["methods"]["sft"]["start"]["k"] == 0 and res["methods"]["capvector"]["start"]["k"] == 1
+    assert res["methods"]["tuner-lora"]["start"] is None
 
 
 def test_report_has_tables_plots_and_config(finished_run):

@@ -105,6 +105,10 @@ class DemoGraph:
             self._eval(self._policy(stage), "cap", (stage,), f"eval/cap/{who}")
         vectors = {c.vector_preset: self._vector(c.vector_preset, pre, cap_runs)}
         meta = self._meta(pre, vectors[c.vector_preset], c.vector_weight, "meta/main")
+        # Step 0 of the downstream curves: each starting point on D_down before any downstream training.
+        self.init_evals = {init: self._eval(self._policy(init), "down", (init,), f"eval/down/{who}")
+                           for init, who in ((pre, "pretrained"), (meta, "meta"))}
+        self.init_of: dict[str, str] = {}  # method → its starting stage
 
         down_kwargs = dict(pre=pre, data=down_data)
         methods: dict[str, dict[str, Any]] = {
@@ -115,6 +119,7 @@ class DemoGraph:
         for w in c.orth_sweep:
             methods[f"capvector@orth={w:g}"] = dict(init=meta, orth=(vectors[c.vector_preset], w))
         for method, spec in methods.items():
+            self.init_of[method] = spec["init"]
             for seed in c.seeds:
                 self._downstream(method, seed, c.down_budgets, **down_kwargs, **spec)
 

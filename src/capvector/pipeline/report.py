@@ -46,12 +46,14 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
         out.append(f"τ_cap = θ_aux − θ_sft ({c['vector_preset']}): {res['vector'].get('tensors')} tensors, "
                    f"‖τ‖ = {res['vector'].get('norm', float('nan')):.4g}; θ_meta = θ_pre + {c['vector_weight']}·τ_cap.")
     out += ["", "## Downstream success vs training steps (Table 1 / Fig. 2 analogue)", "",
-            "| method | " + " | ".join(f"{b} steps" for b in budgets) + " |",
-            "| --- | " + " | ".join("---" for _ in budgets) + " |"]
+            "Step 0 is the starting point before downstream training (θ_pre, or θ_meta for CapVector).", "",
+            "| method | 0 steps | " + " | ".join(f"{b} steps" for b in budgets) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in budgets) + " |"]
     for m, v in methods.items():
         if m.startswith("tuner-") or not all(b in v["budgets"] for b in budgets):
             continue
-        out.append(f"| {v['label']} | " + " | ".join(_pc(v["budgets"][b]) for b in budgets) + " |")
+        out.append(f"| {v['label']} | {_pc(v.get('start'))} | " + " | ".join(_pc(v["budgets"][b]) for b in budgets)
+                   + " |")
     out += ["", "![success vs steps](success_vs_steps.png)", "", "## Cost", "",
             "| method | s / step | × SFT | trainable params |", "| --- | --- | --- | --- |"]
     for m, v in methods.items():
@@ -131,7 +133,10 @@ def plot_all(res: dict[str, Any], directory: Path) -> list[Path]:
     for m, v in methods.items():
         if m.startswith("tuner-") or not all(b in v["budgets"] for b in budgets):
             continue
-        errbar(ax, [int(b) for b in budgets], [v["budgets"][b] for b in budgets], label=v["label"])
+        xs, rows = [int(b) for b in budgets], [v["budgets"][b] for b in budgets]
+        if v.get("start"):
+            xs, rows = [0, *xs], [v["start"], *rows]
+        errbar(ax, xs, rows, label=v["label"])
     ax.set(xlabel="downstream training steps", ylabel="success % (D_down)", ylim=(-2, 102),
            title="Success vs training steps")
     ax.legend(fontsize=7)

@@ -76,7 +76,10 @@ class ResultsBuilder:
                 "s_per_step": self.cfg.batch_size * len(rates) / sum(rates) if rates else None,
                 "train_s_per_run": sum(s for s in seconds if s) / max(1, len(seconds)),
                 "trainable_parameters": trains[0].get("trainable_parameters")}
-        return {"label": METHOD_LABELS.get(method, method), "seeds": [r.seed for r in runs], "budgets": budgets,
+        init = self.g.init_of.get(method)
+        start = pooled([self._eval(self.g.init_evals[init])]) if init else None
+        return {"label": METHOD_LABELS.get(method, method), "seeds": [r.seed for r in runs], "start": start,
+                "budgets": budgets,
                 "ood": ood, "ood_pooled": _pool_variants(ood), "cost": cost}
 
     def build(self, total_s: float | None = None) -> dict[str, Any]:
