@@ -59,7 +59,7 @@ class PipelineConfig:
     eval_seed: int = 1000
     max_steps: int = 150
     workers: int = 2
-    ood_perturbations: tuple[str, ...] = ("camera:0.5", "distractors:0.5")
+    ood_perturbations: tuple[str, ...] = ("camera:0.5", "lighting:0.7", "colors:0.5", "distractors:0.5")
     ood_episodes: int = 10  # per task, seed and perturbation
     videos: int = 1
     threads: int = 2
@@ -115,8 +115,7 @@ MODE_SETTINGS: dict[str, dict[str, Any]] = {
                   ood_perturbations=("camera:0.5",)),
     "default": {},
     "extended": dict(weight_sweep=(0.5, 1.5, 2.0), orth_sweep=(1e-5, 1e-3),
-                     down_budgets=(150, 400, 1500),
-                     ood_perturbations=("camera:0.5", "lighting:0.7", "colors:0.5", "distractors:0.5")),
+                     down_budgets=(150, 400, 1500)),
 }
 
 
