@@ -249,7 +249,7 @@ def eval_libero(
 ) -> None:
     """Roll out a policy on a LIBERO suite (extra capvector[libero]); success rates with 95% Wilson intervals."""
     from capvector.integrations.libero import LiberoConfig, evaluate_libero, load_policy
-    from capvector.sim.evaluate import write_json
+    from capvector.sim.commands import report_eval
 
     model = load_policy(policy, tuple(policy_arg or ()))
     size = image_size or getattr(getattr(model, "config", None), "image_size", None) or 256
@@ -259,19 +259,8 @@ def eval_libero(
         raise CapvectorError(f"--tasks {tasks!r}: expected comma-separated integers, e.g. 0,3,7") from None
     cfg = LiberoConfig(suite=suite, tasks=indices, episodes=episodes, image_size=size, max_steps=max_steps,
                        wait_steps=wait_steps, execute=execute, seed=seed, rotate_images=rotate)
-    result = evaluate_libero(model, cfg).summary()
-    if output:
-        write_json(result, output)
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    for row in result["per_task"]:
-        lo, hi = row["ci95"]
-        typer.echo(f"{row['task'][:60]:<60} {row['pc_success']:5.1f}% [{lo:5.1f}, {hi:5.1f}]  "
-                   f"len {row['avg_length']:.0f}")
-    o = result["overall"]
-    typer.echo(f"{suite}: {o['pc_success']:.1f}% [{o['ci95'][0]:.1f}, {o['ci95'][1]:.1f}] over {o['n_episodes']} "
-               f"episodes, {result['eval_ep_s']:.2f} s/episode")
+    report_eval(evaluate_libero(model, cfg).summary(), output, as_json,
+                row_label=lambda row: f"{row['task'][:60]:<60}", overall_label=f"{suite}:")
 
 
 @app.command()

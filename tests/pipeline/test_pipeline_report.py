@@ -85,6 +85,10 @@ def test_results_pool_seeds_and_judge_findings(finished_run):
     # OOD: the fabricated perturbed runs succeed half as often; pooled over the one variant of quick mode.
     assert res["methods"]["sft"]["ood_pooled"]["k"] == sum((SUCCESS["sft"][-1] + s % 2) // 2 for s in cfg.seeds)
     assert math.isclose(res["cost_ratio_vs_sft"]["aux"], 400.0 / 300.0)
+    assert res["extraction_s"] == {"sft": 1.0, "aux": 1.0, "extract": 1.0, "merge": 1.0}  # every marker says 1 s
+    gse_full = next(f for f in res["findings"] if f["key"] == "gse_beats_full")
+    gse, full = res["methods"]["tuner-gse"]["budgets"][final], res["methods"]["tuner-full"]["budgets"][final]
+    assert math.isclose(gse_full["diff_pp"], 100 * (gse["k"] / gse["n"] - full["k"] / full["n"]))
     assert res["tuners"] == ["full", "lora", "gse"]
     # Step 0: θ_pre for the methods that start there, θ_meta for CapVector.
     assert res["methods"]["sft"]["start"]["k"] == 0 and res["methods"]["capvector"]["start"]["k"] == 1
@@ -96,7 +100,7 @@ def test_report_has_tables_plots_and_config(finished_run):
     regenerate_report(run_dir)
     text = (run_dir / "report.md").read_text()
     for needle in ("## Findings against the papers", "CapVector: SFT from θ_meta + L_orth", "VLA-GSE", "λ_orth",
-                   "| θ_aux |", '"mode": "quick"'):
+                   "| θ_aux |", '"mode": "quick"', "one-time extraction", "= 4 s.", "| steps / run |"):
         assert needle in text, needle
     for name in PLOTS:
         assert (run_dir / name).stat().st_size > 1000, name

@@ -20,18 +20,11 @@ from typing import Any
 import numpy as np
 
 from capvector.errors import CapvectorError
+from capvector.io.hashing import file_sha256
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KEYS = {"image": 5, "depth": 4, "proprio": 2, "actions": 2, "state": 2, "intrinsics": 3, "cam_to_world": 4}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
@@ -82,7 +75,7 @@ def verify_episode(root: Path, entry: dict[str, Any]) -> None:
     path = root / entry["file"]
     if not path.is_file():
         raise CapvectorError(f"dataset {root}: episode file {entry['file']} is missing")
-    found = sha256_file(path)
+    found = file_sha256(path)
     if found != entry["sha256"]:
         raise CapvectorError(f"dataset {root}: checksum mismatch for {entry['file']}: "
                              f"expected sha256 {entry['sha256']}, found {found}")

@@ -55,12 +55,16 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
         out.append(f"| {v['label']} | {_pc(v.get('start'))} | " + " | ".join(_pc(v["budgets"][b]) for b in budgets)
                    + " |")
     out += ["", "![success vs steps](success_vs_steps.png)", "", "## Cost", "",
-            "| method | s / step | × SFT | trainable params |", "| --- | --- | --- | --- |"]
+            "| method | s / step | × SFT | steps / run | s / run | trainable params |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for m, v in methods.items():
         cost = v["cost"]
         params = cost.get("trainable_parameters")
         out.append(f"| {v['label']} | {_num(cost['s_per_step'], 3)} | {_num(res['cost_ratio_vs_sft'].get(m), 2)} | "
+                   f"{cost.get('steps_per_run', '-')} | {_num(cost.get('train_s_per_run'), 0)} | "
                    f"{f'{params:,}' if params else '-'} |")
+    out += ["", "s / run is the training stage's wall time per seed (data loading and snapshots included).", ""]
+    out += _extraction_line(res.get("extraction_s"), c)
     out += ["", "![cost](cost.png)", "", "## Out of distribution (perturbed D_down, final budget)", ""]
     variants = sorted({k for v in methods.values() for k in v["ood"]})
     out += ["| method | " + " | ".join(variants) + " | pooled |", "| --- |" + " --- |" * (len(variants) + 1)]
@@ -91,6 +95,16 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
         out += ["## Rollout videos", ""] + [f"- [{Path(v).name}]({v})" for v in videos] + [""]
     out += ["## Configuration", "", "```json", _json(c), "```", ""]
     return "\n".join(out)
+
+
+def _extraction_line(ext: dict[str, float | None] | None, c: dict[str, Any]) -> list[str]:
+    """CapVector's one-time cost (older runs' results.json lack it: no line)."""
+    if not ext or ext.get("sft") is None or ext.get("aux") is None:
+        return []
+    once = sum(v for v in ext.values() if v)
+    return [f"CapVector's one-time extraction, shared by every downstream fine-tune from θ_meta: θ_sft "
+            f"{ext['sft']:.0f} s + θ_aux {ext['aux']:.0f} s ({c['cap_steps']} steps each on D_cap) + extract "
+            f"{_num(ext.get('extract'), 1)} s + merge {_num(ext.get('merge'), 1)} s = {once:.0f} s."]
 
 
 def _num(x: float | None, digits: int) -> str:

@@ -75,12 +75,19 @@ class ResultsBuilder:
         cost = {"samples_per_s": sum(rates) / len(rates) if rates else None,
                 "s_per_step": self.cfg.batch_size * len(rates) / sum(rates) if rates else None,
                 "train_s_per_run": sum(s for s in seconds if s) / max(1, len(seconds)),
+                "steps_per_run": max(runs[0].budgets),
                 "trainable_parameters": trains[0].get("trainable_parameters")}
         init = self.g.init_of.get(method)
         start = pooled([self._eval(self.g.init_evals[init])]) if init else None
         return {"label": METHOD_LABELS.get(method, method), "seeds": [r.seed for r in runs], "start": start,
                 "budgets": budgets,
                 "ood": ood, "ood_pooled": _pool_variants(ood), "cost": cost}
+
+    def _extraction_seconds(self) -> dict[str, float | None]:
+        """CapVector's one-time cost, paid once per vector and shared by every downstream fine-tune."""
+        c = self.cfg
+        return {"sft": self._seconds("cap/sft"), "aux": self._seconds("cap/aux"),
+                "extract": self._seconds(f"vector/{slug(c.vector_preset)}"), "merge": self._seconds("meta/main")}
 
     def build(self, total_s: float | None = None) -> dict[str, Any]:
         c = self.cfg
@@ -108,12 +115,13 @@ class ResultsBuilder:
         finding("capvector_ood_beats_sft", "CapVector beats SFT under the OOD perturbations (pooled)",
                 methods["capvector"]["ood_pooled"], methods["sft"]["ood_pooled"], "greater")
         tuners = {m.removeprefix("tuner-"): methods[m] for m in methods if m.startswith("tuner-")}
-        if "gse" in tuners and "lora" in tuners:
-            tb = str(c.tuner_steps)
-            finding("gse_beats_lora", "VLA-GSE beats LoRA in distribution", tuners["gse"]["budgets"][tb],
-                    tuners["lora"]["budgets"][tb], "greater")
-            finding("gse_beats_lora_ood", "VLA-GSE beats LoRA out of distribution (pooled perturbations)",
-                    tuners["gse"]["ood_pooled"], tuners["lora"]["ood_pooled"], "greater")
+        tb = str(c.tuner_steps)
+        for other, label in (("lora", "LoRA"), ("full", "full fine-tuning")):
+            if "gse" in tuners and other in tuners:
+                finding(f"gse_beats_{other}", f"VLA-GSE beats {label} in distribution", tuners["gse"]["budgets"][tb],
+                        tuners[other]["budgets"][tb], "greater")
+                finding(f"gse_beats_{other}_ood", f"VLA-GSE beats {label} out of distribution (pooled perturbations)",
+                        tuners["gse"]["ood_pooled"], tuners[other]["ood_pooled"], "greater")
         sft_cost = methods["sft"]["cost"]["s_per_step"]
         cost_ratio = {m: (v["cost"]["s_per_step"] / sft_cost if sft_cost and v["cost"]["s_per_step"] else None)
                       for m, v in methods.items()}
@@ -134,7 +142,7 @@ class ResultsBuilder:
             "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(), "total_s": total_s,
             "config": c.to_dict(), "cap": cap, "vector": self._summary(f"vector/{slug(c.vector_preset)}"),
             "methods": methods, "main_methods": list(MAIN_METHODS), "findings": findings,
-            "cost_ratio_vs_sft": cost_ratio, "merge_choices": merge_choices,
+            "cost_ratio_vs_sft": cost_ratio, "extraction_s": self._extraction_seconds(), "merge_choices": merge_choices,
             "orth_sweep": sorted(orth_sweep, key=lambda r: r["orth_weight"]),
             "tuners": list(tuners),
         }

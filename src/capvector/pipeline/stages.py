@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError
+from capvector.io.hashing import file_sha256
 from capvector.policy.files import atomic_write_text
 
 MARKER = ".stage.json"
@@ -51,14 +52,6 @@ class StageOutcome:
     status: str  # "cached" | "ran" | "resumed"
     seconds: float
     summary: dict[str, Any]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _output_files(directory: Path) -> list[Path]:
@@ -100,7 +93,7 @@ class StageRunner:
         files = record.get("files", {})
         for rel, meta in files.items():
             path = directory / rel
-            if not path.is_file() or path.stat().st_size != meta["bytes"] or _sha256(path) != meta["sha256"]:
+            if not path.is_file() or path.stat().st_size != meta["bytes"] or file_sha256(path) != meta["sha256"]:
                 return False, f"output {rel} missing or changed"
         if {str(p.relative_to(directory)) for p in _output_files(directory)} - set(files):
             return False, "unrecorded files in the output"
@@ -149,7 +142,7 @@ class StageRunner:
         t0 = time.perf_counter()
         summary = stage.run(directory) or {}
         seconds = time.perf_counter() - t0
-        files = {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files = {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                  for p in _output_files(directory)}
         record = {"format": STAGE_FORMAT, "name": stage.name, "fingerprint": fp, "params": stage.params,
                   "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

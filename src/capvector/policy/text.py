@@ -87,13 +87,16 @@ class MiniLMEmbedder(_Cached):
         from transformers.utils import logging as hf_logging
 
         path = get_model_path()
-        verbosity = hf_logging.get_verbosity()
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per training stage is noise in our logs
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self._model = AutoModel.from_pretrained(path, local_files_only=True).eval()
         finally:
             hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
         for p in self._model.parameters():
             p.requires_grad_(False)
 

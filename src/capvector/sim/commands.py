@@ -80,7 +80,7 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Roll out a policy in the simulator; success rates with 95% Wilson intervals."""
-    from capvector.sim.evaluate import EvalConfig, evaluate, write_json
+    from capvector.sim.evaluate import EvalConfig, evaluate
 
     perts = tuple(parse_perturbation(p) for p in (perturb or ["none"]))
     if videos and video_dir is None:
@@ -95,7 +95,14 @@ def eval_command(
         if isinstance(have, int) and have != want:
             raise CapvectorError(f"--policy {policy}: policy config {field}={have} but the simulator is set to "
                                  f"{want}; pass matching --image-size / --cameras")
-    result = evaluate(model, cfg).summary()
+    report_eval(evaluate(model, cfg).summary(), output, as_json,
+                row_label=lambda row: f"{row['task']:<26} {row['variant']:<16}", overall_label="overall")
+
+
+def report_eval(result: dict, output: Path | None, as_json: bool, row_label, overall_label: str) -> None:
+    """Write an eval summary to `output` (JSON) and print it: one JSON line, or a line per task and a total."""
+    from capvector.sim.evaluate import write_json
+
     if output:
         write_json(result, output)
     if as_json:
@@ -103,8 +110,7 @@ def eval_command(
         return
     for row in result["per_task"]:
         lo, hi = row["ci95"]
-        typer.echo(f"{row['task']:<26} {row['variant']:<16} {row['pc_success']:5.1f}% "
-                   f"[{lo:5.1f}, {hi:5.1f}]  len {row['avg_length']:.0f}")
+        typer.echo(f"{row_label(row)} {row['pc_success']:5.1f}% [{lo:5.1f}, {hi:5.1f}]  len {row['avg_length']:.0f}")
     o = result["overall"]
-    typer.echo(f"overall {o['pc_success']:.1f}% [{o['ci95'][0]:.1f}, {o['ci95'][1]:.1f}] "
+    typer.echo(f"{overall_label} {o['pc_success']:.1f}% [{o['ci95'][0]:.1f}, {o['ci95'][1]:.1f}] "
                f"over {o['n_episodes']} episodes, {result['eval_ep_s']:.2f} s/episode")
