@@ -31,14 +31,19 @@ MODES = {
 }
 
 
-def _vector(policy, directory: str) -> str:
-    """A capability vector for `policy`: τ = small seeded noise on every weight (extract of θ+τ vs θ)."""
+def _vector(config, directory: str) -> str:
+    """A capability vector for the policy architecture `config`: τ = small seeded noise on every weight.
+
+    Built on a fresh policy (PEFT tuners rename the trained one's modules); the regulariser only needs the
+    vector's names and values, and reads W_meta from the model it regularises."""
     import torch
 
     from capvector.policy import TinyVLA, save_policy
     from capvector.vectors import extract
 
-    moved = TinyVLA(policy.config)
+    torch.manual_seed(0)
+    policy = TinyVLA(config)
+    moved = TinyVLA(config)
     moved.load_state_dict(policy.state_dict())
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -83,7 +88,7 @@ def _child(mode: str, threads: int, batch: int, steps: int, width: int, depth: i
         if orth_mode:
             from capvector.orth import OrthogonalRegularizer
 
-            vec = _vector(trainer.policy, d)
+            vec = _vector(pcfg, d)
             trainer.add_regularizer("orth", OrthogonalRegularizer.from_vector(trainer.model, vec, mode=orth_mode))
         t = time.perf_counter()
         result = trainer.train()
