@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -99,7 +100,8 @@ def eval_command(
                 row_label=lambda row: f"{row['task']:<26} {row['variant']:<16}", overall_label="overall")
 
 
-def report_eval(result: dict, output: Path | None, as_json: bool, row_label, overall_label: str) -> None:
+def report_eval(result: dict, output: Path | None, as_json: bool, row_label: Callable[[dict], str],
+                overall_label: str) -> None:
     """Write an eval summary to `output` (JSON) and print it: one JSON line, or a line per task and a total."""
     from capvector.sim.evaluate import write_json
 
