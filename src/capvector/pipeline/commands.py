@@ -21,7 +21,7 @@ def _finish(results: dict, run_dir: Path, started: float) -> None:
 
 
 def demo_command(
-    quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (≈5 min): checks the pipeline, not effects.")]
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (≈2 min): checks the pipeline, not effects.")]
     = False,
     extended: Annotated[bool, typer.Option("--extended", help="Adds λ, selection and λ_orth sweeps.")] = False,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/demo-<mode>).")] = None,
