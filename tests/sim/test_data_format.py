@@ -93,3 +93,25 @@ def test_incomplete_and_foreign_directories_are_refused(dataset, tmp_path):
         open_dataset(copy)
     with pytest.raises(CapvectorError, match="no manifest.json"):
         open_dataset(tmp_path)
+
+
+def test_perturbed_collection_varies_the_camera_per_episode(dataset, tmp_path):
+    """Same seeds with camera:0.5: the expert still succeeds, but every episode has its own camera pose,
+    different from the unperturbed dataset's single pose, and recorded in the stored extrinsics."""
+    from capvector.sim.perturb import Perturbation
+
+    moved = tmp_path / "moved"
+    manifest = collect(moved, ["reach-v3"], 2, seed=1, sim=SIM, progress=False,
+                       perturbation=Perturbation("camera", 0.5))
+    assert manifest["settings"]["perturbation"] == "camera:0.5"
+
+    def first_pose(root, i):
+        entry = json.loads((root / "manifest.json").read_text())["episodes"][i]
+        with np.load(root / entry["file"]) as z:
+            return z["cam_to_world"][0]
+
+    pose, fixed = [first_pose(moved, i) for i in range(2)], first_pose(dataset, 0)
+    assert not np.allclose(pose[0], pose[1]) and not np.allclose(pose[0], fixed)
+    assert np.allclose(first_pose(dataset, 1), fixed)
+    with pytest.raises(CapvectorError, match="perturbation"):
+        collect(moved, ["reach-v3"], 2, seed=1, sim=SIM, progress=False)  # resuming needs the same settings

@@ -21,11 +21,13 @@ from capvector.errors import CapvectorError
 from capvector.sim.env import SimConfig, SimEnv
 from capvector.sim.evaluate import episode_seed
 from capvector.sim.experts import ScriptedExpert
+from capvector.sim.perturb import Perturbation
 
 
-def record_episode(env: SimEnv, expert: ScriptedExpert, seed: int) -> tuple[dict[str, np.ndarray], bool]:
+def record_episode(env: SimEnv, expert: ScriptedExpert, seed: int,
+                   perturbation: Perturbation | None = None) -> tuple[dict[str, np.ndarray], bool]:
     """Run the expert once, rendering every step; returns (arrays, success)."""
-    env.reset(seed)
+    env.reset(seed, perturbation)
     expert.bind(env)
     rng = np.random.default_rng([seed, 31])
     frames: dict[str, list[np.ndarray]] = {k: [] for k in ("image", "depth", "proprio", "actions", "state",
@@ -49,18 +51,24 @@ def record_episode(env: SimEnv, expert: ScriptedExpert, seed: int) -> tuple[dict
 
 def collect(output: str | Path, tasks: list[str], episodes: int, seed: int = 0, noise: float = 0.0,
             sim: SimConfig | None = None, keep_failed: bool = False, max_attempts_factor: int = 3,
-            progress: bool = True, split: str | None = None) -> dict[str, Any]:
-    """Write (or resume) a dataset of `episodes` kept episodes per task; returns the manifest."""
+            progress: bool = True, split: str | None = None,
+            perturbation: Perturbation | None = None) -> dict[str, Any]:
+    """Write (or resume) a dataset of `episodes` kept episodes per task; returns the manifest.
+
+    `perturbation` varies each episode's scene (e.g. camera:0.5 draws a camera pose per episode from its
+    seed), so the recorded images, depth and camera extrinsics cover that variation."""
     root = Path(output)
     sim = sim or SimConfig()
     settings = {"tasks": list(tasks), "episodes_per_task": episodes, "seed": seed, "noise": noise,
                 "sim": asdict(sim), "keep_failed": keep_failed, "split": split}
+    if perturbation is not None and perturbation.name != "none":
+        settings["perturbation"] = perturbation.label  # absent otherwise, so older datasets still resume
     settings = json.loads(json.dumps(settings))  # as stored (tuples become lists), so a resume compares equal
     if (root / MANIFEST).exists():
         manifest = read_manifest(root)
         old = dict(manifest["settings"], episodes_per_task=episodes)  # more episodes per task extends a dataset
         if old != settings:
-            diff = sorted(k for k in settings if old.get(k) != settings[k])
+            diff = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
             raise CapvectorError(f"dataset {root}: exists with different settings {diff}; "
                                  "choose another output or the same options to resume")
         for e in manifest["episodes"]:
@@ -91,7 +99,7 @@ def collect(output: str | Path, tasks: list[str], episodes: int, seed: int = 0, 
                         raise CapvectorError(f"collect {task}: only {kept}/{episodes} successful episodes in "
                                              f"{attempt} attempts; use --keep-failed or lower --noise")
                     ep_seed = episode_seed(seed, task, attempt)
-                    arrays, success = record_episode(env, expert, ep_seed)
+                    arrays, success = record_episode(env, expert, ep_seed, perturbation)
                     attempt += 1
                     manifest["attempts"][task] = attempt
                     if success or keep_failed:

@@ -31,6 +31,8 @@ def collect_command(
     cameras: Annotated[str, typer.Option(help="Comma-separated MuJoCo camera names (1 or 2).")] = "corner3",
     max_steps: Annotated[int, typer.Option(help="Episode step limit.")] = 200,
     keep_failed: Annotated[bool, typer.Option(help="Also keep episodes the expert failed.")] = False,
+    perturb: Annotated[str, typer.Option(
+        help="Vary every episode's scene: NAME[:SEVERITY], e.g. camera:0.5 (a camera pose per episode).")] = "none",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Record scripted-expert demonstrations (images, depth, camera geometry, proprio, actions)."""
@@ -40,7 +42,7 @@ def collect_command(
         raise CapvectorError(f"--episodes: expected ≥ 1, found {episodes}")
     manifest = collect(output, split_tasks(split), episodes, seed=seed, noise=noise,
                        sim=_sim_config(image_size, cameras, max_steps), keep_failed=keep_failed,
-                       progress=sys.stderr.isatty(), split=split)
+                       progress=sys.stderr.isatty(), split=split, perturbation=parse_perturbation(perturb))
     eps = manifest["episodes"]
     summary = {"output": str(output), "episodes": len(eps), "steps": sum(e["length"] for e in eps),
                "bytes": sum(e["bytes"] for e in eps), "collect_s": manifest["collect_s"]}
