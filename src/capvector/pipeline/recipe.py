@@ -105,6 +105,8 @@ class DemoGraph:
             self._eval(self._policy(stage), "cap", (stage,), f"eval/cap/{who}")
         vectors = {c.vector_preset: self._vector(c.vector_preset, pre, cap_runs)}
         meta = self._meta(pre, vectors[c.vector_preset], c.vector_weight, "meta/main")
+        # CapVector's one-time work, before any downstream fine-tune: role → stage
+        self.extraction = {**cap_runs, "extract": vectors[c.vector_preset], "merge": meta}
         # Step 0 of the downstream curves: each starting point on D_down before any downstream training.
         self.init_evals = {init: self._eval(self._policy(init), "down", (init,), f"eval/down/{who}")
                            for init, who in ((pre, "pretrained"), (meta, "meta"))}

@@ -59,10 +59,9 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
             "| --- | --- | --- | --- | --- | --- |"]
     for m, v in methods.items():
         cost = v["cost"]
-        params = cost.get("trainable_parameters")
         out.append(f"| {v['label']} | {_num(cost['s_per_step'], 3)} | {_num(res['cost_ratio_vs_sft'].get(m), 2)} | "
                    f"{cost.get('steps_per_run', '-')} | {_num(cost.get('train_s_per_run'), 0)} | "
-                   f"{f'{params:,}' if params else '-'} |")
+                   f"{_count(cost.get('trainable_parameters'))} |")
     out += ["", "s / run is the training stage's wall time per seed (data loading and snapshots included).", ""]
     out += _extraction_line(res.get("extraction_s"), c)
     out += ["", "![cost](cost.png)", "", "## Out of distribution (perturbed D_down, final budget)", ""]
@@ -87,8 +86,7 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
                 "| tuner | trainable params | in distribution | OOD pooled |", "| --- | --- | --- | --- |"]
         for t in res["tuners"]:
             v = methods[f"tuner-{t}"]
-            params = v["cost"].get("trainable_parameters")
-            out.append(f"| {v['label']} | {f'{params:,}' if params else '-'} | "
+            out.append(f"| {v['label']} | {_count(v['cost'].get('trainable_parameters'))} | "
                        f"{_pc(v['budgets'][str(c['tuner_steps'])])} | {_pc(v['ood_pooled'])} |")
         out += ["", "![tuners](tuners.png)", ""]
     if videos:
@@ -105,6 +103,10 @@ def _extraction_line(ext: dict[str, float | None] | None, c: dict[str, Any]) -> 
     return [f"CapVector's one-time extraction, shared by every downstream fine-tune from θ_meta: θ_sft "
             f"{ext['sft']:.0f} s + θ_aux {ext['aux']:.0f} s ({c['cap_steps']} steps each on D_cap) + extract "
             f"{_num(ext.get('extract'), 1)} s + merge {_num(ext.get('merge'), 1)} s = {once:.0f} s."]
+
+
+def _count(n: int | None) -> str:
+    return "-" if not n else f"{n:,}"
 
 
 def _num(x: float | None, digits: int) -> str:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from capvector.pipeline.recipe import MAIN_METHODS, METHOD_LABELS, DemoGraph, slug
+from capvector.pipeline.recipe import MAIN_METHODS, METHOD_LABELS, DemoGraph
 from capvector.pipeline.stages import MARKER
 from capvector.pipeline.work import read_eval
 from capvector.sim.stats import newcombe_difference, wilson_interval
@@ -53,13 +53,10 @@ class ResultsBuilder:
     def _eval(self, stage: str) -> dict[str, Any]:
         return read_eval(self.g.dir(stage))
 
-    def _seconds(self, stage: str) -> float | None:
+    def _marker(self, stage: str) -> dict[str, Any]:
+        """A finished stage's record (seconds, summary, ...); {} for a stage that has none."""
         marker = self.g.dir(stage) / MARKER
-        return json.loads(marker.read_text())["seconds"] if marker.is_file() else None
-
-    def _summary(self, stage: str) -> dict[str, Any]:
-        marker = self.g.dir(stage) / MARKER
-        return json.loads(marker.read_text())["summary"] if marker.is_file() else {}
+        return json.loads(marker.read_text()) if marker.is_file() else {}
 
     def method(self, method: str, variants: tuple[str, ...] = ("none",)) -> dict[str, Any]:
         runs = [r for r in self.g.runs if r.method == method]
@@ -69,9 +66,10 @@ class ResultsBuilder:
         perturbed = [self._eval(self.g.ood_evals[(method, r.seed)]) for r in runs if (method, r.seed) in
                      self.g.ood_evals]
         ood = {v: pooled(perturbed, v) for v in (perturbed[0]["per_variant"] if perturbed else {})}
-        trains = [self._summary(r.stage) for r in runs]
+        markers = [self._marker(r.stage) for r in runs]
+        trains = [m.get("summary", {}) for m in markers]
         rates = [t["samples_per_s"] for t in trains if t.get("samples_per_s")]
-        seconds = [self._seconds(r.stage) for r in runs]
+        seconds = [m.get("seconds") for m in markers]
         cost = {"samples_per_s": sum(rates) / len(rates) if rates else None,
                 "s_per_step": self.cfg.batch_size * len(rates) / sum(rates) if rates else None,
                 "train_s_per_run": sum(s for s in seconds if s) / max(1, len(seconds)),
@@ -82,12 +80,6 @@ class ResultsBuilder:
         return {"label": METHOD_LABELS.get(method, method), "seeds": [r.seed for r in runs], "start": start,
                 "budgets": budgets,
                 "ood": ood, "ood_pooled": _pool_variants(ood), "cost": cost}
-
-    def _extraction_seconds(self) -> dict[str, float | None]:
-        """CapVector's one-time cost, paid once per vector and shared by every downstream fine-tune."""
-        c = self.cfg
-        return {"sft": self._seconds("cap/sft"), "aux": self._seconds("cap/aux"),
-                "extract": self._seconds(f"vector/{slug(c.vector_preset)}"), "merge": self._seconds("meta/main")}
 
     def build(self, total_s: float | None = None) -> dict[str, Any]:
         c = self.cfg
@@ -122,6 +114,8 @@ class ResultsBuilder:
                         tuners[other]["budgets"][tb], "greater")
                 finding(f"gse_beats_{other}_ood", f"VLA-GSE beats {label} out of distribution (pooled perturbations)",
                         tuners["gse"]["ood_pooled"], tuners[other]["ood_pooled"], "greater")
+        # CapVector's one-time cost, paid once per vector and shared by every downstream fine-tune
+        extraction_s = {role: self._marker(stage).get("seconds") for role, stage in self.g.extraction.items()}
         sft_cost = methods["sft"]["cost"]["s_per_step"]
         cost_ratio = {m: (v["cost"]["s_per_step"] / sft_cost if sft_cost and v["cost"]["s_per_step"] else None)
                       for m, v in methods.items()}
@@ -140,9 +134,9 @@ class ResultsBuilder:
                        for m, v in methods.items() if m.startswith("capvector@orth=")]
         return {
             "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(), "total_s": total_s,
-            "config": c.to_dict(), "cap": cap, "vector": self._summary(f"vector/{slug(c.vector_preset)}"),
+            "config": c.to_dict(), "cap": cap, "vector": self._marker(self.g.extraction["extract"]).get("summary", {}),
             "methods": methods, "main_methods": list(MAIN_METHODS), "findings": findings,
-            "cost_ratio_vs_sft": cost_ratio, "extraction_s": self._extraction_seconds(), "merge_choices": merge_choices,
+            "cost_ratio_vs_sft": cost_ratio, "extraction_s": extraction_s, "merge_choices": merge_choices,
             "orth_sweep": sorted(orth_sweep, key=lambda r: r["orth_weight"]),
             "tuners": list(tuners),
         }
