@@ -214,13 +214,19 @@ def inspect(
 
 def _register_subsystem_commands() -> None:
     """Commands whose implementation lives with their subsystem (each module stays importable alone)."""
-    from capvector.pipeline.commands import demo_command, pipeline_command, pretrain_command, report_command
+    from capvector.pipeline.commands import (
+        demo_command,
+        pipeline_command,
+        pretrain_command,
+        report_command,
+        teacher_pretrain_command,
+    )
     from capvector.sim.commands import collect_command, eval_command
     from capvector.train.cli import train_command
 
     for name, fn in (("demo", demo_command), ("pipeline", pipeline_command), ("report", report_command),
                      ("collect", collect_command), ("train", train_command), ("eval", eval_command),
-                     ("pretrain", pretrain_command)):
+                     ("pretrain", pretrain_command), ("teacher-pretrain", teacher_pretrain_command)):
         app.command(name)(user_errors(fn))
 
 

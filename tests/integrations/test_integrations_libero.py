@@ -101,7 +101,7 @@ class PushRight:
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Textbook Wilson score interval, written here independently of capvector.sim.stats."""
+    """Textbook Wilson score interval, written here independently of capvector.stats."""
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))

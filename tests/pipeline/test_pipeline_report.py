@@ -10,14 +10,16 @@ import pytest
 
 from capvector.errors import CapvectorError
 from capvector.pipeline import CONFIG_FILE, PipelineConfig, regenerate_report
+from capvector.pipeline.config import MODE_SETTINGS
 from capvector.pipeline.recipe import DemoGraph
 from capvector.pipeline.report import PLOTS
 from capvector.pipeline.results import verdict
 from capvector.pipeline.stages import MARKER, StageRunner
 from capvector.policy import PolicyConfig, TinyVLA, save_policy
-from capvector.sim.stats import newcombe_difference, wilson_interval
+from capvector.stats import newcombe_difference, wilson_interval
 
-EPISODES = 8  # per (variant) in each fabricated evaluation
+EPISODES = 10  # per (variant) in each fabricated evaluation
+SEEDS = (0, 1, 2, 3, 4)
 # Successes out of EPISODES per method at each budget index; CapVector is made clearly better than SFT.
 SUCCESS = {"sft": [1, 2], "aux": [2, 3], "capvector": [4, 7], "capvector_no_orth": [4, 6], "tuner-lora": [3],
            "tuner-gse": [5], "capvector@weight=0.5": [2], "capvector@tiny-vla-vlm": [3]}
@@ -27,6 +29,11 @@ def _eval_json(k: int, variants: list[str]) -> dict:
     per_variant = {v: {"n_episodes": EPISODES, "n_success": k if v == "none" else k // 2,
                        "pc_success": 100.0 * (k if v == "none" else k // 2) / EPISODES} for v in variants}
     return {"overall": {}, "per_variant": per_variant, "per_task": [], "episodes": []}
+
+
+def _offset(method: str, seed: int) -> int:
+    """Seed-to-seed variation: every method gains on odd seeds; CapVector also on seeds 0 and 3."""
+    return seed % 2 + (method == "capvector" and seed % 3 == 0)
 
 
 def _finish_fabricated(graph: DemoGraph, run_dir) -> None:
@@ -47,7 +54,7 @@ def _finish_fabricated(graph: DemoGraph, run_dir) -> None:
             else:
                 run = next(r for r in graph.runs if stage.name.startswith(f"eval/{r.stage}/"))
                 budget = int(stage.name.rsplit("step", 1)[1]) if "/step" in stage.name else run.budgets[-1]
-                k = SUCCESS[run.method][run.budgets.index(budget)] + run.seed % 2
+                k = SUCCESS[run.method][run.budgets.index(budget)] + _offset(run.method, run.seed)
             (d / "eval.json").write_text(json.dumps(_eval_json(k, variants)))
         elif stage.name.startswith("down/"):
             summary = {"samples_per_s": 400.0 if "/aux/" not in stage.name else 300.0, "trainable_parameters": 1000}
@@ -56,10 +63,12 @@ def _finish_fabricated(graph: DemoGraph, run_dir) -> None:
         (d / MARKER).write_text(json.dumps({"fingerprint": fp, "seconds": 1.0, "summary": summary, "files": files}))
 
 
-@pytest.fixture
-def finished_run(tmp_path):
+@pytest.fixture(params=["default"])
+def finished_run(tmp_path, request):
+    """A fabricated finished run with quick mode's small graph, five seeds, judged as `request.param` mode."""
     pre = save_policy(TinyVLA(PolicyConfig(embedder="hash", width=32, depth=1, heads=1)), tmp_path / "pre")
-    cfg = PipelineConfig.for_mode("quick", pretrained=str(pre), seeds=(0, 1))
+    cfg = PipelineConfig.for_mode(request.param, **{**MODE_SETTINGS["quick"], "pretrained": str(pre),
+                                                    "seeds": SEEDS})
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict()))
@@ -73,15 +82,24 @@ def test_results_pool_seeds_and_judge_findings(finished_run):
     assert res == json.loads((run_dir / "results.json").read_text())
     final = str(cfg.down_budgets[-1])
     cap = res["methods"]["capvector"]["budgets"][final]
-    k = sum(SUCCESS["capvector"][-1] + s % 2 for s in cfg.seeds)
+    k = sum(SUCCESS["capvector"][-1] + _offset("capvector", s) for s in cfg.seeds)
     assert (cap["k"], cap["n"]) == (k, EPISODES * len(cfg.seeds))
     lo, hi = wilson_interval(k, cap["n"])
     assert math.isclose(cap["ci95"][0], 100 * lo) and math.isclose(cap["ci95"][1], 100 * hi)
     sft = res["methods"]["sft"]["budgets"][final]
     finding = next(f for f in res["findings"] if f["key"] == f"capvector_beats_sft@{final}")
-    d, dlo, dhi = newcombe_difference(cap["k"], cap["n"], sft["k"], sft["n"])
-    assert math.isclose(finding["diff_pp"], 100 * d) and math.isclose(finding["ci95_pp"][0], 100 * dlo)
+    # The test is over seeds: per-seed differences 60, 50, 50, 60, 50 pp; mean 54, s² = 30, t(0.975, 4) = 2.776445
+    # (printed tables), so 54 ± 2.776445·√(30/5).
+    half = 2.776445 * math.sqrt(30 / 5)
+    assert math.isclose(finding["diff_pp"], 54.0)
+    assert math.isclose(finding["ci95_pp"][0], 54 - half, abs_tol=1e-4)
+    assert math.isclose(finding["ci95_pp"][1], 54 + half, abs_tol=1e-4)
+    assert finding["test"] == "paired t over seeds" and finding["seeds"] == list(SEEDS)
+    d, dlo, dhi = newcombe_difference(cap["k"], cap["n"], sft["k"], sft["n"])  # the episode-level description
+    assert math.isclose(finding["episode_diff_pp"], 100 * d) and math.isclose(finding["episode_ci95_pp"][0], 100 * dlo)
     assert finding["verdict"] == "shown"
+    assert cap["by_seed"] == {str(s): 100.0 * (SUCCESS["capvector"][-1] + _offset("capvector", s)) / EPISODES
+                              for s in SEEDS}
     # OOD: the fabricated perturbed runs succeed half as often; pooled over the one variant of quick mode.
     assert res["methods"]["sft"]["ood_pooled"]["k"] == sum((SUCCESS["sft"][-1] + s % 2) // 2 for s in cfg.seeds)
     assert math.isclose(res["cost_ratio_vs_sft"]["aux"], 400.0 / 300.0)
@@ -95,12 +113,21 @@ def test_results_pool_seeds_and_judge_findings(finished_run):
     assert res["methods"]["tuner-lora"]["start"] is None
 
 
+@pytest.mark.parametrize("finished_run", ["quick"], indirect=True)
+def test_quick_mode_assesses_nothing(finished_run):
+    run_dir, _ = finished_run
+    res = regenerate_report(run_dir)
+    assert {f["verdict"] for f in res["findings"]} == {"not assessed (quick mode)"}
+    assert "cannot test any effect" in (run_dir / "report.md").read_text()
+
+
 def test_report_has_tables_plots_and_config(finished_run):
     run_dir, _ = finished_run
     regenerate_report(run_dir)
     text = (run_dir / "report.md").read_text()
     for needle in ("## Findings against the papers", "CapVector: SFT from θ_meta + L_orth", "VLA-GSE", "λ_orth",
-                   "| θ_aux |", '"mode": "quick"', "one-time extraction", "= 4 s.", "| steps / run |"):
+                   "| θ_aux |", '"mode": "default"', "one-time extraction", "= 4 s.", "| steps / run |",
+                   "Per training seed (0, 1, 2, 3, 4)", "paired t over seeds"):
         assert needle in text, needle
     for name in PLOTS:
         assert (run_dir / name).stat().st_size > 1000, name
@@ -123,7 +150,9 @@ def test_unfinished_run_is_refused(finished_run):
     ((-3.0, 5.0), "at_least", "consistent (no significant difference)"),
 ])
 def test_verdicts(interval, claim, expected):
-    assert verdict({"ci95_pp": list(interval)}, claim) == expected
+    assert verdict({"ci95_pp": list(interval), "n_seeds": [5, 5]}, claim) == expected
+    assert verdict({"ci95_pp": list(interval), "n_seeds": [3, 3]}, claim) == expected + " — only 3 seeds"
+    assert verdict({"ci95_pp": list(interval), "n_seeds": [1, 1]}, claim) == "not assessed (one training seed)"
 
 
 def test_config_modes_and_file_errors(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 from capvector.errors import CapvectorError
 from capvector.sim import Perturbation, Policy, ScriptedExpert, SimConfig
 from capvector.sim.evaluate import EvalConfig, evaluate
-from capvector.sim.stats import newcombe_difference, wilson_interval
 from capvector.sim.tasks import SPLITS, split_tasks
+from capvector.stats import newcombe_difference, wilson_interval
 
 SIM = SimConfig(image_size=32)
 

@@ -182,9 +182,17 @@ def write_teacher_features(path: str | Path, features: Mapping[str, torch.Tensor
     return atomic_save_safetensors({k: v.float() for k, v in features.items()}, path)
 
 
+TEACHERS = ("foundation", "geometry", "geometry-residual", "precomputed")
+
+
 def make_teacher(kind: str, path: str | Path | None = None) -> Teacher:
-    """'geometry' (simulator depth, centred per sample), 'geometry-residual' (centred per token over the batch)
-    or 'precomputed' (needs `path`)."""
+    """'foundation' (the frozen scene network's features; `path` = a teacher directory, default the shipped one),
+    'geometry' (simulator depth, centred per sample), 'geometry-residual' (centred per token over the batch) or
+    'precomputed' (needs `path`)."""
+    if kind == "foundation":
+        from capvector.objectives.foundation import FoundationTeacher, SceneNet, default_teacher_dir
+
+        return FoundationTeacher(SceneNet.load(path or default_teacher_dir()))
     if kind == "geometry":
         return DepthGeometryTeacher()
     if kind == "geometry-residual":
@@ -193,4 +201,4 @@ def make_teacher(kind: str, path: str | Path | None = None) -> Teacher:
         if path is None:
             raise CapvectorError("teacher 'precomputed' needs a feature path (--teacher-path)")
         return PrecomputedTeacher(path)
-    raise CapvectorError(f"unknown teacher {kind!r}; expected 'geometry', 'geometry-residual' or 'precomputed'")
+    raise CapvectorError(f"unknown teacher {kind!r}; expected one of {', '.join(TEACHERS)}")

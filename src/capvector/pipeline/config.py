@@ -10,6 +10,7 @@ from typing import Any
 from capvector.errors import CapvectorError
 
 MODES = ("quick", "default", "extended")
+TASK_ROLES = ("pretrain", "cap", "down")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,10 @@ class PipelineConfig:
     mode: str = "default"
     pretrained: str | None = None  # policy directory; None = the weights shipped with capvector
     seeds: tuple[int, ...] = (0, 1, 2)
+    # task splits: None = the named split of `capvector.sim.tasks.SPLITS`; a list of MetaWorld v3 task names
+    pretrain_tasks: tuple[str, ...] | None = None  # what θ_pre was trained on (checked disjoint from the others)
+    cap_tasks: tuple[str, ...] | None = None  # D_cap
+    down_tasks: tuple[str, ...] | None = None  # D_down
     # data
     noise: float = 0.1
     cap_episodes: int = 10  # per D_cap task
@@ -78,6 +83,40 @@ class PipelineConfig:
         unknown = set(self.tuners) - {"full", "lora", "gse"}
         if unknown:
             raise CapvectorError(f"pipeline config: unknown tuners {sorted(unknown)}; use full, lora, gse")
+        if any(getattr(self, f"{role}_tasks") is not None for role in TASK_ROLES):
+            self._check_tasks()
+
+    def tasks(self, role: str) -> tuple[str, ...]:
+        """The task list of a role ("pretrain", "cap", "down"): the configured one, else the named split."""
+        from capvector.sim.tasks import split_tasks
+
+        configured = getattr(self, f"{role}_tasks")
+        return tuple(configured) if configured is not None else tuple(split_tasks(role))
+
+    def split_spec(self, role: str) -> str:
+        """What collection and evaluation stages are given: the split's name when it is the named split (so runs
+        cached before task lists were configurable stay valid), else the comma-separated task list."""
+        configured = getattr(self, f"{role}_tasks")
+        return role if configured is None else ",".join(configured)
+
+    def _check_tasks(self) -> None:
+        from capvector.sim.tasks import demo_ready, split_tasks
+
+        lists = {}
+        for role in TASK_ROLES:
+            tasks = self.tasks(role)
+            if not tasks or len(set(tasks)) != len(tasks):
+                raise CapvectorError(f"pipeline config: {role}_tasks must be non-empty and without repeats, "
+                                     f"found {list(tasks)}")
+            split_tasks(",".join(tasks))  # names every unknown task
+            lists[role] = set(tasks)
+        for role in ("cap", "down"):
+            demo_ready(self.tasks(role), f"{role}_tasks")
+        for a, b in (("pretrain", "cap"), ("pretrain", "down"), ("cap", "down")):
+            both = sorted(lists[a] & lists[b])
+            if both:
+                raise CapvectorError(f"pipeline config: {a}_tasks and {b}_tasks overlap in {both}; "
+                                     "downstream tasks must be held out")
 
     @property
     def down_steps(self) -> int:

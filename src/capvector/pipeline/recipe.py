@@ -89,9 +89,10 @@ class DemoGraph:
     def _build(self) -> None:
         c = self.cfg
         pre = self._add("pretrained", CopyPolicy(resolve_pretrained(c.pretrained)), label="pretrained policy θ_pre")
-        cap_data = self._add("data/cap", Collect("cap", c.cap_episodes, c.collect_seed_cap, c.noise), resumable=True,
-                             label="collect D_cap demos")
-        down_data = self._add("data/down", Collect("down", c.down_episodes, c.collect_seed_down, c.noise),
+        cap_data = self._add("data/cap", Collect(c.split_spec("cap"), c.cap_episodes, c.collect_seed_cap, c.noise),
+                             resumable=True, label="collect D_cap demos")
+        down_data = self._add("data/down",
+                              Collect(c.split_spec("down"), c.down_episodes, c.collect_seed_down, c.noise),
                               resumable=True, label="collect D_down demos")
         # Capability extraction: identical runs but for the auxiliary loss (same data, order, seed, steps).
         cap_seed = c.seeds[0]
@@ -102,13 +103,14 @@ class DemoGraph:
             cap_runs[name] = self._add(f"cap/{name}", Train(self._policy(pre), self._data(cap_data), fields),
                                        (pre, cap_data), resumable=True, label=f"θ_{name}: {name} on D_cap")
         for who, stage in (("pretrained", pre), ("sft", cap_runs["sft"]), ("aux", cap_runs["aux"])):
-            self._eval(self._policy(stage), "cap", (stage,), f"eval/cap/{who}")
+            self._eval(self._policy(stage), c.split_spec("cap"), (stage,), f"eval/cap/{who}")
         vectors = {c.vector_preset: self._vector(c.vector_preset, pre, cap_runs)}
         meta = self._meta(pre, vectors[c.vector_preset], c.vector_weight, "meta/main")
         # CapVector's one-time work, before any downstream fine-tune: role → stage
         self.extraction = {**cap_runs, "extract": vectors[c.vector_preset], "merge": meta}
         # Step 0 of the downstream curves: each starting point on D_down before any downstream training.
-        self.init_evals = {init: self._eval(self._policy(init), "down", (init,), f"eval/down/{who}")
+        self.init_evals = {init: self._eval(self._policy(init), c.split_spec("down"), (init,),
+                                            f"eval/down/{who}")
                            for init, who in ((pre, "pretrained"), (meta, "meta"))}
         self.init_of: dict[str, str] = {}  # method → its starting stage
 
@@ -186,10 +188,11 @@ class DemoGraph:
         for b in budgets:
             final = b == steps
             policy = str(self.dir(name)) if final else str(snapshot_dir(self.dir(name), b))
-            self.evals[(method, seed, b)] = self._eval(policy, "down", (name,), f"eval/{name}/step{b}",
-                                                       videos=videos if final else 0)
+            self.evals[(method, seed, b)] = self._eval(policy, c.split_spec("down"), (name,),
+                                                       f"eval/{name}/step{b}", videos=videos if final else 0)
         if ood and c.ood_perturbations:
-            self.ood_evals[(method, seed)] = self._eval(str(self.dir(name)), "down", (name,), f"eval/{name}/ood",
+            self.ood_evals[(method, seed)] = self._eval(str(self.dir(name)), c.split_spec("down"), (name,),
+                                                        f"eval/{name}/ood",
                                                         c.ood_perturbations, videos)
 
 

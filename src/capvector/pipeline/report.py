@@ -20,7 +20,18 @@ def _pc(r: dict[str, Any] | None) -> str:
 
 def _diff(f: dict[str, Any]) -> str:
     lo, hi = f["ci95_pp"]
-    return f"{f['diff_pp']:+.1f} pp [{lo:+.1f}, {hi:+.1f}]"
+    if "episode_ci95_pp" not in f:  # results.json written before seed-level tests
+        return f"{f['diff_pp']:+.1f} pp [{lo:+.1f}, {hi:+.1f}]"
+    elo, ehi = f["episode_ci95_pp"]
+    seeds = "×".join(str(n) for n in f["n_seeds"])
+    return (f"{f['diff_pp']:+.1f} pp [{lo:+.1f}, {hi:+.1f}] ({f['test']}, {seeds} seeds; episodes: "
+            f"[{elo:+.1f}, {ehi:+.1f}])")
+
+
+def _seeds(r: dict[str, Any] | None) -> str:
+    if not r or not r.get("by_seed"):
+        return "-"
+    return ", ".join(f"{v:.0f}" for v in r["by_seed"].values())
 
 
 def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
@@ -29,9 +40,14 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
     out = [f"# CapVector demo report ({c['mode']} mode)", "",
            f"{res['date']} · {res['machine']['processor']}, {res['machine']['cpus']} CPUs, torch "
            f"{res['machine']['torch']}" + (f" · total {res['total_s'] / 60:.1f} min" if res.get("total_s") else ""),
-           "", "Success rates are % of rollouts on the held-out downstream tasks (D_down), pooled over seeds "
-           f"{c['seeds']}, with 95% Wilson intervals and the number of episodes n. Differences between methods "
-           "carry Newcombe's 95% interval; a finding is **shown** only when that interval excludes zero.", "",
+           "", "Success rates are % of rollouts on the held-out downstream tasks (D_down), pooled over training seeds "
+           f"{c['seeds']}, with 95% Wilson intervals and the number of episodes n (a description: episodes of one "
+           "trained policy are not independent). A difference between methods is tested with the training seed "
+           "as the unit: the mean of per-seed differences with a paired t interval over the seeds both ran; a "
+           "finding is **shown** only when that interval excludes zero. Newcombe's episode-level interval is "
+           "printed beside it for comparison." + (" Quick mode's budgets cannot test any effect: its verdicts "
+           "read *not assessed*." if c["mode"] == "quick" else ""),
+           f"Rollout seeds: base {c['eval_seed']}, episodes 0–{c['eval_episodes'] - 1} per task and seed.", "",
            "## Findings against the papers", "", "| claim | measured difference | verdict |", "| --- | --- | --- |"]
     for f in res["findings"]:
         out.append(f"| {f['claim']} | {_diff(f)} ({f['a_pc']:.1f}% vs {f['b_pc']:.1f}%) | {f['verdict']} |")
@@ -54,6 +70,11 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
             continue
         out.append(f"| {v['label']} | {_pc(v.get('start'))} | " + " | ".join(_pc(v["budgets"][b]) for b in budgets)
                    + " |")
+    out += ["", f"Per training seed ({', '.join(map(str, c['seeds']))}), success %:", "",
+            "| method | " + " | ".join(f"{b} steps" for b in budgets) + " |",
+            "| --- | " + " | ".join("---" for _ in budgets) + " |"]
+    out += [f"| {v['label']} | " + " | ".join(_seeds(v["budgets"].get(b)) for b in budgets) + " |"
+            for v in methods.values() if any(b in v["budgets"] for b in budgets)]
     out += ["", "![success vs steps](success_vs_steps.png)", "", "## Cost", "",
             "| method | s / step | × SFT | steps / run | s / run | trainable params |",
             "| --- | --- | --- | --- | --- | --- |"]
@@ -191,8 +212,8 @@ def plot_all(res: dict[str, Any], directory: Path) -> list[Path]:
     save(fig, "orth_sweep.png")
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    names = list(methods)
-    ax.bar(range(len(names)), [methods[m]["cost"]["s_per_step"] or 0 for m in names])
+    names = [m for m in methods if methods[m]["cost"]["s_per_step"]]  # no bar for a method without a measurement
+    ax.bar(range(len(names)), [methods[m]["cost"]["s_per_step"] for m in names])
     ax.set_xticks(range(len(names)), [methods[m]["label"] for m in names], rotation=30, ha="right", fontsize=7)
     ax.set(ylabel="seconds per step", title="Training cost per step")
     save(fig, "cost.png")

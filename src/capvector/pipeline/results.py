@@ -1,5 +1,6 @@
-"""Collect a demo run's evaluations into `results.json`: success pooled over seeds with Wilson intervals, the
-papers' findings as paired differences with Newcombe intervals and a plain verdict, and each method's cost."""
+"""Collect a demo run's evaluations into `results.json`: per-seed success of every method, the papers' findings
+tested with the training seed as the unit (a paired t interval over seeds), Wilson/Newcombe intervals over
+episodes as description, and each method's cost."""
 
 from __future__ import annotations
 
@@ -12,37 +13,55 @@ from typing import Any
 from capvector.pipeline.recipe import MAIN_METHODS, METHOD_LABELS, DemoGraph
 from capvector.pipeline.stages import MARKER
 from capvector.pipeline.work import read_eval
-from capvector.sim.stats import newcombe_difference, wilson_interval
+from capvector.stats import bootstrap_difference, newcombe_difference, seed_difference, wilson_interval
+
+MIN_SEEDS = 5  # fewer training seeds than this cannot resolve the differences the papers report
 
 
-def pooled(evals: list[dict[str, Any]], variant: str = "none") -> dict[str, Any]:
-    """Episodes of one variant pooled over evaluations (seeds): n, k, %, 95% Wilson interval, per-seed %."""
-    per_seed = []
+def pooled(evals: list[dict[str, Any]], variant: str = "none", seeds: list[int] | None = None) -> dict[str, Any]:
+    """Episodes of one variant over evaluations (one per training seed): n, k, %, 95% Wilson interval (a
+    description: episodes of one seed are not independent), and `by_seed` (seed → %), the unit of inference."""
+    by_seed: dict[str, float] = {}
     n = k = 0
-    for e in evals:
+    for i, e in enumerate(evals):
         v = e["per_variant"].get(variant)
         if v is None:
             continue
         n, k = n + v["n_episodes"], k + v["n_success"]
-        per_seed.append(v["pc_success"])
+        by_seed[str(seeds[i] if seeds else i)] = v["pc_success"]
     lo, hi = wilson_interval(k, n)
-    return {"n": n, "k": k, "pc": 100.0 * k / n if n else None, "ci95": [100 * lo, 100 * hi], "per_seed": per_seed}
+    return {"n": n, "k": k, "pc": 100.0 * k / n if n else None, "ci95": [100 * lo, 100 * hi],
+            "per_seed": list(by_seed.values()), "by_seed": by_seed}
 
 
 def difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """a − b in percentage points with Newcombe's 95% interval."""
+    """a − b in percentage points: the seed-level interval (paired t over shared training seeds; the test) and a
+    bootstrap over seeds beside it, plus Newcombe's episode-level interval (a description only)."""
+    sa = {int(s): v for s, v in a.get("by_seed", {}).items()}
+    sb = {int(s): v for s, v in b.get("by_seed", {}).items()}
+    seed = seed_difference(sa, sb)
     d, lo, hi = newcombe_difference(a["k"], a["n"], b["k"], b["n"])
-    return {"diff_pp": 100 * d, "ci95_pp": [100 * lo, 100 * hi]}
+    enough = min(len(sa), len(sb)) >= 2
+    return {"diff_pp": seed["diff"], "ci95_pp": [float(x) for x in seed["ci"]], "test": seed["method"],
+            "seeds": seed["seeds"], "n_seeds": [len(sa), len(sb)],
+            "bootstrap_ci95_pp": bootstrap_difference(sa, sb) if enough else None,
+            "episode_diff_pp": 100 * d, "episode_ci95_pp": [100 * lo, 100 * hi]}
 
 
-def verdict(diff: dict[str, Any], claim: str) -> str:
-    """How a measured difference stands against a claim: 'greater' (a > b) or 'at_least' (a ≥ b)."""
+def verdict(diff: dict[str, Any], claim: str, assessed: bool = True) -> str:
+    """How a measured difference stands against a claim: 'greater' (a > b) or 'at_least' (a ≥ b), judged on the
+    seed-level interval; runs that cannot support a claim (quick mode, too few seeds) say so."""
+    if not assessed:
+        return "not assessed (quick mode)"
+    if min(diff.get("n_seeds", [0])) < 2:
+        return "not assessed (one training seed)"
     lo, hi = diff["ci95_pp"]
+    few = f" — only {min(diff['n_seeds'])} seeds" if min(diff["n_seeds"]) < MIN_SEEDS else ""
     if lo > 0:
-        return "shown"
+        return "shown" + few
     if hi < 0:
-        return "contradicted"
-    return "consistent (no significant difference)" if claim == "at_least" else "not shown (not significant)"
+        return "contradicted" + few
+    return ("consistent (no significant difference)" if claim == "at_least" else "not shown (not significant)") + few
 
 
 class ResultsBuilder:
@@ -62,10 +81,12 @@ class ResultsBuilder:
         runs = [r for r in self.g.runs if r.method == method]
         budgets: dict[str, Any] = {}
         for b in runs[0].budgets:
-            budgets[str(b)] = pooled([self._eval(self.g.evals[(method, r.seed, b)]) for r in runs])
-        perturbed = [self._eval(self.g.ood_evals[(method, r.seed)]) for r in runs if (method, r.seed) in
-                     self.g.ood_evals]
-        ood = {v: pooled(perturbed, v) for v in (perturbed[0]["per_variant"] if perturbed else {})}
+            budgets[str(b)] = pooled([self._eval(self.g.evals[(method, r.seed, b)]) for r in runs],
+                                     seeds=[r.seed for r in runs])
+        ood_runs = [r for r in runs if (method, r.seed) in self.g.ood_evals]
+        perturbed = [self._eval(self.g.ood_evals[(method, r.seed)]) for r in ood_runs]
+        ood_seeds = [r.seed for r in ood_runs]
+        ood = {v: pooled(perturbed, v, ood_seeds) for v in (perturbed[0]["per_variant"] if perturbed else {})}
         markers = [self._marker(r.stage) for r in runs]
         trains = [m.get("summary", {}) for m in markers]
         rates = [t["samples_per_s"] for t in trains if t.get("samples_per_s")]
@@ -91,7 +112,7 @@ class ResultsBuilder:
         def finding(key: str, text: str, a: dict, b: dict, claim: str) -> None:
             d = difference(a, b)
             findings.append({"key": key, "claim": text, **d, "a_pc": a["pc"], "b_pc": b["pc"], "n": [a["n"], b["n"]],
-                             "verdict": verdict(d, claim)})
+                             "verdict": verdict(d, claim, assessed=c.mode != "quick")})
 
         finding("cap_aux_beats_sft", "aux-SFT beats SFT on D_cap at equal steps (in-domain)", cap["aux"], cap["sft"],
                 "greater")
@@ -143,10 +164,15 @@ class ResultsBuilder:
 
 
 def _pool_variants(ood: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """All perturbations together: episodes summed, and per seed the mean over perturbations."""
     n = sum(v["n"] for v in ood.values())
     k = sum(v["k"] for v in ood.values())
     lo, hi = wilson_interval(k, n)
-    return {"n": n, "k": k, "pc": 100.0 * k / n if n else None, "ci95": [100 * lo, 100 * hi]}
+    seeds = sorted({s for v in ood.values() for s in v.get("by_seed", {})}, key=int)
+    by_seed = {s: sum(v["by_seed"][s] for v in ood.values() if s in v["by_seed"]) /
+               sum(1 for v in ood.values() if s in v["by_seed"]) for s in seeds}
+    return {"n": n, "k": k, "pc": 100.0 * k / n if n else None, "ci95": [100 * lo, 100 * hi],
+            "per_seed": list(by_seed.values()), "by_seed": by_seed}
 
 
 def machine() -> dict[str, Any]:

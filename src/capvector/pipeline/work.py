@@ -75,11 +75,16 @@ class Train:
 
 
 def _speed(history: list[dict]) -> dict[str, float]:
-    """Median training throughput over the logged intervals after the first (which includes start-up)."""
-    rates = sorted(r["samples_per_s"] for r in history[1:] if r.get("samples_per_s"))
-    if not rates:
-        return {}
-    return {"samples_per_s": rates[len(rates) // 2]}
+    """Training throughput over the whole run after the first logged interval (which includes start-up).
+
+    Every interval counts with its length, so one stalled interval moves the figure by its share of the run and
+    not, as a median over few intervals could, all the way."""
+    steps = seconds = 0.0  # in units of one batch: the batch size is constant within a run and cancels
+    for before, rec in zip(history, history[1:], strict=False):
+        rate, n = rec.get("samples_per_s"), rec["step"] - before["step"]
+        if rate and n > 0:
+            steps, seconds = steps + n, seconds + n / rate
+    return {"samples_per_s": steps / seconds} if seconds > 0 else {}
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,16 @@ import numpy as np
 from capvector.errors import CapvectorError
 from capvector.sim.env import SimEnv
 
+# Tasks whose scripted policy's class name does not follow from the task name.
+_POLICY_NAMES = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}
+
 
 def expert_for(task: str):
     """MetaWorld's scripted policy object for a task name like 'door-open-v3'."""
     import metaworld.policies as mp
 
-    name = "Sawyer" + "".join(p.capitalize() for p in re.sub(r"-v3$", "", task).split("-")) + "V3Policy"
+    name = _POLICY_NAMES.get(task) or (
+        "Sawyer" + "".join(p.capitalize() for p in re.sub(r"-v3$", "", task).split("-")) + "V3Policy")
     cls = getattr(mp, name, None)
     if cls is None:
         raise CapvectorError(f"task {task!r}: no scripted expert {name} in metaworld.policies")

@@ -53,8 +53,10 @@ def train_command(
     also_train: Annotated[list[str] | None, typer.Option(help="Base-parameter glob to train too.")] = None,
     aux_weight: Annotated[float | None, typer.Option(help="α of the spatial-alignment loss (0 = off).")] = None,
     aux_layer: Annotated[int | None, typer.Option(help="Trunk layer whose visual tokens are aligned.")] = None,
-    teacher: Annotated[str | None, typer.Option(help="geometry | precomputed.")] = None,
-    teacher_path: Annotated[Path | None, typer.Option(help="Feature file/dir for the precomputed teacher.")] = None,
+    teacher: Annotated[str | None, typer.Option(
+        help="foundation | geometry | geometry-residual | precomputed.")] = None,
+    teacher_path: Annotated[Path | None, typer.Option(
+        help="Feature file/dir (precomputed) or teacher dir (foundation).")] = None,
     orth_vector: Annotated[Path | None, typer.Option(help="Capability vector for the orthogonal regulariser.")] = None,
     orth_weight: Annotated[float, typer.Option(help="λ_orth.")] = 1e-4,
     orth_mode: Annotated[str, typer.Option(help="auto | exact | factored | lora (see docs/orthogonal.md).")] = "auto",

@@ -1,0 +1,68 @@
+"""The frozen scene teacher: save/load round trip, teacher targets equal the network's own features on the policy's
+images, resampling to other token grids, and a trainer run that aligns to it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from policy_helpers import small_config
+
+from capvector.errors import CapvectorError
+from capvector.objectives import make_teacher
+from capvector.objectives.foundation import FoundationTeacher, SceneNet, SceneNetConfig
+from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    net = SceneNet(SceneNetConfig(widths=(8, 16, 16), feature_dim=16, dense_std=(2.0,) * 7))
+    return net.save(tmp_path_factory.mktemp("teacher") / "scene")
+
+
+def test_save_load_round_trip_is_exact(teacher_dir):
+    a = SceneNet.load(teacher_dir)
+    b = SceneNet.load(teacher_dir)
+    assert a.cfg == b.cfg and a.cfg.dense_std == (2.0,) * 7
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    assert torch.equal(a(images)["features"], b(images)["features"])
+    assert not any(p.requires_grad for p in a.parameters())
+    (teacher_dir / "teacher.safetensors").rename(teacher_dir / "gone.safetensors")
+    try:
+        with pytest.raises(CapvectorError, match="teacher.safetensors"):
+            SceneNet.load(teacher_dir)
+    finally:
+        (teacher_dir / "gone.safetensors").rename(teacher_dir / "teacher.safetensors")
+
+
+def test_targets_are_the_features_of_each_view_in_token_order(teacher_dir):
+    net = SceneNet.load(teacher_dir)
+    teacher = make_teacher("foundation", teacher_dir)
+    assert isinstance(teacher, FoundationTeacher) and teacher.target_dim == 16
+    images = torch.randint(0, 256, (3, 2, 3, 64, 64), dtype=torch.uint8)  # two cameras
+    out = teacher({"image": images}, grid=8)
+    assert out.shape == (3, 2 * 64, 16)
+    for b in range(3):
+        for v in range(2):
+            feats = net.features(images[b, v][None])[0]  # (D, 8, 8), row-major patches
+            for row, col in ((0, 0), (3, 5), (7, 7)):
+                assert torch.allclose(out[b, v * 64 + row * 8 + col], feats[:, row, col], atol=1e-4)
+    # a policy with a 4×4 grid gets the same features bilinearly resampled
+    small = teacher({"image": images[:, :1]}, grid=4)
+    direct = F.interpolate(net.features(images[:, 0]), size=(4, 4), mode="bilinear", align_corners=False)
+    assert torch.allclose(small, direct.flatten(2).transpose(1, 2), atol=1e-4)
+    with pytest.raises(CapvectorError, match="no 'image'"):
+        teacher({"depth": images}, grid=8)
+
+
+def test_trainer_aligns_to_the_teacher_and_pays_its_cost(tmp_path, teacher_dir):
+    ds = SyntheticDemoDataset(length=32, chunk=4, seed=3, episode_len=8)
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), steps=4, batch_size=8, lr=3e-3, warmup_steps=0, log_every=1,
+                      progress=False, seed=7, aux_weight=0.5, aux_layer=1, teacher="foundation",
+                      teacher_path=str(teacher_dir))
+    trainer = Trainer(cfg, ds, policy_config=small_config())
+    result = trainer.train()
+    assert isinstance(trainer.teacher, FoundationTeacher)
+    aligned = [r["align"] for r in result.history if "align" in r]
+    assert len(aligned) == 4 and all(0.0 < a < 2.0 for a in aligned)
