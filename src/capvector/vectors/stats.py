@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from capvector.errors import CapvectorError
+
 CHUNK_ELEMENTS = 1 << 23  # 8M elements: 32 MiB per fp32 buffer; large enough for full-speed IO
 
 
@@ -47,10 +49,10 @@ class RunningStats:
         if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
             return False
         flat = x.reshape(-1)
-        if flat.dtype == torch.float32:
-            self.sumsq += float(torch.dot(flat, flat))
-        else:
-            self.sumsq += float(flat.double().square().sum())
+        sumsq = float(torch.dot(flat, flat)) if flat.dtype == torch.float32 else math.inf
+        if not math.isfinite(sumsq):  # other dtypes, or squares beyond fp32's range: sum in float64
+            sumsq = float(flat.double().square().sum())
+        self.sumsq += sumsq
         self.max_abs = max(self.max_abs, abs(lo_f), abs(hi_f))
         self.zeros += x.numel() - int(torch.count_nonzero(x))
         self.numel += x.numel()
@@ -67,3 +69,21 @@ class RunningStats:
             "zero_fraction": self.zeros / self.numel if self.numel else 0.0,
             "numel": self.numel,
         }
+
+
+def check_cast(name: str, source: torch.Tensor, cast: torch.Tensor) -> None:
+    """Raise if casting finite fp32 `source` to `cast`'s dtype produced NaN or Inf (an overflow).
+
+    Finiteness is checked in fp32 before the cast too, but a value such as 7e4 is finite in fp32 and
+    bf16 and still overflows fp16; only a check after the cast catches it.
+    """
+    if not cast.numel() or cast.dtype == torch.float32:
+        return
+    if bool(torch.isfinite(cast).all()):
+        return
+    lo, hi = torch.aminmax(source.float())
+    largest = max(abs(float(lo)), abs(float(hi)))
+    raise CapvectorError(
+        f"key {name!r}: value {largest:.6g} overflows {str(cast.dtype).removeprefix('torch.')} "
+        f"(largest finite {float(torch.finfo(cast.dtype).max):.6g}); choose a wider --dtype such as fp32 or bf16"
+    )

@@ -1,0 +1,68 @@
+"""Hostile input and faults (issue 17): each class is a one-line error with exit 2, never exit 0 with a
+broken output, never a traceback, nothing left behind, inputs untouched."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import write_st
+from hostile import assert_user_error, cli, leftovers, tree_digest
+from safetensors.torch import load_file
+
+
+def _vector(tmp, base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor], name: str = "v"):
+    sft = write_st(tmp / f"{name}_sft", base)
+    aux = write_st(tmp / f"{name}_aux", {k: v + delta[k] for k, v in base.items()})
+    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / name, "--no-hash")
+    assert r.code == 0, r.stderr
+    return tmp / name
+
+
+# ---------------------------------------------------------------- 1. overflow on the final cast
+def test_merge_to_fp16_overflow_is_an_error(tmp_path):
+    base = write_st(tmp_path / "base", {"w": torch.full((4, 4), 7e4, dtype=torch.bfloat16)})
+    vec = _vector(tmp_path, {"w": torch.zeros(4, 4)}, {"w": torch.full((4, 4), 0.5)})
+    before = tree_digest(base, vec)
+    r = cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--dtype", "fp16", "--no-hash")
+    assert_user_error(r, "'w'", "float16", "7")
+    assert leftovers(tmp_path / "m") == [] and tree_digest(base, vec) == before
+
+
+def test_merge_copying_an_untouched_tensor_to_fp16_checks_overflow(tmp_path):
+    base = write_st(tmp_path / "base", {"w": torch.zeros(2, 2), "big": torch.full((3,), 1e5, dtype=torch.bfloat16)})
+    vec = _vector(tmp_path, {"w": torch.zeros(2, 2)}, {"w": torch.ones(2, 2)})
+    r = cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--dtype", "fp16", "--no-hash")
+    assert_user_error(r, "'big'", "float16")
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_extract_overflow_after_cast_is_an_error(tmp_path, dtype):
+    big = 7e4 if dtype == "fp16" else 3.4e38  # above bf16's largest finite 3.39e38
+    sft = write_st(tmp_path / "sft", {"w": torch.zeros(2, 2)})
+    aux = write_st(tmp_path / "aux", {"w": torch.full((2, 2), big)})
+    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--dtype", dtype, "--no-hash")
+    assert_user_error(r, "'w'", "overflows")
+    assert leftovers(tmp_path / "v") == []
+
+
+def test_merge_within_range_still_works(tmp_path):
+    base = write_st(tmp_path / "base", {"w": torch.full((4, 4), 6e4, dtype=torch.bfloat16)})
+    vec = _vector(tmp_path, {"w": torch.zeros(4, 4)}, {"w": torch.full((4, 4), 0.5)})
+    r = cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--dtype", "fp16", "--no-hash")
+    assert r.code == 0, r.stderr
+    out = load_file(tmp_path / "m" / "model.safetensors")["w"]
+    expected = torch.tensor(float(torch.tensor(6e4, dtype=torch.bfloat16)) + 0.5).to(torch.float16)
+    assert out.dtype == torch.float16 and torch.equal(out, torch.full((4, 4), float(expected), dtype=torch.float16))
+    assert math.isfinite(float(out.max()))
+
+
+def test_norm_of_large_finite_values_is_finite(tmp_path):
+    """Found while testing class 1: ‖τ‖ of values near the fp32 limit was reported as inf (fp32 sum of squares)."""
+    sft = write_st(tmp_path / "sft", {"w": torch.zeros(2, 2)})
+    aux = write_st(tmp_path / "aux", {"w": torch.full((2, 2), 1e30)})
+    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash", "--json")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["norm"] == pytest.approx(2e30, rel=1e-6)
