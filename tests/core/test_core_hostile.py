@@ -66,3 +66,22 @@ def test_norm_of_large_finite_values_is_finite(tmp_path):
     r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash", "--json")
     assert r.code == 0, r.stderr
     assert json.loads(r.stdout)["norm"] == pytest.approx(2e30, rel=1e-6)
+
+
+# ---------------------------------------------------------------- 5. --max-shard-size grammar
+@pytest.mark.parametrize("text", ["1e", "..", "1.5.5GB", "1e400", "0", "0GB", "-1", "1e-9", "inf", "nan", "5XB", "Mi",
+                                  "1iB", ""])
+def test_bad_shard_sizes_are_refused(tmp_path, text):
+    sft = write_st(tmp_path / "sft", {"w": torch.zeros(2, 2)})
+    aux = write_st(tmp_path / "aux", {"w": torch.ones(2, 2)})
+    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--max-shard-size", text, "--no-hash")
+    assert_user_error(r, "size")
+    assert leftovers(tmp_path / "v") == []
+
+
+@pytest.mark.parametrize(("text", "size"), [("5GB", 5 * 10**9), ("500MiB", 500 * 2**20), ("2e9", 2 * 10**9),
+                                            ("1.5kb", 1500), (".5K", 500), ("7", 7), (" 3 MB ", 3 * 10**6)])
+def test_good_shard_sizes(text, size):
+    from capvector.io import parse_size
+
+    assert parse_size(text) == size

@@ -23,16 +23,32 @@ from capvector.io.safetensors_format import StreamingSafetensorsWriter, itemsize
 TensorSpec = tuple[str, torch.dtype, tuple[int, ...]]
 
 
+_SIZE = re.compile(
+    r"\s*(?P<number>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>[KMGT]?)(?P<binary>i?)B?\s*",
+    flags=re.IGNORECASE,
+)
+
+
 def parse_size(text: str | int) -> int:
-    """'5GB', '500MiB', '2e9' or an int -> bytes."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(i?)B?\s*", text, flags=re.IGNORECASE)
-    if not m:
+    """'5GB', '500MiB', '2e9' or an int -> bytes; at least one byte, finite."""
+    if isinstance(text, bool) or not isinstance(text, int | str):
         raise CapvectorError(f"invalid size {text!r} (examples: 5GB, 500MiB, 2000000000)")
-    number, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
-    base = 1024 if binary else 1000
-    return int(number * base ** "_KMGT".index(unit or "_"))
+    if isinstance(text, int):
+        size = text
+    else:
+        m = _SIZE.fullmatch(text)
+        if not m:
+            raise CapvectorError(f"invalid size {text!r} (examples: 5GB, 500MiB, 2000000000)")
+        number = float(m["number"])
+        if m["binary"] and not m["unit"]:
+            raise CapvectorError(f"invalid size {text!r}: 'i' needs a unit, e.g. 500MiB")
+        scale = (1024 if m["binary"] else 1000) ** "_KMGT".index(m["unit"].upper() or "_")
+        if not math.isfinite(number * scale):
+            raise CapvectorError(f"invalid size {text!r}: not a finite number of bytes")
+        size = int(number * scale)
+    if size < 1:
+        raise CapvectorError(f"invalid size {text!r}: a shard must hold at least one byte")
+    return size
 
 
 def check_output_path(target: Path, inputs: list[Path], overwrite: bool) -> None:
