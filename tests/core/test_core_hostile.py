@@ -85,3 +85,73 @@ def test_good_shard_sizes(text, size):
     from capvector.io import parse_size
 
     assert parse_size(text) == size
+
+
+# ---------------------------------------------------------------- 6. selections that match nothing
+@pytest.fixture
+def small(tmp_path):
+    base = write_st(tmp_path / "base", {"a.weight": torch.zeros(2, 2), "b.weight": torch.zeros(3)})
+    vec = _vector(tmp_path, {"a.weight": torch.zeros(2, 2), "b.weight": torch.zeros(3)},
+                  {"a.weight": torch.ones(2, 2), "b.weight": torch.ones(3)})
+    return base, vec, tmp_path
+
+
+@pytest.mark.parametrize("rules", [{"*typo*": 1.0}, {"a.*": 1.0, "*tpyo*": 0.5}, {"*": 1.0, "a.*": 0.5}])
+def test_weight_rule_that_selects_nothing_is_an_error(small, rules):
+    base, vec, tmp = small
+    (tmp / "w.json").write_text(json.dumps(rules))
+    r = cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash")
+    assert_user_error(r, "select nothing")
+    assert leftovers(tmp / "m") == []
+
+
+def test_weight_rule_that_selects_nothing_allowed_with_a_warning(small):
+    base, vec, tmp = small
+    (tmp / "w.json").write_text(json.dumps({"a.*": 0.5, "*tpyo*": 0.5}))
+    r = cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash",
+            "--allow-missing", "--json")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["merged_tensors"] == 1 and "*tpyo*" in r.stderr
+
+
+def test_nothing_merged_is_an_error(small):
+    base, vec, tmp = small
+    (tmp / "w.json").write_text(json.dumps({"*typo*": 1.0}))
+    r = cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash",
+            "--allow-missing")
+    assert_user_error(r, "output would equal the base")
+    assert leftovers(tmp / "m") == []
+
+
+@pytest.mark.parametrize("value", ["true", "false", "NaN", "Infinity", '"1"', "null", "[1]"])
+def test_weights_file_values_must_be_finite_numbers(small, value):
+    base, vec, tmp = small
+    (tmp / "w.json").write_text(f'{{"*": {value}}}')
+    r = cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash")
+    assert_user_error(r, "w.json")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_scalar_weight_must_be_finite(small, value):
+    base, vec, tmp = small
+    r = cli("merge", "--base", base, "--vector", vec, "--weight", value, "-o", tmp / "m", "--no-hash")
+    assert_user_error(r, "finite")
+
+
+def test_same_vector_twice_is_an_error(small):
+    base, vec, tmp = small
+    r = cli("merge", "--base", base, "--vector", vec, "--vector", tmp / "." / "v", "-o", tmp / "m", "--no-hash")
+    assert_user_error(r, "given twice")
+    assert leftovers(tmp / "m") == []
+
+
+def test_include_that_matches_nothing(small):
+    _, _, tmp = small
+    args = ["extract", "--sft", tmp / "v_sft", "--aux", tmp / "v_aux", "-o", tmp / "v2", "--no-hash",
+            "--include", "a.*", "--include", "*tpyo*"]
+    assert_user_error(cli(*args), "'*tpyo*'", "matches no tensor")
+    assert leftovers(tmp / "v2") == []
+    r = cli(*args, "--allow-missing", "--json")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["tensors"] == 1
+    assert json.loads((tmp / "v2" / "capvector.json").read_text())["skipped"] == {"unmatched_include": ["*tpyo*"]}

@@ -113,7 +113,10 @@ def extract(
             )
         builder = _LoraBuilder(s, a) if all(adapters) else _DenseBuilder(s, a)
         with AtomicOutputDir(output, overwrite, inputs=list(sources.values())) as tmp:
+            unmatched = _unmatched_includes(make_selection(include), builder.candidates(), allow_missing)
             plan_specs, skipped = builder.plan(selection, allow_missing, out_dtype, lora_storage)
+            if unmatched:
+                skipped["unmatched_include"] = unmatched
             pre = ckpts.get("pretrained")
             if pre is not None:
                 _check_against_pretrained(pre, builder.shapes, allow_missing, skipped)
@@ -159,6 +162,17 @@ def extract(
     return ExtractResult(Path(output), len(tensors_meta), total.norm, skipped)
 
 
+def _unmatched_includes(user: Selection, names: list[str], allow_missing: bool) -> list[str]:
+    """An --include glob that matches nothing is an error (a typo), or with allow_missing a reported skip."""
+    unmatched = user.unmatched_includes(names) if user.include != ("*",) else []
+    if unmatched and not allow_missing:
+        raise CapvectorError(
+            f"--include {', '.join(map(repr, unmatched))} matches no tensor of the inputs (they have e.g. "
+            f"{_first(names, 3)}); fix the glob or pass --allow-missing"
+        )
+    return unmatched
+
+
 def _norm(ckpt: Checkpoint, name: str) -> float:
     stats = RunningStats()
     for start, count in row_chunks(ckpt.info(name).shape):
@@ -191,6 +205,9 @@ class _DenseBuilder:
     def __init__(self, sft: Checkpoint, aux: Checkpoint) -> None:
         self.sft, self.aux = sft, aux
         self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def candidates(self) -> list[str]:
+        return list(dict.fromkeys([*self.sft.keys(), *self.aux.keys()]))
 
     def plan(self, selection: Selection, allow_missing: bool, out_dtype: torch.dtype, lora_storage: str):
         s_names, a_names = selection.filter(self.sft.keys()), selection.filter(self.aux.keys())
@@ -292,6 +309,9 @@ class _LoraBuilder:
         self.sft, self.aux = LoraAdapter(sft), LoraAdapter(aux)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.storage = "factored"
+
+    def candidates(self) -> list[str]:
+        return list(dict.fromkeys([*self.sft.modules, *self.sft.dense, *self.aux.modules, *self.aux.dense]))
 
     def plan(self, selection: Selection, allow_missing: bool, out_dtype: torch.dtype, lora_storage: str):
         if lora_storage not in ("factored", "dense"):

@@ -52,6 +52,25 @@ class VectorWeight:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))  # accept str, as the README's example passes
+        values = self.weight.values() if isinstance(self.weight, Mapping) else [self.weight]
+        for value in values:
+            if value is not None:
+                check_weight(value, f"{self.path}: weight")
+
+    def rules_deciding_nothing(self, names: Sequence[str]) -> list[str]:
+        """Glob rules of a weight mapping that decide no tensor (match none, or only ones an earlier rule took)."""
+        if not isinstance(self.weight, Mapping):
+            return []
+        undecided, dead = list(names), []
+        for pattern in self.weight:
+            hits = [n for n in undecided if fnmatchcase(n, pattern)]
+            if hits:
+                undecided = [n for n in undecided if n not in set(hits)]
+                continue
+            shadowed = any(fnmatchcase(n, pattern) for n in names)
+            why = "every tensor it matches is taken by an earlier rule" if shadowed else "matches no tensor"
+            dead.append(f"{pattern!r} ({why})")
+        return dead
 
     def resolved(self, vector: CapabilityVector) -> VectorWeight:
         """This weight with `None` replaced by the vector's recommended λ."""
@@ -70,6 +89,13 @@ class VectorWeight:
         return 0.0
 
 
+def check_weight(value: object, what: str) -> float:
+    """A weight is a finite real number; JSON `true` or `NaN` is a mistake, not 1.0 or NaN."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CapvectorError(f"{what} must be a finite number, found {value!r}")
+    return float(value)
+
+
 def load_weights_file(path: str | Path) -> dict[str, float]:
     """A JSON object mapping name globs to weights, in priority order."""
     p = Path(path)
@@ -77,11 +103,11 @@ def load_weights_file(path: str | Path) -> dict[str, float]:
         data = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise CapvectorError(f"{p}: cannot read weights file ({e})") from e
-    if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
+    if not isinstance(data, dict) or not data:
         raise CapvectorError(
-            f'{p}: weights file must be a JSON object of glob -> number, e.g. {{"*vision*": 0.5, "*": 1}}'
+            f'{p}: weights file must be a non-empty JSON object of glob -> number, e.g. {{"*vision*": 0.5, "*": 1}}'
         )
-    return {str(k): float(v) for k, v in data.items()}
+    return {str(k): check_weight(v, f"{p}: weight of rule {k!r}") for k, v in data.items()}
 
 
 def merge(
@@ -109,6 +135,14 @@ def merge(
     items = [v if isinstance(v, VectorWeight) else VectorWeight(Path(v)) for v in vectors]
     if not items:
         raise CapvectorError("no vector given to merge")
+    seen: dict[Path, Path] = {}
+    for item in items:
+        if item.path.resolve() in seen:
+            raise CapvectorError(
+                f"vector {item.path} is given twice (also as {seen[item.path.resolve()]}); it would be added twice. "
+                "Give it once with the summed weight instead"
+            )
+        seen[item.path.resolve()] = item.path
     rules = prefix_map.rules if isinstance(prefix_map, PrefixMap) else prefix_map
     names = PrefixMap.build(rules, strip_prefix=strip_prefix, add_prefix=add_prefix)
     base_ckpt = Checkpoint(base)
@@ -121,6 +155,7 @@ def merge(
     try:
         base_hash = hasher.submit(base_ckpt.root, base_ckpt.weight_files) if hash_sources else None
         keymaps, warnings = _key_maps(opened, names, allow_missing)
+        warnings += _check_rules(items, opened, allow_missing)
         warnings += _validate(base_ckpt, opened, keymaps, names, allow_missing)
         out_float = parse_dtype(dtype) if dtype else None
         specs = [
@@ -132,6 +167,13 @@ def merge(
                    if name in keys and (w := item.weight_for(keys[name])) != 0.0]
             for name in base_ckpt.keys()
         }
+        if not any(contributions.values()):
+            weights = [w for item in items for w in (item.weight.values() if isinstance(item.weight, Mapping)
+                                                     else [item.weight])]
+            if any(weights):
+                raise CapvectorError(f"no vector tensor is merged into {base}: no weight rule selects a tensor the "
+                                     "base has; the output would equal the base")
+            warnings.append("every weight is 0: the output equals the base")
         total_bytes = sum(i.numel * i.dtype.itemsize for i in base_ckpt.infos.values())
         with AtomicOutputDir(output, overwrite, inputs=[Path(base), *(v.path for v in items)]) as tmp:
             out_dtypes = {spec[0]: spec[1] for spec in specs}
@@ -187,6 +229,20 @@ def _key_maps(vectors: list[CapabilityVector], names: PrefixMap, allow_missing: 
             warnings.append(msg + "; skipped")
         keymaps.append(mapped)
     return keymaps, warnings
+
+
+def _check_rules(items: list[VectorWeight], vectors: list[CapabilityVector], allow_missing: bool) -> list[str]:
+    """A weight rule that decides no tensor is a typo or a stale file: an error, or with allow_missing a warning."""
+    warnings = []
+    for item, vec in zip(items, vectors, strict=True):
+        dead = item.rules_deciding_nothing(vec.names())
+        if dead:
+            msg = f"{vec.path}: weight rules that select nothing: {', '.join(dead)}"
+            if not allow_missing:
+                raise CapvectorError(msg + "; fix the globs (they match the vector's own names) or pass "
+                                     "--allow-missing")
+            warnings.append(msg)
+    return warnings
 
 
 def _validate(base: Checkpoint, vectors: list[CapabilityVector], keymaps: list[dict[str, str]], names: PrefixMap,
