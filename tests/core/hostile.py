@@ -46,3 +46,14 @@ def tree_digest(*roots: Path) -> dict[str, str]:
         for p in files:
             out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() + oct(p.stat().st_mode)
     return out
+
+
+def raw_safetensors(path: Path, header: object, data: bytes = b"", header_bytes: bytes | None = None) -> Path:
+    """A safetensors file with exactly this header (any JSON, valid or not) and data section."""
+    import json
+    import struct
+
+    raw = header_bytes if header_bytes is not None else json.dumps(header).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from conftest import write_st
-from hostile import assert_user_error, cli, leftovers, tree_digest
+from hostile import assert_user_error, cli, leftovers, raw_safetensors, tree_digest
 from safetensors.torch import load_file
 
 
@@ -155,3 +155,159 @@ def test_include_that_matches_nothing(small):
     assert r.code == 0, r.stderr
     assert json.loads(r.stdout)["tensors"] == 1
     assert json.loads((tmp / "v2" / "capvector.json").read_text())["skipped"] == {"unmatched_include": ["*tpyo*"]}
+
+
+# ---------------------------------------------------------------- 4. malformed but valid JSON, validated at the reader
+F32_4 = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
+
+
+@pytest.mark.parametrize(("header", "fragment"), [
+    ({"w": {**F32_4, "shape": 4}}, "shape 4"),
+    ({"w": {**F32_4, "shape": None}}, "shape None"),
+    ({"w": {**F32_4, "shape": [2, -2, -1]}}, "non-negative"),
+    ({"w": {**F32_4, "shape": [2.0, 2]}}, "shape"),
+    ({"w": {**F32_4, "shape": [True, 4]}}, "shape"),
+    ({"w": {**F32_4, "data_offsets": [0]}}, "data_offsets [0]"),
+    ({"w": {**F32_4, "data_offsets": [0, 16, 32]}}, "data_offsets"),
+    ({"w": {**F32_4, "data_offsets": "0-16"}}, "data_offsets"),
+    ({"w": {**F32_4, "dtype": 32}}, "dtype 32"),
+    ({"w": {**F32_4, "dtype": ["F32"]}}, "dtype"),
+    ({"w": {**F32_4, "dtype": "F6_E2M3"}}, "does not support"),
+    ({"w": F32_4, "__metadata__": ["format", "pt"]}, "__metadata__"),
+    ({"w": F32_4, "__metadata__": {"format": 1}}, "__metadata__"),
+    ({"w": F32_4, "v": F32_4}, "overlap"),
+    ({"w": F32_4, "v": {**F32_4, "shape": [2], "data_offsets": [8, 16]}}, "overlap"),
+    ({"w": [1, 2]}, "corrupted header entry"),
+])
+def test_malformed_safetensors_headers(tmp_path, header, fragment):
+    raw_safetensors(tmp_path / "sft" / "model.safetensors", header, bytes(16))
+    aux = write_st(tmp_path / "aux", {"w": torch.ones(2, 2)})
+    before = tree_digest(tmp_path / "sft")
+    assert_user_error(cli("extract", "--sft", tmp_path / "sft", "--aux", aux, "-o", tmp_path / "v", "--no-hash"),
+                      "model.safetensors", fragment)
+    assert_user_error(cli("inspect", tmp_path / "sft"), fragment)
+    assert leftovers(tmp_path / "v") == [] and tree_digest(tmp_path / "sft") == before
+
+
+def test_duplicate_header_keys(tmp_path):
+    raw = (b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+           b'"w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}')
+    raw_safetensors(tmp_path / "x" / "model.safetensors", None, bytes(16), header_bytes=raw)
+    assert_user_error(cli("inspect", tmp_path / "x"), "duplicate key 'w'")
+
+
+def test_tensors_listed_out_of_file_order_are_fine(tmp_path):
+    data = torch.arange(4, dtype=torch.float32).numpy().tobytes() + torch.ones(4).numpy().tobytes()
+    header = {"b": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]},
+              "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}
+    raw_safetensors(tmp_path / "x" / "model.safetensors", header, data)
+    r = cli("inspect", tmp_path / "x", "--json")
+    assert r.code == 0, r.stderr
+    norms = {t["name"]: t["norm"] for t in json.loads(r.stdout)["tensors"]}
+    assert norms == pytest.approx({"a": math.sqrt(14), "b": 2.0})
+
+
+def _meta(vec):
+    return json.loads((vec / "capvector.json").read_text())
+
+
+@pytest.mark.parametrize(("edit", "fragment"), [
+    (lambda m: [m], "top level"),
+    (lambda m: {**m, "format_version": "one"}, "format_version"),
+    (lambda m: {**m, "format_version": 1.5}, "format_version"),
+    (lambda m: {**m, "format_version": None}, "format_version"),
+    (lambda m: {**m, "default_weight": "0.5"}, "default_weight"),
+    (lambda m: {**m, "default_weight": True}, "default_weight"),
+    (lambda m: {**m, "tensors": {"w": {"shape": [2, 2]}}}, "storage"),
+    (lambda m: {**m, "tensors": {"w": {"shape": "2x2", "storage": "dense"}}}, "shape"),
+    (lambda m: {**m, "tensors": {"w": {"shape": [4], "storage": "dense"}}}, "stored with shape [2, 2]"),
+    (lambda m: {**m, "tensors": {"w": {"shape": [2, 2], "storage": "factored"}}}, "'w::B'"),
+    (lambda m: {**m, "tensors": {}}, "tensors"),
+    (lambda m: {**m, "architecture": ["Llama"]}, "architecture"),
+    (lambda m: {**m, "sources": "x"}, "sources"),
+])
+def test_tampered_capvector_json(tmp_path, edit, fragment):
+    base = write_st(tmp_path / "base", {"w": torch.zeros(2, 2)})
+    vec = _vector(tmp_path, {"w": torch.zeros(2, 2)}, {"w": torch.ones(2, 2)})
+    (vec / "capvector.json").write_text(json.dumps(edit(_meta(vec))))
+    r = cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash")
+    assert_user_error(r, "capvector" if "stored" not in fragment and "::B" not in fragment else "v", fragment)
+    assert_user_error(cli("inspect", vec), fragment)
+    assert leftovers(tmp_path / "m") == []
+
+
+def _lora_vector(tmp, ranks=(2, 3)):
+    """A factored vector written by hand: B m×r_b, A r_a×n."""
+    from safetensors.torch import save_file
+
+    vec = tmp / "lv"
+    vec.mkdir()
+    save_file({"w.weight::B": torch.ones(4, ranks[0]), "w.weight::A": torch.ones(ranks[1], 5)},
+              vec / "vector.safetensors")
+    meta = {"format": "capvector.vector", "format_version": 1,
+            "tensors": {"w.weight": {"shape": [4, 5], "storage": "factored"}}}
+    (vec / "capvector.json").write_text(json.dumps(meta))
+    return vec
+
+
+def test_factored_rank_mismatch_is_an_error(tmp_path):
+    vec = _lora_vector(tmp_path)
+    base = write_st(tmp_path / "base", {"w.weight": torch.zeros(4, 5)})
+    assert_user_error(cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash"),
+                      "B [4, 2] and A [3, 5]")
+    assert_user_error(cli("export-lora", vec, "-o", tmp_path / "peft"), "same rank")
+    assert leftovers(tmp_path / "m") == [] and leftovers(tmp_path / "peft") == []
+
+
+def test_factored_vector_exports_when_consistent(tmp_path):
+    vec = _lora_vector(tmp_path, ranks=(3, 3))
+    r = cli("export-lora", vec, "-o", tmp_path / "peft")
+    assert r.code == 0, r.stderr
+
+
+def _adapter(path, config: dict, rank: int = 2):
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    save_file({"base_model.model.l.lora_A.weight": torch.ones(rank, 4),
+               "base_model.model.l.lora_B.weight": torch.ones(3, rank)}, path / "adapter_model.safetensors")
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 4, **config}))
+    return path
+
+
+@pytest.mark.parametrize(("config", "fragment"), [
+    ({"lora_alpha": "16"}, "lora_alpha"),
+    ({"lora_alpha": None}, "lora_alpha"),
+    ({"r": 4}, "r = 4"),
+    ({"r": "2"}, "r is '2'"),
+    ({"rank_pattern": {"l": 8}}, "r = 8"),
+    ({"alpha_pattern": {"(": 1}}, "regular expression"),
+    ({"use_rslora": "yes"}, "use_rslora"),
+])
+def test_bad_adapter_config(tmp_path, config, fragment):
+    sft = _adapter(tmp_path / "sft", config)
+    aux = _adapter(tmp_path / "aux", {})
+    assert_user_error(cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash"),
+                      "adapter", fragment)
+    assert leftovers(tmp_path / "v") == []
+
+
+def test_adapter_with_zero_rank(tmp_path):
+    sft = _adapter(tmp_path / "sft", {"r": 1}, rank=0)
+    aux = _adapter(tmp_path / "aux", {})
+    assert_user_error(cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash"), "same rank")
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"x"', '{"weight_map": {"w": 3}}', '{"weight_map": []}'])
+def test_bad_index_json(tmp_path, content):
+    d = write_st(tmp_path / "x", {"w": torch.ones(2)})
+    (d / "model.safetensors.index.json").write_text(content)
+    assert_user_error(cli("inspect", d), "index")
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"x"', "3"])
+def test_config_json_that_is_not_an_object(tmp_path, content):
+    base = write_st(tmp_path / "base", {"w": torch.zeros(2)})
+    (base / "config.json").write_text(content)
+    vec = _vector(tmp_path, {"w": torch.zeros(2)}, {"w": torch.ones(2)})
+    assert_user_error(cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash"), "config.json")

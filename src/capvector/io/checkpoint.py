@@ -163,6 +163,8 @@ class Checkpoint:
         index_path = self.root / name
         try:
             index = json.loads(index_path.read_text())
+            if not isinstance(index, dict):
+                raise TypeError("not a JSON object")
             weight_map = index["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError("weight_map is not an object")
@@ -170,7 +172,9 @@ class Checkpoint:
             raise CapvectorError(f"{index_path}: invalid index file ({e})") from e
         files: list[str] = []
         for key, rel in weight_map.items():
-            pure = PurePosixPath(str(rel))
+            if not isinstance(rel, str):
+                raise CapvectorError(f"{index_path}: key {key!r} maps to {rel!r}, expected a file name")
+            pure = PurePosixPath(rel)
             if pure.is_absolute() or ".." in pure.parts or str(rel) == "":
                 raise CapvectorError(
                     f"{index_path}: key {key!r} names file {rel!r} outside the checkpoint directory"
@@ -279,9 +283,12 @@ class Checkpoint:
             p = self.root / name
             if self.path.is_dir() and p.is_file():
                 try:
-                    return json.loads(p.read_text())
-                except ValueError as e:
-                    raise CapvectorError(f"{p}: invalid JSON ({e})") from e
+                    config = json.loads(p.read_text())
+                except (OSError, ValueError) as e:
+                    raise CapvectorError(f"{p}: cannot read as JSON ({e})") from e
+                if not isinstance(config, dict):
+                    raise CapvectorError(f"{p}: expected a JSON object, found {type(config).__name__}")
+                return config
         return None
 
     def close(self) -> None:

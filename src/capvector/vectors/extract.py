@@ -30,7 +30,7 @@ from capvector.progress import ByteProgress
 from capvector.selection import Selection, make_selection
 from capvector.vectors.card import CARD_FILE, hub_id, render_card
 from capvector.vectors.format import FACTOR_A, FACTOR_B, FORMAT, FORMAT_VERSION, META_FILE
-from capvector.vectors.stats import RunningStats, check_cast, row_chunks
+from capvector.vectors.stats import RunningStats, check_cast_tensor, row_chunks
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -290,8 +290,8 @@ class _DenseBuilder:
             if out_dtype == torch.float32:
                 writer.write(name, d, done=partial(outputs.release, out_buf))
             else:
+                check_cast_tensor(name, d, out_dtype)
                 converted = d.to(out_dtype)
-                check_cast(name, d, converted)
                 outputs.release(out_buf)
                 writer.write(name, converted)
             bar.advance(count * (self.sft.info(name).dtype.itemsize + self.aux.info(name).dtype.itemsize))
@@ -399,9 +399,9 @@ class _LoraBuilder:
             for t in (b, a):
                 if not torch.isfinite(t).all():
                     raise CapvectorError(f"LoRA factors of {name!r} contain NaN or Inf")
+            check_cast_tensor(name + FACTOR_B, b, out_dtype)
+            check_cast_tensor(name + FACTOR_A, a, out_dtype)
             b_out, a_out = b.to(out_dtype), a.to(out_dtype)
-            check_cast(name + FACTOR_B, b, b_out)
-            check_cast(name + FACTOR_A, a, a_out)
             writer.write(name + FACTOR_B, b_out)
             writer.write(name + FACTOR_A, a_out)
             stats.update((b_out.float() @ a_out.float()).reshape(-1))
@@ -410,8 +410,8 @@ class _LoraBuilder:
             d = self._dense_delta(name)
             if not torch.isfinite(d).all():
                 raise CapvectorError(f"update of {name!r} contains NaN or Inf")
+            check_cast_tensor(name, d, out_dtype)
             d_out = d.to(out_dtype)
-            check_cast(name, d, d_out)
             writer.write(name, d_out)
             stats.update(d.reshape(-1))
             entry["storage"] = "dense"

@@ -33,7 +33,7 @@ from capvector.progress import ByteProgress
 from capvector.vectors.extract import _first, parse_dtype
 from capvector.vectors.format import CapabilityVector
 from capvector.vectors.rename import PrefixMap
-from capvector.vectors.stats import check_cast, row_chunks
+from capvector.vectors.stats import check_cast, check_cast_tensor, row_chunks
 
 RECIPE_FILE = "capvector-merge.json"
 WeightSpec = float | Mapping[str, float]
@@ -330,13 +330,12 @@ def _stream_merge(
                 lo, hi = torch.aminmax(acc)
                 if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
                     raise CapvectorError(f"key {name!r}: merged values are not finite (check the vector and weights)")
+                check_cast(name, float(lo), float(hi), out_dtype)
                 if acc.data_ptr() != out.data_ptr():
                     out.copy_(acc)
-                    check_cast(name, acc, out)
             else:
+                check_cast_tensor(name, x, out_dtype)
                 out.copy_(x)
-                if out_dtype != x.dtype:
-                    check_cast(name, x, out)
         finally:
             inputs.release(buf)
         writer.write(name, out, done=partial(outputs.release, out_buf))

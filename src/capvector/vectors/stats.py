@@ -71,19 +71,31 @@ class RunningStats:
         }
 
 
-def check_cast(name: str, source: torch.Tensor, cast: torch.Tensor) -> None:
-    """Raise if casting finite fp32 `source` to `cast`'s dtype produced NaN or Inf (an overflow).
+def check_cast(name: str, lo: float, hi: float, dtype: torch.dtype) -> None:
+    """Raise if finite values in [lo, hi] cannot be stored as `dtype`.
 
-    Finiteness is checked in fp32 before the cast too, but a value such as 7e4 is finite in fp32 and
-    bf16 and still overflows fp16; only a check after the cast catches it.
+    Finiteness in fp32 is not enough: 7e4 is finite in fp32 and bf16 but overflows fp16 to inf, and a
+    cast to float8_e4m3fn saturates silently to ±448; so the range is checked against the target.
     """
-    if not cast.numel() or cast.dtype == torch.float32:
+    if dtype == torch.float32 or not dtype.is_floating_point:
         return
-    if bool(torch.isfinite(cast).all()):
+    largest, limit = max(abs(lo), abs(hi)), float(torch.finfo(dtype).max)
+    target = str(dtype).removeprefix("torch.")
+    if largest > limit:
+        raise CapvectorError(
+            f"key {name!r}: value {largest:.6g} overflows {target} (largest finite {limit:.6g}); "
+            "choose a wider --dtype such as fp32 or bf16"
+        )
+    if dtype == torch.float8_e8m0fnu and lo < 0:
+        raise CapvectorError(f"key {name!r}: {target} stores only positive powers of two, found {lo:.6g}")
+
+
+def check_cast_tensor(name: str, source: torch.Tensor, dtype: torch.dtype) -> None:
+    """`check_cast` for a chunk whose range is not known yet (a no-op when `dtype` is at least as wide)."""
+    if not (source.numel() and dtype.is_floating_point and source.dtype.is_floating_point):
         return
-    lo, hi = torch.aminmax(source.float())
-    largest = max(abs(float(lo)), abs(float(hi)))
-    raise CapvectorError(
-        f"key {name!r}: value {largest:.6g} overflows {str(cast.dtype).removeprefix('torch.')} "
-        f"(largest finite {float(torch.finfo(cast.dtype).max):.6g}); choose a wider --dtype such as fp32 or bf16"
-    )
+    narrows = torch.finfo(source.dtype).max > torch.finfo(dtype).max
+    if not narrows and dtype != torch.float8_e8m0fnu:
+        return
+    lo, hi = torch.aminmax(source if source.dtype in (torch.float32, torch.float16, torch.bfloat16) else source.float())
+    check_cast(name, float(lo), float(hi), dtype)
