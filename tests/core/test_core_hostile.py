@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -311,3 +312,45 @@ def test_config_json_that_is_not_an_object(tmp_path, content):
     (base / "config.json").write_text(content)
     vec = _vector(tmp_path, {"w": torch.zeros(2)}, {"w": torch.ones(2)})
     assert_user_error(cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash"), "config.json")
+
+
+# ---------------------------------------------------------------- 2. permissions follow the umask
+def _modes(root):
+    return {p.relative_to(root).as_posix() or ".": oct(p.stat().st_mode & 0o777) for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_umask_permissions(tmp_path, umask):
+    from capvector.io.atomic import atomic_write_json
+    from capvector.policy.files import atomic_save_safetensors, atomic_write_text
+
+    base = write_st(tmp_path / "base", {"w": torch.zeros(2, 2)})
+    old = os.umask(umask)
+    try:
+        vec = _vector(tmp_path, {"w": torch.zeros(2, 2)}, {"w": torch.ones(2, 2)})
+        assert cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash").code == 0
+        atomic_write_text(tmp_path / "report.md", "x")
+        atomic_write_json(tmp_path / "sub" / "results.json", {})
+        atomic_save_safetensors({"w": torch.ones(1)}, tmp_path / "w.safetensors")
+    finally:
+        os.umask(old)
+    d, f = oct(0o777 & ~umask), oct(0o666 & ~umask)
+    for root in (vec, tmp_path / "m"):
+        modes = _modes(root)
+        assert modes["."] == d and set(modes.values()) == {d, f}, modes
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "report.md", tmp_path / "sub" / "results.json",
+                                                    tmp_path / "w.safetensors")} == {f}
+    assert oct((tmp_path / "sub").stat().st_mode & 0o777) == d
+
+
+def test_no_tempfile_or_hand_written_renames_left_in_the_package():
+    """One atomic-write helper: every rename of a temporary into place goes through capvector.io.atomic."""
+    import re
+    from pathlib import Path
+
+    import capvector
+
+    root = Path(capvector.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "atomic.py"
+                 and re.search(r"mkstemp|mkdtemp|os\.replace|os\.rename|\.replace\(tmp|\.rename\(", p.read_text())]
+    assert offenders == []

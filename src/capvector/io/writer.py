@@ -1,19 +1,15 @@
-"""Writing checkpoints: atomic output directories and shard plans written tensor by tensor."""
+"""Writing checkpoints: shard plans written tensor by tensor (into an `io.atomic.AtomicOutputDir`)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import torch
 
@@ -49,61 +45,6 @@ def parse_size(text: str | int) -> int:
     if size < 1:
         raise CapvectorError(f"invalid size {text!r}: a shard must hold at least one byte")
     return size
-
-
-def check_output_path(target: Path, inputs: list[Path], overwrite: bool) -> None:
-    """Refuse to write over an input (or inside one), or over existing output unless asked."""
-    t = target.resolve()
-    for src in inputs:
-        s = src.resolve()
-        root = s if s.is_dir() else s.parent
-        if t in (s, root) or root in t.parents or t in s.parents:
-            raise CapvectorError(f"output {target} overlaps input {src}; choose another output path")
-    if target.exists() and not overwrite:
-        raise CapvectorError(f"output {target} already exists (pass --overwrite to replace it)")
-
-
-class AtomicOutputDir:
-    """A directory built beside its final location and renamed into place only once complete.
-
-    A crash or SIGKILL leaves only a hidden `.NAME.partial-*` sibling, never something that looks
-    like a finished output; any exception removes it.
-    """
-
-    def __init__(self, target: str | Path, overwrite: bool = False, inputs: list[Path] | None = None) -> None:
-        self.target = Path(target)
-        self.overwrite = overwrite
-        check_output_path(self.target, inputs or [], overwrite)
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        _fsync_dir(self.tmp)
-        old = None
-        if self.target.exists():
-            if not self.overwrite:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                raise CapvectorError(f"output {self.target} appeared while writing; not replacing it")
-            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
-            os.rename(self.target, old)
-        os.rename(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    for p in path.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
 
 
 @dataclass
@@ -254,10 +195,3 @@ class BackgroundWriter:
             self.close()
         else:
             self.abort()
-
-
-def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically (temp file in the same directory, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)

@@ -22,10 +22,10 @@ from capvector.io import (
     parse_size,
     plan_resharded,
 )
+from capvector.io.atomic import atomic_write_json
 from capvector.io.hashing import BackgroundHasher
 from capvector.io.peft_adapter import LoraAdapter
 from capvector.io.prefetch import Prefetcher
-from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
 from capvector.selection import Selection, make_selection
 from capvector.vectors.card import CARD_FILE, hub_id, render_card
@@ -153,7 +153,7 @@ def extract(
                 "skipped": skipped,
                 "tensors": tensors_meta,
             }
-            write_json(tmp / META_FILE, meta)
+            atomic_write_json(tmp / META_FILE, meta)
             (tmp / CARD_FILE).write_text(render_card(meta, Path(output).name), encoding="utf-8")
     finally:
         hasher.shutdown()

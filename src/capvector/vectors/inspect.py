@@ -11,6 +11,7 @@ import torch
 
 from capvector.errors import CapvectorError
 from capvector.io import Checkpoint
+from capvector.io.atomic import atomic_file
 from capvector.vectors.card import read_card
 from capvector.vectors.format import CapabilityVector, is_vector_dir
 from capvector.vectors.stats import RunningStats, row_chunks
@@ -167,8 +168,11 @@ def plot_layers(report: dict, path: str | Path) -> Path:
     axes[0, 0].set_title(f"{report['kind']}: {Path(report['path']).name}")
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".").lower())
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -26,9 +26,9 @@ from capvector.io import (
     parse_size,
     plan_resharded,
 )
+from capvector.io.atomic import atomic_write_json
 from capvector.io.hashing import BackgroundHasher
 from capvector.io.prefetch import Prefetcher
-from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
 from capvector.vectors.extract import _first, parse_dtype
 from capvector.vectors.format import CapabilityVector
@@ -202,7 +202,7 @@ def merge(
                 "total_tensors": len(base_ckpt),
                 "warnings": warnings,
             }
-            write_json(tmp / RECIPE_FILE, recipe)
+            atomic_write_json(tmp / RECIPE_FILE, recipe)
     finally:
         hasher.shutdown()
         base_ckpt.close()
