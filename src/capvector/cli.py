@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -33,10 +33,16 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except CapvectorError as e:
-            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            _fail(str(e))
+        except OSError as e:  # the environment, not our code: a file system error the library did not wrap
+            _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
 
     return wrapper
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
 
 
 Globs = Annotated[list[str] | None, typer.Option(help="Name glob (repeatable).")]
@@ -184,7 +190,10 @@ def inspect(
     """Per-tensor / per-layer norms, relative size, cosine between vectors, sparsity, largest modules."""
     from capvector.vectors import inspect as run
     from capvector.vectors import plot_layers
+    from capvector.vectors.inspect import check_plot_path
 
+    if plot:
+        check_plot_path(plot)
     report = run(path, base=base, other=other, top=top)
     if plot:
         plot_layers(report, plot)

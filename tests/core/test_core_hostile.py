@@ -3,6 +3,7 @@ broken output, never a traceback, nothing left behind, inputs untouched."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -354,3 +355,83 @@ def test_no_tempfile_or_hand_written_renames_left_in_the_package():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "atomic.py"
                  and re.search(r"mkstemp|mkdtemp|os\.replace|os\.rename|\.replace\(tmp|\.rename\(", p.read_text())]
     assert offenders == []
+
+
+# ---------------------------------------------------------------- 3. file-system errors are one-line errors
+@pytest.fixture
+def pair(tmp_path):
+    sft = write_st(tmp_path / "sft", {"w": torch.zeros(64, 64)})
+    aux = write_st(tmp_path / "aux", {"w": torch.ones(64, 64)})
+    return sft, aux, tmp_path
+
+
+def test_output_parent_is_a_file(pair):
+    sft, aux, tmp = pair
+    (tmp / "afile").write_text("x")
+    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "afile" / "sub" / "v", "--no-hash")
+    assert_user_error(r, "afile", "is a file")
+    assert (tmp / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("error", [(errno.EROFS, "Read-only file system"), (errno.EACCES, "Permission denied")])
+def test_read_only_output_parent(pair, monkeypatch, error):
+    """As root a chmod cannot make a folder read-only, so the kernel's answer is simulated."""
+    import capvector.io.atomic as atomic
+
+    def refuse(*args, **kwargs):
+        raise OSError(*error)
+
+    sft, aux, tmp = pair
+    monkeypatch.setattr(atomic.os, "mkdir", refuse)
+    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "v", "--no-hash")
+    assert_user_error(r, str(tmp), error[1])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
+def test_read_only_output_parent_for_real(pair):
+    sft, aux, tmp = pair
+    (tmp / "ro").mkdir()
+    (tmp / "ro").chmod(0o555)
+    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "ro" / "v", "--no-hash")
+    assert_user_error(r, "Permission denied")
+
+
+@pytest.mark.parametrize("plot", ["missing/plot.png", "plot.txt", "plot", "."])
+def test_bad_plot_paths(pair, plot):
+    sft, aux, tmp = pair
+    vec = tmp / "v"
+    assert cli("extract", "--sft", sft, "--aux", aux, "-o", vec, "--no-hash").code == 0
+    r = cli("inspect", vec, "--plot", tmp / plot)
+    assert_user_error(r, "plot")
+    assert not (tmp / "missing").exists() and not (tmp / "plot.txt").exists()
+
+
+def test_plot_with_other_image_suffixes(pair):
+    sft, aux, tmp = pair
+    assert cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "v", "--no-hash").code == 0
+    assert cli("inspect", tmp / "v", "--plot", tmp / "p.svg").code == 0
+    assert (tmp / "p.svg").read_text().lstrip().startswith("<?xml")
+    assert leftovers(tmp / "p.svg") == ["p.svg"]
+
+
+def test_disk_full_is_a_one_line_error(pair):
+    """RLIMIT_FSIZE makes writes past 100 kB fail with EFBIG, as a full disk fails with ENOSPC."""
+    import resource
+    import subprocess
+    import sys
+
+    sft, aux, tmp = pair
+    sft2 = write_st(tmp / "sft2", {"w": torch.zeros(256, 256)})
+    aux2 = write_st(tmp / "aux2", {"w": torch.ones(256, 256)})
+    limit = 100_000
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    r = subprocess.run([sys.executable, "-m", "capvector.cli", "extract", "--sft", str(sft2), "--aux", str(aux2),
+                        "-o", str(tmp / "v"), "--no-hash"], capture_output=True, text=True, timeout=120,
+                       preexec_fn=small_files)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write" in lines[0] and "File too large" in lines[0], r.stderr
+    assert leftovers(tmp / "v") == []

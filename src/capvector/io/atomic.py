@@ -138,10 +138,12 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             os.chmod(tmp, mode)
         fsync_path(tmp)
         os.replace(tmp, target)
-    except BaseException:
+        fsync_path(target.parent)
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # disk full, file too large, I/O error: one line naming the output
+            raise CapvectorError(f"cannot write {target}: {e.strerror or e}") from e
         raise
-    fsync_path(target.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -196,10 +198,15 @@ class AtomicOutputDir:
         assert self.tmp is not None
         if exc_type is not None:
             _remove(self.tmp)
+            if isinstance(exc, OSError):  # disk full, file too large, I/O error: one line naming the output
+                raise CapvectorError(f"cannot write {self.target}: {exc.strerror or exc}") from exc
             return
         try:
             fsync_tree(self.tmp, _mode(self.tmp) & 0o666)
             self._swap()
+        except OSError as e:
+            _remove(self.tmp)
+            raise CapvectorError(f"cannot write {self.target}: {e.strerror or e}") from e
         except BaseException:
             _remove(self.tmp)
             raise

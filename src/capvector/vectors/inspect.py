@@ -149,8 +149,25 @@ def _layer_row(layer: str, agg: dict[str, float], refs: dict) -> dict:
     return row
 
 
+def check_plot_path(path: str | Path) -> Path:
+    """Refuse a plot path matplotlib cannot write (unknown suffix, missing folder) before any work is done."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lstrip(".").lower() not in formats:
+        raise CapvectorError(f"plot {out}: unknown image type {out.suffix or '(no suffix)'!r}; "
+                             f"use one of {', '.join('.' + f for f in sorted(formats))}")
+    if not out.parent.is_dir():
+        raise CapvectorError(f"plot {out}: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise CapvectorError(f"plot {out}: is a directory")
+    return out
+
+
 def plot_layers(report: dict, path: str | Path) -> Path:
-    """Bar chart of per-layer norms (and relative norm / cosine when present) as a PNG."""
+    """Bar chart of per-layer norms (and relative norm / cosine when present) as an image (PNG by suffix)."""
+    out = check_plot_path(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +184,6 @@ def plot_layers(report: dict, path: str | Path) -> Path:
         ax.set_xticks(range(len(layers)), labels, rotation=90, fontsize=7)
     axes[0, 0].set_title(f"{report['kind']}: {Path(report['path']).name}")
     fig.tight_layout()
-    out = Path(path)
     try:
         with atomic_file(out) as tmp:
             fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".").lower())
