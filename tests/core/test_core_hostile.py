@@ -7,6 +7,10 @@ import errno
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -417,8 +421,6 @@ def test_plot_with_other_image_suffixes(pair):
 def test_disk_full_is_a_one_line_error(pair):
     """RLIMIT_FSIZE makes writes past 100 kB fail with EFBIG, as a full disk fails with ENOSPC."""
     import resource
-    import subprocess
-    import sys
 
     sft, aux, tmp = pair
     sft2 = write_st(tmp / "sft2", {"w": torch.zeros(256, 256)})
@@ -435,3 +437,77 @@ def test_disk_full_is_a_one_line_error(pair):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot write" in lines[0] and "File too large" in lines[0], r.stderr
     assert leftovers(tmp / "v") == []
+
+
+# ---------------------------------------------------------------- 7. interrupted runs leave no litter
+CLI = [sys.executable, "-m", "capvector.cli"]
+
+
+@pytest.fixture(scope="module")
+def big_merge(tmp_path_factory):
+    """A base and a zero vector of ~100 MB each: a merge takes long enough to be interrupted mid-write."""
+    from safetensors.torch import save_file
+
+    from capvector.vectors import extract
+
+    root = tmp_path_factory.mktemp("big")
+    gen = torch.Generator().manual_seed(0)
+    (root / "base").mkdir()
+    save_file({f"layer{i}.weight": torch.randn(1024, 1024, generator=gen) for i in range(24)},
+              root / "base" / "model.safetensors")
+    (root / "s").mkdir()
+    os.link(root / "base" / "model.safetensors", root / "s" / "model.safetensors")
+    extract(root / "s", root / "base", root / "v", progress=False, hash_sources=False)
+    return root
+
+
+def _start_merge(root, out):
+    proc = subprocess.Popen([*CLI, "merge", "--base", str(root / "base"), "--vector", str(root / "v"), "-o",
+                             str(out), "--no-hash"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(f".{out.name}.partial-") for p in out.parent.iterdir()):
+        time.sleep(0.005)
+    return proc
+
+
+def test_sigterm_cleans_up_and_exits_143(big_merge, tmp_path):
+    out = tmp_path / "m"
+    proc = _start_merge(big_merge, out)
+    assert [p for p in tmp_path.iterdir() if ".partial-" in p.name], "merge finished before the signal"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == ["error: terminated (SIGTERM); partial output removed"]
+    assert leftovers(out) == []
+
+
+def test_stale_partial_of_a_killed_run_is_removed_by_the_next_run(big_merge, tmp_path):
+    out = tmp_path / "m"
+    proc = _start_merge(big_merge, out)
+    proc.kill()
+    proc.communicate()
+    stale = [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.partial-")]
+    assert stale and f".m.partial-{proc.pid}-" in stale[0]
+    (tmp_path / ".other.partial-1-0123abcd").mkdir()  # another target's: not ours to remove
+    r = cli("merge", "--base", big_merge / "base", "--vector", big_merge / "v", "-o", out, "--no-hash")
+    assert r.code == 0, r.stderr
+    assert stale[0] in r.stderr and f"process {proc.pid}" in r.stderr
+    assert leftovers(out) == ["m"] and (tmp_path / ".other.partial-1-0123abcd").exists()
+
+
+def test_partial_of_a_live_process_is_left_alone(tmp_path):
+    live = tmp_path / f".v.partial-{os.getppid()}-0123abcd"
+    live.mkdir()
+    sft = write_st(tmp_path / "sft", {"w": torch.zeros(2)})
+    aux = write_st(tmp_path / "aux", {"w": torch.ones(2)})
+    assert cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash").code == 0
+    assert live.exists()
+
+
+def test_overwrite_onto_a_file_leaves_no_old_copy(tmp_path):
+    sft = write_st(tmp_path / "sft", {"w": torch.zeros(2)})
+    aux = write_st(tmp_path / "aux", {"w": torch.ones(2)})
+    (tmp_path / "v").write_text("an old file")
+    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash", "--overwrite")
+    assert r.code == 0, r.stderr
+    assert leftovers(tmp_path / "v") == ["v"] and (tmp_path / "v" / "capvector.json").is_file()
