@@ -511,3 +511,94 @@ def test_overwrite_onto_a_file_leaves_no_old_copy(tmp_path):
     r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash", "--overwrite")
     assert r.code == 0, r.stderr
     assert leftovers(tmp_path / "v") == ["v"] and (tmp_path / "v" / "capvector.json").is_file()
+
+
+# ---------------------------------------------------------------- 8. merge copies model files, not training clutter
+PROCESSOR = "policy_preprocessor_step_3_normalizer_processor.safetensors"
+
+
+def test_merge_skips_training_state_and_writes_its_own_card(tmp_path):
+    from huggingface_hub import ModelCard
+    from safetensors.torch import save_file
+
+    base = write_st(tmp_path / "base", {"w": torch.zeros(2, 2)})
+    model_files = {"config.json": '{"architectures": null}', "generation_config.json": "{}", "tokenizer.json": "{}",
+                   "tokenizer_config.json": "{}", "chat_template.jinja": "{{ x }}", "preprocessor_config.json": "{}",
+                   "modeling_custom.py": "# remote code", "sub/extra.json": "{}"}
+    clutter = {"optimizer.pt": "x", "scheduler.pt": "x", "rng_state_0.pth": "x", "trainer_state.json": "{}",
+               "training_args.bin": "x", "runs/Jan01/events.out.tfevents.1.host": "x",
+               "checkpoint-500/config.json": "{}"}
+    for rel, text in {**model_files, **clutter}.items():
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_text(text)
+    (base / "README.md").write_text("---\nlicense: mit\n---\n# The base model card\n")
+    save_file({"observation.state.mean": torch.ones(3)}, base / PROCESSOR)
+    sft = write_st(tmp_path / "sft", {"w": torch.zeros(2, 2)})
+    aux = write_st(tmp_path / "aux", {"w": torch.ones(2, 2)})
+    assert cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash",
+               "--base-model", "org/base-7b").code == 0
+    r = cli("merge", "--base", base, "--vector", tmp_path / "v", "-o", tmp_path / "m", "--no-hash", "--json")
+    assert r.code == 0, r.stderr
+    out = tmp_path / "m"
+    for rel, text in model_files.items():
+        assert (out / rel).read_text() == text, rel
+    assert (out / PROCESSOR).read_bytes() == (base / PROCESSOR).read_bytes()
+    for rel in clutter:
+        assert not (out / rel).exists(), rel
+    assert not (out / "runs").exists() and not (out / "checkpoint-500").exists()
+    assert set(json.loads(r.stdout)["skipped_base_files"]) == {*clutter, "README.md"}
+    card = ModelCard.load(out / "README.md")
+    meta = card.data.to_dict()
+    assert meta["base_model"] == "org/base-7b" and meta["base_model_relation"] == "merge" and meta["license"] == "mit"
+    assert "The base model card" not in card.text and "| `v` | 1 |" in card.text
+
+
+# ---------------------------------------------------------------- 9. dtypes and layouts of real checkpoints
+@pytest.mark.parametrize(("name", "dtype"), [
+    ("F8_E8M0", torch.float8_e8m0fnu), ("F8_E4M3FNUZ", torch.float8_e4m3fnuz), ("F8_E5M2FNUZ", torch.float8_e5m2fnuz),
+    ("F8_E4M3", torch.float8_e4m3fn), ("F8_E5M2", torch.float8_e5m2)])
+def test_every_float8_dtype_extracts_and_merges(tmp_path, name, dtype):
+    values = {"sft": torch.tensor([0.5, 1.0, 2.0, 4.0]), "aux": torch.tensor([1.0, 1.0, 8.0, 0.25])}
+    stored = {}
+    for role, v in values.items():
+        t = v.to(dtype)
+        stored[role] = t.float()
+        header = {"w": {"dtype": name, "shape": [4], "data_offsets": [0, 4]}}
+        raw_safetensors(tmp_path / role / "model.safetensors", header, t.view(torch.uint8).numpy().tobytes())
+    r = cli("extract", "--sft", tmp_path / "sft", "--aux", tmp_path / "aux", "-o", tmp_path / "v", "--no-hash")
+    assert r.code == 0, r.stderr
+    tau = load_file(tmp_path / "v" / "vector.safetensors")["w"]
+    assert torch.equal(tau, stored["aux"] - stored["sft"])
+    r = cli("merge", "--base", tmp_path / "sft", "--vector", tmp_path / "v", "-o", tmp_path / "m", "--no-hash",
+            "--weight", "0.0", "--allow-missing")
+    assert r.code == 0, r.stderr
+    merged = (tmp_path / "m" / "model.safetensors").read_bytes()[-4:]
+    assert merged == (tmp_path / "sft" / "model.safetensors").read_bytes()[-4:]
+
+
+def test_complex_tensors_are_read_and_refused_in_arithmetic(tmp_path):
+    c = torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex64)
+    sft = write_st(tmp_path / "sft", {"w": torch.zeros(2), "freqs": c})
+    aux = write_st(tmp_path / "aux", {"w": torch.ones(2), "freqs": c})
+    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash", "--json")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["skipped"] == {"non_float_equal": 1}
+    aux2 = write_st(tmp_path / "aux2", {"w": torch.ones(2), "freqs": c * 2})
+    r = cli("extract", "--sft", sft, "--aux", aux2, "-o", tmp_path / "v2", "--no-hash")
+    assert_user_error(r, "'freqs'", "complex64")
+
+
+def test_lerobot_processor_state_is_never_read_as_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    sft = write_st(tmp_path / "sft", {"model.w": torch.zeros(2)})
+    aux = write_st(tmp_path / "aux", {"model.w": torch.ones(2)})
+    for d, mean in ((sft, 0.0), (aux, 5.0)):
+        save_file({"observation.state.mean": torch.full((3,), mean)}, d / PROCESSOR)
+        post = "policy_postprocessor_step_0_unnormalizer_processor.safetensors"
+        save_file({"action.std": torch.full((3,), mean)}, d / post)
+    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash")
+    assert r.code == 0, r.stderr
+    assert set(load_file(tmp_path / "v" / "vector.safetensors")) == {"model.w"}
+    r = cli("inspect", sft, "--json")
+    assert [t["name"] for t in json.loads(r.stdout)["tensors"]] == ["model.w"]

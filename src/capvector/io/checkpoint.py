@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -93,8 +94,19 @@ class _PickleFile:
         self.tensors = {}
 
 
+# LeRobot >= 0.4 saves pre/post-processor state (normalisation statistics such as `observation.state.mean`)
+# as `policy_preprocessor_step_3_normalizer_processor.safetensors` beside the weights: not model weights.
+_PROCESSOR_STATE = re.compile(r".+_step_\d+_.+\.safetensors")
+
+
+def is_processor_state(name: str) -> bool:
+    return _PROCESSOR_STATE.fullmatch(name) is not None
+
+
 def _is_weight_file(name: str) -> bool:
     """Weights (ours or stale alternatives such as a .bin beside safetensors) are never copied as-is."""
+    if is_processor_state(name):
+        return False
     return (
         name.endswith((".safetensors", ".index.json"))
         or (name.startswith(("pytorch_model", "adapter_model", "model")) and name.endswith(PICKLE_SUFFIXES))
@@ -135,7 +147,7 @@ class Checkpoint:
             raise CapvectorError(f"{self.path}: several safetensors index files {st_index}; point at one")
         if st_index:
             return "sharded-safetensors", self._read_index(st_index[0])
-        safetensors_files = [n for n in names if n.endswith(".safetensors")]
+        safetensors_files = [n for n in names if n.endswith(".safetensors") and not is_processor_state(n)]
         if safetensors_files:
             return "safetensors", safetensors_files
         pt_index = [n for n in names if n.endswith(PICKLE_INDEX_SUFFIX)]

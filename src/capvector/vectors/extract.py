@@ -36,6 +36,10 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "fp16": torch.float16, "float16": torch.float16}
 
 
+# dtypes torch promotes to fp32 inside an in-place op; float8 types must be converted first
+_PROMOTES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 @dataclass
 class ExtractResult:
     path: Path
@@ -281,7 +285,7 @@ class _DenseBuilder:
             try:
                 d = out_buf[: count * 4].view(torch.float32)
                 d.copy_(a)
-                d.sub_(s)  # mixed dtype, computed in fp32
+                d.sub_(s if s.dtype in _PROMOTES else s.float())  # mixed dtype, computed in fp32; float8 converts
             finally:
                 inputs.release(buf)
             if not stats[name].update(d):  # NaN/Inf in either input propagates into d

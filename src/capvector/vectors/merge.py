@@ -30,8 +30,10 @@ from capvector.io.atomic import atomic_write_json
 from capvector.io.hashing import BackgroundHasher
 from capvector.io.prefetch import Prefetcher
 from capvector.progress import ByteProgress
+from capvector.vectors.card import CARD_FILE
 from capvector.vectors.extract import _first, parse_dtype
 from capvector.vectors.format import CapabilityVector
+from capvector.vectors.merge_files import render_merge_card, split_base_files
 from capvector.vectors.rename import PrefixMap
 from capvector.vectors.stats import check_cast, check_cast_tensor, row_chunks
 
@@ -180,7 +182,8 @@ def merge(
             sharded = ShardedWriter(tmp, plan, {"format": "pt"})
             with BackgroundWriter(sharded) as writer, ByteProgress("merge", total_bytes, enabled=progress) as bar:
                 _stream_merge(base_ckpt, plan.order(), contributions, out_dtypes, writer, bar)
-            for rel in base_ckpt.non_weight_files():
+            copied, skipped_files = split_base_files(base_ckpt.non_weight_files())
+            for rel in copied:
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(base_ckpt.root / rel, tmp / rel)
             recipe = {
@@ -201,8 +204,12 @@ def merge(
                 "merged_tensors": sum(1 for c in contributions.values() if c),
                 "total_tensors": len(base_ckpt),
                 "warnings": warnings,
+                "skipped_base_files": skipped_files,
             }
             atomic_write_json(tmp / RECIPE_FILE, recipe)
+            card = render_merge_card(recipe, Path(base), base_ckpt.root if Path(base).is_dir() else None,
+                                     [vec.meta for vec in opened])
+            (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     finally:
         hasher.shutdown()
         base_ckpt.close()
