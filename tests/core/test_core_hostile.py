@@ -602,3 +602,29 @@ def test_lerobot_processor_state_is_never_read_as_weights(tmp_path):
     assert set(load_file(tmp_path / "v" / "vector.safetensors")) == {"model.w"}
     r = cli("inspect", sft, "--json")
     assert [t["name"] for t in json.loads(r.stdout)["tensors"]] == ["model.w"]
+
+
+# ---------------------------------------------------------------- 10. inspect details
+def test_inspect_base_of_other_shapes_is_an_error(tmp_path):
+    vec = _vector(tmp_path, {"w": torch.zeros(4, 4), "b": torch.zeros(4)}, {"w": torch.ones(4, 4), "b": torch.ones(4)})
+    other = write_st(tmp_path / "other", {"w": torch.ones(8, 4), "b": torch.ones(4)})
+    assert_user_error(cli("inspect", vec, "--base", other), "'w'", "[8, 4]", "[4, 4]")
+    assert_user_error(cli("inspect", vec, "--other", other), "'w'")
+
+
+def test_inspect_negative_top(tmp_path):
+    vec = _vector(tmp_path, {"w": torch.zeros(2)}, {"w": torch.ones(2)})
+    assert_user_error(cli("inspect", vec, "--top", "-5"), "--top", "-5")
+    r = cli("inspect", vec, "--top", "0", "--json")
+    assert r.code == 0 and json.loads(r.stdout)["largest"] == []
+
+
+@pytest.mark.parametrize("out", ["", "."])
+def test_empty_output_path(tmp_path, out, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sft = write_st(tmp_path / "sft", {"w": torch.zeros(2)})
+    aux = write_st(tmp_path / "aux", {"w": torch.ones(2)})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_user_error(cli("extract", "--sft", sft, "--aux", aux, "-o", out, "--no-hash", "--overwrite"),
+                      "names no new directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

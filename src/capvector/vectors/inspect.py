@@ -62,13 +62,16 @@ def inspect(path: str | Path, *, base: str | Path | None = None, other: str | Pa
     `base`: a checkpoint to report ‖τ‖/‖θ‖ against. `other`: a second vector or checkpoint for
     cosine similarity (global and per layer) over the tensors both contain.
     """
+    if top < 0:
+        raise CapvectorError(f"--top must be 0 or more, found {top}")
     main = _Tensors(path)
-    refs = {k: _Tensors(p) for k, p in (("base", base), ("other", other)) if p is not None}
+    refs: dict[str, _Tensors] = {}
     try:
+        for key, p in (("base", base), ("other", other)):
+            if p is not None:
+                refs[key] = _Tensors(p)
         for key, ref in refs.items():
-            shared = [n for n in main.names if n in set(ref.names)]
-            if not shared:
-                raise CapvectorError(f"{ref.path}: shares no tensor name with {main.path}; cannot compare ({key})")
+            _check_comparable(main, ref, key)
         tensors = []
         layers: dict[str, dict[str, float]] = {}
         total = RunningStats()
@@ -109,6 +112,22 @@ def inspect(path: str | Path, *, base: str | Path | None = None, other: str | Pa
         main.close()
         for ref in refs.values():
             ref.close()
+
+
+def _check_comparable(main: _Tensors, ref: _Tensors, key: str) -> None:
+    """A reference must share tensors with `main`, and shared names must have the same shapes: a ratio or
+    cosine over a model of another size is meaningless."""
+    ref_names = set(ref.names)
+    shared = [n for n in main.names if n in ref_names]
+    if not shared:
+        raise CapvectorError(f"{ref.path}: shares no tensor name with {main.path}; cannot compare ({key})")
+    differ = [n for n in shared if tuple(ref.shape(n)) != tuple(main.shape(n))]
+    if differ:
+        n = differ[0]
+        raise CapvectorError(
+            f"--{key} {ref.path}: {len(differ)} of {len(shared)} shared tensors have other shapes (first: {n!r} "
+            f"is {list(ref.shape(n))} there, {list(main.shape(n))} in {main.path}); is it another model size?"
+        )
 
 
 def _cos(dot: float, a_sq: float, b_sq: float) -> float | None:
