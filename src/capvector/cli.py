@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -25,18 +29,68 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so that every `with` block cleans up."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
+    raise Terminated()
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM (docker stop, kill, a batch scheduler) unwinds the stack: partial
+    outputs are removed as on Ctrl-C, and the process exits 143 (128 + 15) as the shell expects."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except Terminated:
+        console.print("[bold red]error:[/] terminated (SIGTERM); partial output removed", highlight=False)
+        raise typer.Exit(143) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _ConsoleNotices(logging.Handler):
+    """Library warnings (e.g. a stale partial output removed) as one `warning:` line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _library_notices() -> Iterator[None]:
+    logger, handler = logging.getLogger("capvector"), _ConsoleNotices(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a CapvectorError into one clear line on stderr and exit code 2."""
+    """Turn a CapvectorError into one clear line on stderr and exit code 2; SIGTERM into cleanup and 143."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_unwinds(), _library_notices():
+                return fn(*args, **kwargs)
         except CapvectorError as e:
-            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            _fail(str(e))
+        except OSError as e:  # the environment, not our code: a file system error the library did not wrap
+            _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
 
     return wrapper
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
 
 
 Globs = Annotated[list[str] | None, typer.Option(help="Name glob (repeatable).")]
@@ -184,7 +238,10 @@ def inspect(
     """Per-tensor / per-layer norms, relative size, cosine between vectors, sparsity, largest modules."""
     from capvector.vectors import inspect as run
     from capvector.vectors import plot_layers
+    from capvector.vectors.inspect import check_plot_path
 
+    if plot:
+        check_plot_path(plot)
     report = run(path, base=base, other=other, top=top)
     if plot:
         plot_layers(report, plot)

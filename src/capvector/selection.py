@@ -29,6 +29,11 @@ class Selection:
     def filter(self, names: Iterable[str]) -> list[str]:
         return [n for n in names if self.matches(n)]
 
+    def unmatched_includes(self, names: Iterable[str]) -> list[str]:
+        """Include globs that match none of `names`: usually a typo that would silently shrink the selection."""
+        names = list(names)
+        return [g for g in self.include if not any(fnmatchcase(n, g) for n in names)]
+
     def to_json(self) -> dict:
         return {"preset": self.preset, "include": list(self.include), "exclude": list(self.exclude)}
 

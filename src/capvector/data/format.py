@@ -13,27 +13,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from capvector.errors import CapvectorError
+from capvector.io.atomic import atomic_write_bytes
 from capvector.io.hashing import file_sha256
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KEYS = {"image": 5, "depth": 4, "proprio": 2, "actions": 2, "state": 2, "intrinsics": 3, "cam_to_world": 4}
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_episode(root: Path, index: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -47,13 +38,13 @@ def write_episode(root: Path, index: int, arrays: dict[str, np.ndarray]) -> dict
     rel = f"episodes/{index:06d}.npz"
     (root / "episodes").mkdir(parents=True, exist_ok=True)
     data = buf.getvalue()
-    _atomic_bytes(root / rel, data)
+    atomic_write_bytes(root / rel, data)
     return {"index": index, "file": rel, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
             "length": int(arrays["actions"].shape[0])}
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    _atomic_bytes(root / MANIFEST, json.dumps(manifest, indent=1).encode())
+    atomic_write_bytes(root / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:

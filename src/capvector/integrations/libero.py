@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from capvector.errors import CapvectorError
+from capvector.io.atomic import atomic_write_text
 
 # Step budgets per suite (a little above each suite's longest demonstration), as the OpenVLA-OFT and
 # openpi LIBERO evaluations use them.
@@ -169,10 +170,7 @@ def _ensure_config(package: Path) -> None:
 
     paths = {"benchmark_root": package, "bddl_files": package / "bddl_files", "init_states": package / "init_files",
              "datasets": package.parent / "datasets", "assets": package / "assets"}
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = config.with_name(f".{config.name}.partial-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump({k: str(v) for k, v in paths.items()}))
-    os.replace(tmp, config)
+    atomic_write_text(config, yaml.safe_dump({k: str(v) for k, v in paths.items()}))
 
 
 def assets_status() -> tuple[Path | None, str]:

@@ -1,8 +1,8 @@
 """Checkpoint IO: lazy reading of any checkpoint layout, streaming atomic writing."""
 
+from capvector.io.atomic import AtomicOutputDir
 from capvector.io.checkpoint import Checkpoint, TensorInfo
 from capvector.io.writer import (
-    AtomicOutputDir,
     BackgroundWriter,
     BufferPool,
     ShardedWriter,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -93,8 +94,19 @@ class _PickleFile:
         self.tensors = {}
 
 
+# LeRobot >= 0.4 saves pre/post-processor state (normalisation statistics such as `observation.state.mean`)
+# as `policy_preprocessor_step_3_normalizer_processor.safetensors` beside the weights: not model weights.
+_PROCESSOR_STATE = re.compile(r".+_step_\d+_.+\.safetensors")
+
+
+def is_processor_state(name: str) -> bool:
+    return _PROCESSOR_STATE.fullmatch(name) is not None
+
+
 def _is_weight_file(name: str) -> bool:
     """Weights (ours or stale alternatives such as a .bin beside safetensors) are never copied as-is."""
+    if is_processor_state(name):
+        return False
     return (
         name.endswith((".safetensors", ".index.json"))
         or (name.startswith(("pytorch_model", "adapter_model", "model")) and name.endswith(PICKLE_SUFFIXES))
@@ -135,7 +147,7 @@ class Checkpoint:
             raise CapvectorError(f"{self.path}: several safetensors index files {st_index}; point at one")
         if st_index:
             return "sharded-safetensors", self._read_index(st_index[0])
-        safetensors_files = [n for n in names if n.endswith(".safetensors")]
+        safetensors_files = [n for n in names if n.endswith(".safetensors") and not is_processor_state(n)]
         if safetensors_files:
             return "safetensors", safetensors_files
         pt_index = [n for n in names if n.endswith(PICKLE_INDEX_SUFFIX)]
@@ -163,6 +175,8 @@ class Checkpoint:
         index_path = self.root / name
         try:
             index = json.loads(index_path.read_text())
+            if not isinstance(index, dict):
+                raise TypeError("not a JSON object")
             weight_map = index["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError("weight_map is not an object")
@@ -170,7 +184,9 @@ class Checkpoint:
             raise CapvectorError(f"{index_path}: invalid index file ({e})") from e
         files: list[str] = []
         for key, rel in weight_map.items():
-            pure = PurePosixPath(str(rel))
+            if not isinstance(rel, str):
+                raise CapvectorError(f"{index_path}: key {key!r} maps to {rel!r}, expected a file name")
+            pure = PurePosixPath(rel)
             if pure.is_absolute() or ".." in pure.parts or str(rel) == "":
                 raise CapvectorError(
                     f"{index_path}: key {key!r} names file {rel!r} outside the checkpoint directory"
@@ -279,9 +295,12 @@ class Checkpoint:
             p = self.root / name
             if self.path.is_dir() and p.is_file():
                 try:
-                    return json.loads(p.read_text())
-                except ValueError as e:
-                    raise CapvectorError(f"{p}: invalid JSON ({e})") from e
+                    config = json.loads(p.read_text())
+                except (OSError, ValueError) as e:
+                    raise CapvectorError(f"{p}: cannot read as JSON ({e})") from e
+                if not isinstance(config, dict):
+                    raise CapvectorError(f"{p}: expected a JSON object, found {type(config).__name__}")
+                return config
         return None
 
     def close(self) -> None:

@@ -40,6 +40,40 @@ def _pattern_value(patterns: dict, module: str, default: float) -> float:
     return default
 
 
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_rank(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def validate_adapter_config(path: object, config: dict) -> None:
+    """Check the fields of adapter_config.json that the update s·B·A depends on, naming the bad field."""
+
+    def bad(field: str, value: object, expected: str) -> CapvectorError:
+        return CapvectorError(f"{path}: adapter_config.json {field} is {value!r}, expected {expected}")
+
+    if not isinstance(config.get("peft_type", "LORA"), str):
+        raise bad("peft_type", config["peft_type"], "a string such as 'LORA'")
+    if not _is_number(config.get("lora_alpha", 8)):
+        raise bad("lora_alpha", config["lora_alpha"], "a finite number")
+    if "r" in config and not _is_rank(config["r"]):
+        raise bad("r", config["r"], "a positive integer")
+    for field in ("use_rslora", "use_dora", "fan_in_fan_out"):
+        if not isinstance(config.get(field, False), bool | None):
+            raise bad(field, config[field], "true or false")
+    for field, ok, what in (("alpha_pattern", _is_number, "finite numbers"), ("rank_pattern", _is_rank, "ranks")):
+        patterns = config.get(field) or {}
+        if not isinstance(patterns, dict) or not all(ok(v) for v in patterns.values()):
+            raise bad(field, patterns, f"an object of module regex -> {what}")
+        for key in patterns:
+            try:
+                re.compile(key)
+            except re.error as e:
+                raise bad(f"{field} key", key, f"a regular expression ({e})") from None
+
+
 class LoraAdapter:
     """Parsed LoRA adapter: per-parameter factored updates plus dense (modules_to_save) tensors."""
 
@@ -48,6 +82,7 @@ class LoraAdapter:
             raise CapvectorError(f"{checkpoint.path}: not a PEFT adapter directory")
         self.checkpoint = checkpoint
         config = checkpoint.config() or {}
+        validate_adapter_config(checkpoint.path, config)
         self.config = config
         peft_type = config.get("peft_type", "LORA")
         if peft_type != "LORA":
@@ -79,11 +114,18 @@ class LoraAdapter:
         b_key = p.get("lora_embedding_B" if embedding else "lora_B")
         if a_key is None or b_key is None:
             raise CapvectorError(f"{self.checkpoint.path}: module {module!r} has only one of LoRA A/B")
-        rank = self.checkpoint.info(a_key).shape[0]
-        if self.checkpoint.info(b_key).shape[-1] != rank:
+        a_shape, b_shape = self.checkpoint.info(a_key).shape, self.checkpoint.info(b_key).shape
+        if len(a_shape) != 2 or len(b_shape) != 2 or b_shape[1] != a_shape[0] or a_shape[0] < 1:
             raise CapvectorError(
-                f"{self.checkpoint.path}: module {module!r} has A rank {rank} but B shape "
-                f"{list(self.checkpoint.info(b_key).shape)}"
+                f"{self.checkpoint.path}: module {module!r} has A shape {list(a_shape)} and B shape {list(b_shape)}; "
+                "expected A r×in and B out×r with the same rank r"
+            )
+        rank = a_shape[0]
+        configured = _pattern_value(self.config.get("rank_pattern") or {}, module, self.config.get("r", rank))
+        if configured != rank:
+            raise CapvectorError(
+                f"{self.checkpoint.path}: module {module!r} has rank {rank} in its tensors but adapter_config.json "
+                f"says r = {configured}; the config does not belong to these weights"
             )
         alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config.get("lora_alpha", 8))
         scale = alpha / math.sqrt(rank) if self.config.get("use_rslora") else alpha / rank

@@ -27,6 +27,10 @@ DTYPES: dict[str, torch.dtype] = {
     "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+    "F8_E8M0": torch.float8_e8m0fnu,
+    "C64": torch.complex64,  # read and copied as-is; never part of vector arithmetic (not a real float)
     "I64": torch.int64,
     "I32": torch.int32,
     "I16": torch.int16,
@@ -78,36 +82,90 @@ def read_header(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
     except OSError as e:
         raise CapvectorError(f"{path}: cannot read ({e})") from e
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError) as e:
         raise CapvectorError(f"{path}: corrupted safetensors header, invalid JSON ({e})") from e
     if not isinstance(header, dict):
         raise CapvectorError(f"{path}: corrupted safetensors header (expected a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CapvectorError(f"{path}: __metadata__ must be an object of strings, found {_short(metadata)}")
     data_start = 8 + header_len
     data_len = size - data_start
-    entries = []
-    for name, info in header.items():
-        entries.append(_parse_entry(path, name, info, data_start, data_len))
-    entries.sort(key=lambda e: e.begin)
-    return entries, {str(k): str(v) for k, v in metadata.items()}
+    entries = [_parse_entry(path, name, info, data_start, data_len) for name, info in header.items()]
+    entries.sort(key=lambda e: (e.begin, e.end))
+    _check_disjoint(path, entries)
+    return entries, metadata
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _ints(value: object, length: int | None = None) -> list[int] | None:
+    """`value` as a list of non-negative ints (JSON true/false and floats are not ints), else None."""
+    if not isinstance(value, list) or (length is not None and len(value) != length):
+        return None
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value):
+        return None
+    return value
 
 
 def _parse_entry(path: Path, name: str, info: object, data_start: int, data_len: int) -> TensorEntry:
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-        raise CapvectorError(f"{path}: corrupted header entry for key {name!r}: {info!r}")
-    dtype = DTYPES.get(info["dtype"])
+        raise CapvectorError(
+            f"{path}: corrupted header entry for key {name!r}: expected dtype, shape and data_offsets, "
+            f"found {_short(info)}"
+        )
+    dtype_name = info["dtype"]
+    if not isinstance(dtype_name, str):
+        raise CapvectorError(f"{path}: key {name!r} has dtype {_short(dtype_name)}, expected a name such as 'F32'")
+    dtype = DTYPES.get(dtype_name)
     if dtype is None:
-        raise CapvectorError(f"{path}: key {name!r} has unsupported dtype {info['dtype']!r}")
-    shape = tuple(int(d) for d in info["shape"])
-    begin, end = (int(x) for x in info["data_offsets"])
-    numel = math.prod(shape)
-    if begin < 0 or end < begin or end > data_len or end - begin != numel * itemsize(dtype):
+        raise CapvectorError(
+            f"{path}: key {name!r} has dtype {dtype_name!r}, which capvector does not support "
+            f"(supported: {', '.join(DTYPES)})"
+        )
+    shape = _ints(info["shape"])
+    if shape is None:
+        raise CapvectorError(
+            f"{path}: key {name!r} has shape {_short(info['shape'])}, expected a list of non-negative integers"
+        )
+    offsets = _ints(info["data_offsets"], 2)
+    if offsets is None:
+        raise CapvectorError(
+            f"{path}: key {name!r} has data_offsets {_short(info['data_offsets'])}, expected [begin, end] "
+            "(non-negative integers)"
+        )
+    begin, end = offsets
+    if end < begin or end > data_len or end - begin != math.prod(shape) * itemsize(dtype):
         raise CapvectorError(
             f"{path}: key {name!r} has data offsets [{begin}, {end}) that do not fit its "
-            f"shape {list(shape)} {info['dtype']} or the file ({data_len} data bytes): truncated or corrupted"
+            f"shape {shape} {dtype_name} or the file ({data_len} data bytes): truncated or corrupted"
         )
-    return TensorEntry(name, dtype, shape, data_start + begin, data_start + end)
+    return TensorEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _check_disjoint(path: Path, entries: list[TensorEntry]) -> None:
+    """Two tensors reading the same bytes is a corrupted (or crafted) file, never a real checkpoint."""
+    for prev, cur in zip(entries, entries[1:], strict=False):
+        if cur.begin < prev.end:
+            raise CapvectorError(
+                f"{path}: keys {prev.name!r} and {cur.name!r} overlap in the data section "
+                f"(bytes [{prev.begin}, {prev.end}) and [{cur.begin}, {cur.end})): corrupted file"
+            )
 
 
 def read_range(

@@ -1,19 +1,15 @@
-"""Writing checkpoints: atomic output directories and shard plans written tensor by tensor."""
+"""Writing checkpoints: shard plans written tensor by tensor (into an `io.atomic.AtomicOutputDir`)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import torch
 
@@ -23,71 +19,32 @@ from capvector.io.safetensors_format import StreamingSafetensorsWriter, itemsize
 TensorSpec = tuple[str, torch.dtype, tuple[int, ...]]
 
 
+_SIZE = re.compile(
+    r"\s*(?P<number>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>[KMGT]?)(?P<binary>i?)B?\s*",
+    flags=re.IGNORECASE,
+)
+
+
 def parse_size(text: str | int) -> int:
-    """'5GB', '500MiB', '2e9' or an int -> bytes."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(i?)B?\s*", text, flags=re.IGNORECASE)
-    if not m:
+    """'5GB', '500MiB', '2e9' or an int -> bytes; at least one byte, finite."""
+    if isinstance(text, bool) or not isinstance(text, int | str):
         raise CapvectorError(f"invalid size {text!r} (examples: 5GB, 500MiB, 2000000000)")
-    number, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
-    base = 1024 if binary else 1000
-    return int(number * base ** "_KMGT".index(unit or "_"))
-
-
-def check_output_path(target: Path, inputs: list[Path], overwrite: bool) -> None:
-    """Refuse to write over an input (or inside one), or over existing output unless asked."""
-    t = target.resolve()
-    for src in inputs:
-        s = src.resolve()
-        root = s if s.is_dir() else s.parent
-        if t in (s, root) or root in t.parents or t in s.parents:
-            raise CapvectorError(f"output {target} overlaps input {src}; choose another output path")
-    if target.exists() and not overwrite:
-        raise CapvectorError(f"output {target} already exists (pass --overwrite to replace it)")
-
-
-class AtomicOutputDir:
-    """A directory built beside its final location and renamed into place only once complete.
-
-    A crash or SIGKILL leaves only a hidden `.NAME.partial-*` sibling, never something that looks
-    like a finished output; any exception removes it.
-    """
-
-    def __init__(self, target: str | Path, overwrite: bool = False, inputs: list[Path] | None = None) -> None:
-        self.target = Path(target)
-        self.overwrite = overwrite
-        check_output_path(self.target, inputs or [], overwrite)
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        _fsync_dir(self.tmp)
-        old = None
-        if self.target.exists():
-            if not self.overwrite:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                raise CapvectorError(f"output {self.target} appeared while writing; not replacing it")
-            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
-            os.rename(self.target, old)
-        os.rename(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    for p in path.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+    if isinstance(text, int):
+        size = text
+    else:
+        m = _SIZE.fullmatch(text)
+        if not m:
+            raise CapvectorError(f"invalid size {text!r} (examples: 5GB, 500MiB, 2000000000)")
+        number = float(m["number"])
+        if m["binary"] and not m["unit"]:
+            raise CapvectorError(f"invalid size {text!r}: 'i' needs a unit, e.g. 500MiB")
+        scale = (1024 if m["binary"] else 1000) ** "_KMGT".index(m["unit"].upper() or "_")
+        if not math.isfinite(number * scale):
+            raise CapvectorError(f"invalid size {text!r}: not a finite number of bytes")
+        size = int(number * scale)
+    if size < 1:
+        raise CapvectorError(f"invalid size {text!r}: a shard must hold at least one byte")
+    return size
 
 
 @dataclass
@@ -238,10 +195,3 @@ class BackgroundWriter:
             self.close()
         else:
             self.abort()
-
-
-def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically (temp file in the same directory, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)

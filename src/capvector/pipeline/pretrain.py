@@ -9,13 +9,13 @@ the settings, data summary and success rates). Regenerating the shipped weights:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError
+from capvector.io.atomic import AtomicOutputDir
 from capvector.pipeline.stages import Stage, StageRunner
 from capvector.pipeline.work import DATASET, Collect, Evaluate, Train, read_eval, stderr_is_tty
 
@@ -85,11 +85,7 @@ def pretrain(output: str | Path, cfg: PretrainConfig, run_dir: str | Path = "run
               "eval": {"overall": result["overall"],
                        "per_task": {r["task"]: r["pc_success"] for r in result["per_task"]}},
               "regenerate": f"capvector pretrain -o {output} --overwrite"}
-    tmp = output.with_name(f".{output.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(runner.directory("train") / "policy", tmp)
-    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(tmp, output)
+    with AtomicOutputDir(output, overwrite=True) as tmp:
+        shutil.copytree(runner.directory("train") / "policy", tmp, dirs_exist_ok=True)
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     return recipe

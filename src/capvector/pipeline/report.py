@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from capvector.policy.files import atomic_write_text
+from capvector.io.atomic import atomic_file, atomic_write_text
 
 PLOTS = ("success_vs_steps.png", "methods.png", "ood.png", "merge_choices.png", "orth_sweep.png", "cost.png",
          "tuners.png")
@@ -154,10 +154,9 @@ def plot_all(res: dict[str, Any], directory: Path) -> list[Path]:
     def save(fig: Any, name: str) -> None:
         fig.tight_layout()
         path = directory / name
-        tmp = path.with_name(f".{name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
-        tmp.replace(path)
         written.append(path)
 
     def errbar(ax: Any, xs: list, rows: list[dict[str, Any]], **kw: Any) -> None:

@@ -8,9 +8,7 @@ chunked policies cheap to evaluate.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
-import os
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from capvector.errors import CapvectorError
+from capvector.io.atomic import atomic_file, atomic_write_json
 from capvector.sim.env import SimConfig, SimEnv
 from capvector.sim.perturb import Perturbation
 from capvector.sim.policy_api import Policy
@@ -182,19 +181,14 @@ def write_video(frames: list[np.ndarray], path: Path) -> Path:
     """GIF (or MP4 when the suffix is .mp4 and an ffmpeg plugin is present), written atomically."""
     import imageio.v2 as imageio
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
-    if path.suffix == ".mp4":
-        imageio.mimwrite(tmp, frames, fps=20)
-    else:
-        imageio.mimwrite(tmp, frames, duration=50, loop=0)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        if path.suffix == ".mp4":
+            imageio.mimwrite(tmp, frames, fps=20)
+        else:
+            imageio.mimwrite(tmp, frames, duration=50, loop=0)
     return path
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
     """Atomic JSON write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, data)

@@ -7,15 +7,14 @@ when complete, so a crash never leaves a half-written checkpoint that resume wou
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from capvector.errors import CapvectorError
+from capvector.io.atomic import AtomicOutputDir
 
 TRAINABLE = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
@@ -49,10 +48,7 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
 def save_checkpoint(ckpt_dir: Path, step: int, trainable: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
                     projector: dict[str, torch.Tensor] | None, extra: dict) -> Path:
     """Write the checkpoint for `step` atomically (temp dir, then rename)."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=ckpt_dir))
-    try:
+    with AtomicOutputDir(ckpt_dir / f"step_{step:07d}", overwrite=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / TRAINABLE))
         opt_tensors, groups = optimizer_tensors(opt)
         save_file(opt_tensors, str(tmp / OPTIMIZER))
@@ -62,13 +58,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, trainable: dict[str, torch.Tensor
         save_file({"torch_cpu": rng}, str(tmp / "rng.safetensors"))
         state = {"step": step, "param_groups": groups, **extra}
         (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return ckpt_dir / f"step_{step:07d}"
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

@@ -13,8 +13,6 @@ import contextlib
 import inspect
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from capvector.errors import CapvectorError
+from capvector.io.atomic import AtomicOutputDir
 from capvector.objectives import SpatialAlignment, Teacher, make_teacher
 from capvector.policy import PolicyConfig, TinyVLA, action_l1, load_policy, save_policy
 from capvector.policy.files import atomic_save_safetensors, atomic_write_text
@@ -377,12 +376,10 @@ class Trainer:
         final = self.run_dir / SNAPSHOT_DIR / f"step_{step:07d}"
         if final.exists() or not self.accelerator.is_main_process:
             return
-        tmp = final.with_name(f".{final.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         was_training = self.model.training
-        self.export(tmp)
+        with AtomicOutputDir(final) as tmp:
+            self.export(tmp)
         self.model.train(was_training)
-        os.replace(tmp, final)
 
     def _clip_params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]

@@ -22,18 +22,22 @@ from capvector.io import (
     parse_size,
     plan_resharded,
 )
+from capvector.io.atomic import atomic_write_json
 from capvector.io.hashing import BackgroundHasher
 from capvector.io.peft_adapter import LoraAdapter
 from capvector.io.prefetch import Prefetcher
-from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
 from capvector.selection import Selection, make_selection
 from capvector.vectors.card import CARD_FILE, hub_id, render_card
 from capvector.vectors.format import FACTOR_A, FACTOR_B, FORMAT, FORMAT_VERSION, META_FILE
-from capvector.vectors.stats import RunningStats, row_chunks
+from capvector.vectors.stats import RunningStats, check_cast_tensor, row_chunks
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
+
+
+# dtypes torch promotes to fp32 inside an in-place op; float8 types must be converted first
+_PROMOTES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclass
@@ -113,7 +117,10 @@ def extract(
             )
         builder = _LoraBuilder(s, a) if all(adapters) else _DenseBuilder(s, a)
         with AtomicOutputDir(output, overwrite, inputs=list(sources.values())) as tmp:
+            unmatched = _unmatched_includes(make_selection(include), builder.candidates(), allow_missing)
             plan_specs, skipped = builder.plan(selection, allow_missing, out_dtype, lora_storage)
+            if unmatched:
+                skipped["unmatched_include"] = unmatched
             pre = ckpts.get("pretrained")
             if pre is not None:
                 _check_against_pretrained(pre, builder.shapes, allow_missing, skipped)
@@ -150,13 +157,24 @@ def extract(
                 "skipped": skipped,
                 "tensors": tensors_meta,
             }
-            write_json(tmp / META_FILE, meta)
+            atomic_write_json(tmp / META_FILE, meta)
             (tmp / CARD_FILE).write_text(render_card(meta, Path(output).name), encoding="utf-8")
     finally:
         hasher.shutdown()
         for c in ckpts.values():
             c.close()
     return ExtractResult(Path(output), len(tensors_meta), total.norm, skipped)
+
+
+def _unmatched_includes(user: Selection, names: list[str], allow_missing: bool) -> list[str]:
+    """An --include glob that matches nothing is an error (a typo), or with allow_missing a reported skip."""
+    unmatched = user.unmatched_includes(names) if user.include != ("*",) else []
+    if unmatched and not allow_missing:
+        raise CapvectorError(
+            f"--include {', '.join(map(repr, unmatched))} matches no tensor of the inputs (they have e.g. "
+            f"{_first(names, 3)}); fix the glob or pass --allow-missing"
+        )
+    return unmatched
 
 
 def _norm(ckpt: Checkpoint, name: str) -> float:
@@ -191,6 +209,9 @@ class _DenseBuilder:
     def __init__(self, sft: Checkpoint, aux: Checkpoint) -> None:
         self.sft, self.aux = sft, aux
         self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def candidates(self) -> list[str]:
+        return list(dict.fromkeys([*self.sft.keys(), *self.aux.keys()]))
 
     def plan(self, selection: Selection, allow_missing: bool, out_dtype: torch.dtype, lora_storage: str):
         s_names, a_names = selection.filter(self.sft.keys()), selection.filter(self.aux.keys())
@@ -264,7 +285,7 @@ class _DenseBuilder:
             try:
                 d = out_buf[: count * 4].view(torch.float32)
                 d.copy_(a)
-                d.sub_(s)  # mixed dtype, computed in fp32
+                d.sub_(s if s.dtype in _PROMOTES else s.float())  # mixed dtype, computed in fp32; float8 converts
             finally:
                 inputs.release(buf)
             if not stats[name].update(d):  # NaN/Inf in either input propagates into d
@@ -273,6 +294,7 @@ class _DenseBuilder:
             if out_dtype == torch.float32:
                 writer.write(name, d, done=partial(outputs.release, out_buf))
             else:
+                check_cast_tensor(name, d, out_dtype)
                 converted = d.to(out_dtype)
                 outputs.release(out_buf)
                 writer.write(name, converted)
@@ -291,6 +313,9 @@ class _LoraBuilder:
         self.sft, self.aux = LoraAdapter(sft), LoraAdapter(aux)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.storage = "factored"
+
+    def candidates(self) -> list[str]:
+        return list(dict.fromkeys([*self.sft.modules, *self.sft.dense, *self.aux.modules, *self.aux.dense]))
 
     def plan(self, selection: Selection, allow_missing: bool, out_dtype: torch.dtype, lora_storage: str):
         if lora_storage not in ("factored", "dense"):
@@ -378,15 +403,20 @@ class _LoraBuilder:
             for t in (b, a):
                 if not torch.isfinite(t).all():
                     raise CapvectorError(f"LoRA factors of {name!r} contain NaN or Inf")
-            writer.write(name + FACTOR_B, b.to(out_dtype))
-            writer.write(name + FACTOR_A, a.to(out_dtype))
-            stats.update((b.to(out_dtype).float() @ a.to(out_dtype).float()).reshape(-1))
+            check_cast_tensor(name + FACTOR_B, b, out_dtype)
+            check_cast_tensor(name + FACTOR_A, a, out_dtype)
+            b_out, a_out = b.to(out_dtype), a.to(out_dtype)
+            writer.write(name + FACTOR_B, b_out)
+            writer.write(name + FACTOR_A, a_out)
+            stats.update((b_out.float() @ a_out.float()).reshape(-1))
             entry |= {"storage": "factored", "rank": a.shape[0]}
         else:
             d = self._dense_delta(name)
             if not torch.isfinite(d).all():
                 raise CapvectorError(f"update of {name!r} contains NaN or Inf")
-            writer.write(name, d.to(out_dtype))
+            check_cast_tensor(name, d, out_dtype)
+            d_out = d.to(out_dtype)
+            writer.write(name, d_out)
             stats.update(d.reshape(-1))
             entry["storage"] = "dense"
         total.sumsq += stats.sumsq

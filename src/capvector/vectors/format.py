@@ -8,6 +8,7 @@ shape as the parameter, fp32 by default) or factored as `NAME::B` (m×r) and `NA
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -31,23 +32,51 @@ class CapabilityVector:
         if not meta_path.is_file():
             raise CapvectorError(f"{self.path}: not a capability vector directory (missing {META_FILE})")
         try:
-            self.meta = json.loads(meta_path.read_text())
-        except ValueError as e:
-            raise CapvectorError(f"{meta_path}: invalid JSON ({e})") from e
-        if self.meta.get("format") != FORMAT:
-            raise CapvectorError(f"{meta_path}: format is {self.meta.get('format')!r}, expected {FORMAT!r}")
-        if int(self.meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise CapvectorError(
-                f"{meta_path}: format version {self.meta['format_version']} is newer than this tool "
-                f"supports ({FORMAT_VERSION}); upgrade capvector"
-            )
-        self.checkpoint = Checkpoint(self.path)
+            meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise CapvectorError(f"{meta_path}: cannot read ({e})") from e
+        self.meta: dict = validate_meta(meta_path, meta)
         self.tensors: dict[str, dict] = self.meta["tensors"]
+        self.checkpoint = Checkpoint(self.path)
+        try:
+            self._check_weights(meta_path)
+        except CapvectorError:
+            self.checkpoint.close()
+            raise
+
+    def _check_weights(self, meta_path: Path) -> None:
+        """Every listed tensor is in the weight files with the listed shape (factors: B m×r, A r×n)."""
+        ckpt = self.checkpoint
+        stored: set[str] = set()
         for name, entry in self.tensors.items():
-            keys = [name + FACTOR_B, name + FACTOR_A] if entry["storage"] == "factored" else [name]
+            shape = tuple(entry["shape"])
+            if entry["storage"] == "factored":
+                keys = [name + FACTOR_B, name + FACTOR_A]
+                expected = None
+            else:
+                keys, expected = [name], shape
             for key in keys:
-                if key not in self.checkpoint:
+                if key not in ckpt:
                     raise CapvectorError(f"{self.path}: {META_FILE} lists {key!r} but no weight file holds it")
+                if not ckpt.info(key).is_float:
+                    raise CapvectorError(f"{self.path}: {key!r} is stored as {ckpt.info(key).dtype}, expected a float")
+            stored.update(keys)
+            if expected is not None and ckpt.info(name).shape != expected:
+                raise CapvectorError(
+                    f"{self.path}: {name!r} is stored with shape {list(ckpt.info(name).shape)} but {META_FILE} "
+                    f"says {list(expected)}"
+                )
+            if expected is None:
+                b, a = ckpt.info(name + FACTOR_B).shape, ckpt.info(name + FACTOR_A).shape
+                if len(shape) != 2 or len(b) != 2 or len(a) != 2 or b[1] != a[0] or (b[0], a[1]) != shape:
+                    raise CapvectorError(
+                        f"{self.path}: factored {name!r} has B {list(b)} and A {list(a)}, which do not multiply "
+                        f"to its shape {list(shape)} (B must be m×r and A r×n with the same rank r)"
+                    )
+        extra = sorted(set(ckpt.keys()) - stored)
+        if extra:
+            raise CapvectorError(f"{self.path}: weight files hold {len(extra)} tensors {META_FILE} does not list "
+                                 f"(first: {extra[:3]}); the directory is inconsistent")
 
     def names(self) -> list[str]:
         return list(self.tensors)
@@ -100,6 +129,70 @@ class CapabilityVector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def validate_meta(meta_path: Path, meta: object) -> dict:
+    """Check every field of `capvector.json` that the tools read, once, with errors naming the field."""
+
+    def bad(field: str, value: object, expected: str) -> CapvectorError:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return CapvectorError(f"{meta_path}: {field} is {shown}, expected {expected}")
+
+    if not isinstance(meta, dict):
+        raise bad("the top level", meta, "a JSON object")
+    if meta.get("format") != FORMAT:
+        raise bad("format", meta.get("format"), repr(FORMAT))
+    version = meta.get("format_version")
+    if not _is_int(version) or version < 1:
+        raise bad("format_version", version, "a positive integer")
+    if version > FORMAT_VERSION:
+        raise CapvectorError(
+            f"{meta_path}: format version {version} is newer than this tool supports ({FORMAT_VERSION}); "
+            "upgrade capvector"
+        )
+    tensors = meta.get("tensors")
+    if not isinstance(tensors, dict) or not tensors:
+        raise bad("tensors", tensors, "a non-empty object of name -> entry")
+    for name, entry in tensors.items():
+        if not isinstance(entry, dict):
+            raise bad(f"tensors[{name!r}]", entry, "an object with shape and storage")
+        if entry.get("storage") not in ("dense", "factored"):
+            raise bad(f"tensors[{name!r}].storage", entry.get("storage"), "'dense' or 'factored'")
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise bad(f"tensors[{name!r}].shape", shape, "a list of non-negative integers")
+    weight = meta.get("default_weight", 1.0)
+    if not (_is_number(weight) and math.isfinite(weight)):
+        raise bad("default_weight", weight, "a finite number")
+    arch = meta.get("architecture")
+    if arch is not None and not _valid_architecture(arch):
+        raise bad("architecture", arch, "null or an object of architectures (list of names) and model_type")
+    sources = meta.get("sources")
+    if sources is not None and not (isinstance(sources, dict) and all(isinstance(v, dict) for v in sources.values())):
+        raise bad("sources", sources, "an object of role -> {path, kind, hash}")
+    for field in ("dtype", "base_model", "task_set", "note", "definition", "tool_version", "created"):
+        if not isinstance(meta.get(field), str | None):
+            raise bad(field, meta.get(field), "a string or null")
+    for field in ("selection", "totals", "skipped"):
+        if not isinstance(meta.get(field), dict | None):
+            raise bad(field, meta.get(field), "an object or null")
+    return meta
+
+
+def _valid_architecture(arch: object) -> bool:
+    if not isinstance(arch, dict):
+        return False
+    names = arch.get("architectures")
+    names_ok = names is None or (isinstance(names, list) and all(isinstance(a, str) for a in names))
+    return names_ok and all(isinstance(arch.get(k), str | None) for k in ("model_type", "base_model_name_or_path"))
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def is_vector_dir(path: str | Path) -> bool:

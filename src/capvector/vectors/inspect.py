@@ -11,6 +11,7 @@ import torch
 
 from capvector.errors import CapvectorError
 from capvector.io import Checkpoint
+from capvector.io.atomic import atomic_file
 from capvector.vectors.card import read_card
 from capvector.vectors.format import CapabilityVector, is_vector_dir
 from capvector.vectors.stats import RunningStats, row_chunks
@@ -61,13 +62,16 @@ def inspect(path: str | Path, *, base: str | Path | None = None, other: str | Pa
     `base`: a checkpoint to report ‖τ‖/‖θ‖ against. `other`: a second vector or checkpoint for
     cosine similarity (global and per layer) over the tensors both contain.
     """
+    if top < 0:
+        raise CapvectorError(f"--top must be 0 or more, found {top}")
     main = _Tensors(path)
-    refs = {k: _Tensors(p) for k, p in (("base", base), ("other", other)) if p is not None}
+    refs: dict[str, _Tensors] = {}
     try:
+        for key, p in (("base", base), ("other", other)):
+            if p is not None:
+                refs[key] = _Tensors(p)
         for key, ref in refs.items():
-            shared = [n for n in main.names if n in set(ref.names)]
-            if not shared:
-                raise CapvectorError(f"{ref.path}: shares no tensor name with {main.path}; cannot compare ({key})")
+            _check_comparable(main, ref, key)
         tensors = []
         layers: dict[str, dict[str, float]] = {}
         total = RunningStats()
@@ -110,6 +114,22 @@ def inspect(path: str | Path, *, base: str | Path | None = None, other: str | Pa
             ref.close()
 
 
+def _check_comparable(main: _Tensors, ref: _Tensors, key: str) -> None:
+    """A reference must share tensors with `main`, and shared names must have the same shapes: a ratio or
+    cosine over a model of another size is meaningless."""
+    ref_names = set(ref.names)
+    shared = [n for n in main.names if n in ref_names]
+    if not shared:
+        raise CapvectorError(f"{ref.path}: shares no tensor name with {main.path}; cannot compare ({key})")
+    differ = [n for n in shared if tuple(ref.shape(n)) != tuple(main.shape(n))]
+    if differ:
+        n = differ[0]
+        raise CapvectorError(
+            f"--{key} {ref.path}: {len(differ)} of {len(shared)} shared tensors have other shapes (first: {n!r} "
+            f"is {list(ref.shape(n))} there, {list(main.shape(n))} in {main.path}); is it another model size?"
+        )
+
+
 def _cos(dot: float, a_sq: float, b_sq: float) -> float | None:
     return dot / math.sqrt(a_sq * b_sq) if a_sq > 0 and b_sq > 0 else None
 
@@ -148,8 +168,25 @@ def _layer_row(layer: str, agg: dict[str, float], refs: dict) -> dict:
     return row
 
 
+def check_plot_path(path: str | Path) -> Path:
+    """Refuse a plot path matplotlib cannot write (unknown suffix, missing folder) before any work is done."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lstrip(".").lower() not in formats:
+        raise CapvectorError(f"plot {out}: unknown image type {out.suffix or '(no suffix)'!r}; "
+                             f"use one of {', '.join('.' + f for f in sorted(formats))}")
+    if not out.parent.is_dir():
+        raise CapvectorError(f"plot {out}: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise CapvectorError(f"plot {out}: is a directory")
+    return out
+
+
 def plot_layers(report: dict, path: str | Path) -> Path:
-    """Bar chart of per-layer norms (and relative norm / cosine when present) as a PNG."""
+    """Bar chart of per-layer norms (and relative norm / cosine when present) as an image (PNG by suffix)."""
+    out = check_plot_path(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,9 +203,11 @@ def plot_layers(report: dict, path: str | Path) -> Path:
         ax.set_xticks(range(len(layers)), labels, rotation=90, fontsize=7)
     axes[0, 0].set_title(f"{report['kind']}: {Path(report['path']).name}")
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".").lower())
+    finally:
+        plt.close(fig)
     return out
 
 

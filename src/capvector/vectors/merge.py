@@ -26,14 +26,16 @@ from capvector.io import (
     parse_size,
     plan_resharded,
 )
+from capvector.io.atomic import atomic_write_json
 from capvector.io.hashing import BackgroundHasher
 from capvector.io.prefetch import Prefetcher
-from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
+from capvector.vectors.card import CARD_FILE
 from capvector.vectors.extract import _first, parse_dtype
 from capvector.vectors.format import CapabilityVector
+from capvector.vectors.merge_files import render_merge_card, split_base_files
 from capvector.vectors.rename import PrefixMap
-from capvector.vectors.stats import row_chunks
+from capvector.vectors.stats import check_cast, check_cast_tensor, row_chunks
 
 RECIPE_FILE = "capvector-merge.json"
 WeightSpec = float | Mapping[str, float]
@@ -52,6 +54,25 @@ class VectorWeight:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))  # accept str, as the README's example passes
+        values = self.weight.values() if isinstance(self.weight, Mapping) else [self.weight]
+        for value in values:
+            if value is not None:
+                check_weight(value, f"{self.path}: weight")
+
+    def rules_deciding_nothing(self, names: Sequence[str]) -> list[str]:
+        """Glob rules of a weight mapping that decide no tensor (match none, or only ones an earlier rule took)."""
+        if not isinstance(self.weight, Mapping):
+            return []
+        undecided, dead = list(names), []
+        for pattern in self.weight:
+            hits = [n for n in undecided if fnmatchcase(n, pattern)]
+            if hits:
+                undecided = [n for n in undecided if n not in set(hits)]
+                continue
+            shadowed = any(fnmatchcase(n, pattern) for n in names)
+            why = "every tensor it matches is taken by an earlier rule" if shadowed else "matches no tensor"
+            dead.append(f"{pattern!r} ({why})")
+        return dead
 
     def resolved(self, vector: CapabilityVector) -> VectorWeight:
         """This weight with `None` replaced by the vector's recommended λ."""
@@ -70,6 +91,13 @@ class VectorWeight:
         return 0.0
 
 
+def check_weight(value: object, what: str) -> float:
+    """A weight is a finite real number; JSON `true` or `NaN` is a mistake, not 1.0 or NaN."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CapvectorError(f"{what} must be a finite number, found {value!r}")
+    return float(value)
+
+
 def load_weights_file(path: str | Path) -> dict[str, float]:
     """A JSON object mapping name globs to weights, in priority order."""
     p = Path(path)
@@ -77,11 +105,11 @@ def load_weights_file(path: str | Path) -> dict[str, float]:
         data = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise CapvectorError(f"{p}: cannot read weights file ({e})") from e
-    if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
+    if not isinstance(data, dict) or not data:
         raise CapvectorError(
-            f'{p}: weights file must be a JSON object of glob -> number, e.g. {{"*vision*": 0.5, "*": 1}}'
+            f'{p}: weights file must be a non-empty JSON object of glob -> number, e.g. {{"*vision*": 0.5, "*": 1}}'
         )
-    return {str(k): float(v) for k, v in data.items()}
+    return {str(k): check_weight(v, f"{p}: weight of rule {k!r}") for k, v in data.items()}
 
 
 def merge(
@@ -109,6 +137,14 @@ def merge(
     items = [v if isinstance(v, VectorWeight) else VectorWeight(Path(v)) for v in vectors]
     if not items:
         raise CapvectorError("no vector given to merge")
+    seen: dict[Path, Path] = {}
+    for item in items:
+        if item.path.resolve() in seen:
+            raise CapvectorError(
+                f"vector {item.path} is given twice (also as {seen[item.path.resolve()]}); it would be added twice. "
+                "Give it once with the summed weight instead"
+            )
+        seen[item.path.resolve()] = item.path
     rules = prefix_map.rules if isinstance(prefix_map, PrefixMap) else prefix_map
     names = PrefixMap.build(rules, strip_prefix=strip_prefix, add_prefix=add_prefix)
     base_ckpt = Checkpoint(base)
@@ -121,6 +157,7 @@ def merge(
     try:
         base_hash = hasher.submit(base_ckpt.root, base_ckpt.weight_files) if hash_sources else None
         keymaps, warnings = _key_maps(opened, names, allow_missing)
+        warnings += _check_rules(items, opened, allow_missing)
         warnings += _validate(base_ckpt, opened, keymaps, names, allow_missing)
         out_float = parse_dtype(dtype) if dtype else None
         specs = [
@@ -132,13 +169,21 @@ def merge(
                    if name in keys and (w := item.weight_for(keys[name])) != 0.0]
             for name in base_ckpt.keys()
         }
+        if not any(contributions.values()):
+            weights = [w for item in items for w in (item.weight.values() if isinstance(item.weight, Mapping)
+                                                     else [item.weight])]
+            if any(weights):
+                raise CapvectorError(f"no vector tensor is merged into {base}: no weight rule selects a tensor the "
+                                     "base has; the output would equal the base")
+            warnings.append("every weight is 0: the output equals the base")
         total_bytes = sum(i.numel * i.dtype.itemsize for i in base_ckpt.infos.values())
         with AtomicOutputDir(output, overwrite, inputs=[Path(base), *(v.path for v in items)]) as tmp:
             out_dtypes = {spec[0]: spec[1] for spec in specs}
             sharded = ShardedWriter(tmp, plan, {"format": "pt"})
             with BackgroundWriter(sharded) as writer, ByteProgress("merge", total_bytes, enabled=progress) as bar:
                 _stream_merge(base_ckpt, plan.order(), contributions, out_dtypes, writer, bar)
-            for rel in base_ckpt.non_weight_files():
+            copied, skipped_files = split_base_files(base_ckpt.non_weight_files())
+            for rel in copied:
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(base_ckpt.root / rel, tmp / rel)
             recipe = {
@@ -159,8 +204,12 @@ def merge(
                 "merged_tensors": sum(1 for c in contributions.values() if c),
                 "total_tensors": len(base_ckpt),
                 "warnings": warnings,
+                "skipped_base_files": skipped_files,
             }
-            write_json(tmp / RECIPE_FILE, recipe)
+            atomic_write_json(tmp / RECIPE_FILE, recipe)
+            card = render_merge_card(recipe, Path(base), base_ckpt.root if Path(base).is_dir() else None,
+                                     [vec.meta for vec in opened])
+            (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     finally:
         hasher.shutdown()
         base_ckpt.close()
@@ -187,6 +236,20 @@ def _key_maps(vectors: list[CapabilityVector], names: PrefixMap, allow_missing: 
             warnings.append(msg + "; skipped")
         keymaps.append(mapped)
     return keymaps, warnings
+
+
+def _check_rules(items: list[VectorWeight], vectors: list[CapabilityVector], allow_missing: bool) -> list[str]:
+    """A weight rule that decides no tensor is a typo or a stale file: an error, or with allow_missing a warning."""
+    warnings = []
+    for item, vec in zip(items, vectors, strict=True):
+        dead = item.rules_deciding_nothing(vec.names())
+        if dead:
+            msg = f"{vec.path}: weight rules that select nothing: {', '.join(dead)}"
+            if not allow_missing:
+                raise CapvectorError(msg + "; fix the globs (they match the vector's own names) or pass "
+                                     "--allow-missing")
+            warnings.append(msg)
+    return warnings
 
 
 def _validate(base: Checkpoint, vectors: list[CapabilityVector], keymaps: list[dict[str, str]], names: PrefixMap,
@@ -273,11 +336,12 @@ def _stream_merge(
                     acc.add_(v, alpha=weight)
                 lo, hi = torch.aminmax(acc)
                 if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-                    outputs.release(out_buf)
                     raise CapvectorError(f"key {name!r}: merged values are not finite (check the vector and weights)")
+                check_cast(name, float(lo), float(hi), out_dtype)
                 if acc.data_ptr() != out.data_ptr():
                     out.copy_(acc)
             else:
+                check_cast_tensor(name, x, out_dtype)
                 out.copy_(x)
         finally:
             inputs.release(buf)

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 from capvector.errors import CapvectorError
 from capvector.io import AtomicOutputDir
+from capvector.io.atomic import atomic_write_json
 from capvector.io.peft_adapter import PREFIX
-from capvector.io.writer import write_json
 from capvector.vectors.format import CapabilityVector
 
 EXPORT_RECORD = "capvector-export.json"
@@ -78,6 +78,6 @@ def export_peft_adapter(
         provenance = {"vector": str(Path(vector).resolve()), "weight": weight, "sources": source}
     with AtomicOutputDir(output, overwrite, inputs=[Path(vector)]) as tmp:
         save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
-        write_json(tmp / "adapter_config.json", config)
-        write_json(tmp / EXPORT_RECORD, provenance)  # beside, not inside: PEFT warns on unknown config keys
+        atomic_write_json(tmp / "adapter_config.json", config)
+        atomic_write_json(tmp / EXPORT_RECORD, provenance)  # beside, not inside: PEFT warns on unknown config keys
     return Path(output)

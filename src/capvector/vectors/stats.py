@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from capvector.errors import CapvectorError
+
 CHUNK_ELEMENTS = 1 << 23  # 8M elements: 32 MiB per fp32 buffer; large enough for full-speed IO
 
 
@@ -47,10 +49,10 @@ class RunningStats:
         if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
             return False
         flat = x.reshape(-1)
-        if flat.dtype == torch.float32:
-            self.sumsq += float(torch.dot(flat, flat))
-        else:
-            self.sumsq += float(flat.double().square().sum())
+        sumsq = float(torch.dot(flat, flat)) if flat.dtype == torch.float32 else math.inf
+        if not math.isfinite(sumsq):  # other dtypes, or squares beyond fp32's range: sum in float64
+            sumsq = float(flat.double().square().sum())
+        self.sumsq += sumsq
         self.max_abs = max(self.max_abs, abs(lo_f), abs(hi_f))
         self.zeros += x.numel() - int(torch.count_nonzero(x))
         self.numel += x.numel()
@@ -67,3 +69,33 @@ class RunningStats:
             "zero_fraction": self.zeros / self.numel if self.numel else 0.0,
             "numel": self.numel,
         }
+
+
+def check_cast(name: str, lo: float, hi: float, dtype: torch.dtype) -> None:
+    """Raise if finite values in [lo, hi] cannot be stored as `dtype`.
+
+    Finiteness in fp32 is not enough: 7e4 is finite in fp32 and bf16 but overflows fp16 to inf, and a
+    cast to float8_e4m3fn saturates silently to ±448; so the range is checked against the target.
+    """
+    if dtype == torch.float32 or not dtype.is_floating_point:
+        return
+    largest, limit = max(abs(lo), abs(hi)), float(torch.finfo(dtype).max)
+    target = str(dtype).removeprefix("torch.")
+    if largest > limit:
+        raise CapvectorError(
+            f"key {name!r}: value {largest:.6g} overflows {target} (largest finite {limit:.6g}); "
+            "choose a wider --dtype such as fp32 or bf16"
+        )
+    if dtype == torch.float8_e8m0fnu and lo < 0:
+        raise CapvectorError(f"key {name!r}: {target} stores only positive powers of two, found {lo:.6g}")
+
+
+def check_cast_tensor(name: str, source: torch.Tensor, dtype: torch.dtype) -> None:
+    """`check_cast` for a chunk whose range is not known yet (a no-op when `dtype` is at least as wide)."""
+    if not (source.numel() and dtype.is_floating_point and source.dtype.is_floating_point):
+        return
+    narrows = torch.finfo(source.dtype).max > torch.finfo(dtype).max
+    if not narrows and dtype != torch.float8_e8m0fnu:
+        return
+    lo, hi = torch.aminmax(source if source.dtype in (torch.float32, torch.float16, torch.bfloat16) else source.float())
+    check_cast(name, float(lo), float(hi), dtype)
