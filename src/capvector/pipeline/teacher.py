@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from capvector.errors import CapvectorError
-from capvector.policy.files import atomic_write_text
+from capvector.io.atomic import atomic_file, atomic_write_text
 
 # Held out of the teacher's training frames to measure how it generalises to unseen tasks.
 HELD_OUT_TASKS = ("door-close-v3", "faucet-close-v3", "reach-wall-v3", "coffee-button-v3", "push-back-v3")
@@ -67,9 +67,8 @@ def render_dataset(path: Path, tasks: list[str], cfg: TeacherConfig, log: Any = 
             log(f"[teacher] {len(frames)} frames ({time.perf_counter() - start:.0f} s)")
     arrays = _frames_to_arrays(frames) | {"task": np.array(tasks_of)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return arrays
 
 
