@@ -1,0 +1,93 @@
+"""What the distributed engines do to parameters, in one place: DDP leaves them whole, FSDP2 (`fully_shard`) turns
+them into DTensors sharded by rows, FSDP1 flattens them (with `use_orig_params=True` the original names survive as
+flat 1-D slices, whole only while FSDP has gathered a module for its forward).
+
+Library code that reads weights outside the forward pass (the orthogonal regulariser, GSE's SVD initialisation,
+exports) asks this module what it holds instead of assuming a whole tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from capvector.errors import CapvectorError
+
+FSDP1_SEGMENT = "_fsdp_wrapped_module."
+FSDP1_FLAT = "_flat_param"
+FSDP1_FIX = "FSDP1 with flat parameters: set use_orig_params=True (accelerate config: fsdp_use_orig_params: true)"
+
+
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed support: nothing can be a DTensor
+        return None
+    return DTensor
+
+
+def is_dtensor(t: object) -> bool:
+    cls = _dtensor_type()
+    return cls is not None and isinstance(t, cls)
+
+
+def uses_fsdp2(model: nn.Module) -> bool:
+    """True when `fully_shard` was applied to `model` or one of its submodules."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def is_fsdp1_name(name: str) -> bool:
+    """A parameter name under an FSDP1 wrapper (its tensor is a flat shard outside the wrapper's forward)."""
+    return FSDP1_SEGMENT in name or name.endswith(FSDP1_FLAT)
+
+
+def refuse_flat_params(model: nn.Module, who: str) -> None:
+    """FSDP1 with `use_orig_params=False` hides the original parameters behind one flat tensor per unit."""
+    for name, _ in model.named_parameters():
+        if name.endswith(FSDP1_FLAT):
+            raise CapvectorError(f"{who}: parameter {name!r} is an FSDP1 flat parameter, which mixes the rows of "
+                                 f"many weights; supported: DDP, FSDP2 (fully_shard), or {FSDP1_FIX}")
+
+
+@dataclass(frozen=True)
+class RowShard:
+    """The rows [offset, offset + local.shape[0]) of a weight held by this rank, and the group summing over shards."""
+
+    local: torch.Tensor
+    offset: int
+    group: object | None  # a torch.distributed ProcessGroup, None when nothing is sharded
+
+
+def row_shard(param: torch.Tensor, who: str) -> RowShard:
+    """This rank's rows of a DTensor sharded on dim 0 (FSDP2), differentiable through `to_local()`.
+
+    Replicated mesh dimensions (HSDP's replica dimension) hold whole copies: only the one sharding dimension is
+    summed over. Any other placement (column sharding, `Partial`) is refused: rows would not be whole.
+    """
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shard_dims = [i for i, pl in enumerate(param.placements) if isinstance(pl, Shard)]
+    bad = [pl for pl in param.placements if not (isinstance(pl, Replicate) or (isinstance(pl, Shard) and pl.dim == 0))]
+    if bad or len(shard_dims) > 1:
+        raise CapvectorError(f"{who}: DTensor placements {tuple(param.placements)} are not supported; expected rows "
+                             "sharded on one mesh dimension (Shard(0), what fully_shard does) and Replicate elsewhere")
+    _, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    group = param.device_mesh.get_group(shard_dims[0]) if shard_dims else None
+    return RowShard(param.to_local(), int(offset[0]) if offset else 0, group)
+
+
+def gather_rows(local_rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The whole tensor whose rows are sharded like the DTensor `like` (this rank holds `local_rows`)."""
+    from torch.distributed.tensor import DTensor
+
+    shape = (int(like.shape[0]), *local_rows.shape[1:])
+    stride = tuple(torch.empty(shape, device="meta").stride())
+    return DTensor.from_local(local_rows, like.device_mesh, like.placements, shape=torch.Size(shape),
+                              stride=stride).full_tensor()
