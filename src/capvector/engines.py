@@ -91,3 +91,29 @@ def gather_rows(local_rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     stride = tuple(torch.empty(shape, device="meta").stride())
     return DTensor.from_local(local_rows, like.device_mesh, like.placements, shape=torch.Size(shape),
                               stride=stride).full_tensor()
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Whole weights on CPU under their plain names (no FSDP1 wrapper segments), whatever the engine (plain, DDP,
+    FSDP1, FSDP2). A collective under FSDP: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if not (uses_fsdp2(model) or any(is_fsdp1_name(n) for n, _ in model.named_parameters())):
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k.replace(FSDP1_SEGMENT, ""): v.detach() for k, v in state.items()}
+
+
+_ENGINE_ENV = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED"}
+
+
+def check_requested_engine(distributed_type: str) -> None:
+    """Refuse a run whose accelerate config asks for FSDP or DeepSpeed while accelerate set up something else (on CPU
+    it quietly falls back to DDP, so the memory plan the user made would not hold)."""
+    import os
+
+    for engine, env in _ENGINE_ENV.items():
+        if os.environ.get(env, "false").lower() in ("1", "true", "yes") and engine not in distributed_type.upper():
+            raise CapvectorError(f"the accelerate config asks for {engine} ({env}=true) but accelerate set up "
+                                 f"{distributed_type}: {engine} needs GPUs (accelerate runs it on no CPU-only "
+                                 "machine); launch without that config (DDP) or on GPUs")

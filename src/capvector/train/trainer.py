@@ -27,20 +27,14 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from capvector import engines
 from capvector.errors import CapvectorError
 from capvector.objectives import SpatialAlignment, Teacher, make_teacher
 from capvector.policy import PolicyConfig, TinyVLA, action_l1, load_policy, save_policy
 from capvector.policy.files import atomic_save_safetensors, atomic_write_text
 from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
 from capvector.train.order import StepBatchSampler
-from capvector.train.state import (
-    PROJECTOR,
-    latest_checkpoint,
-    load_optimizer,
-    prune_checkpoints,
-    read_checkpoint,
-    save_checkpoint,
-)
+from capvector.train.state import PROJECTOR, latest_checkpoint, prune_checkpoints, read_state, write_state
 
 Regularizer = Callable[..., torch.Tensor]  # reg() or reg(model) → scalar added to the loss
 REQUIRED_KEYS = ("image", "proprio", "instruction", "actions")
@@ -131,6 +125,7 @@ class Trainer:
         self.dataset = dataset
         self.regularizers = dict(regularizers or {})
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        engines.check_requested_engine(str(self.accelerator.distributed_type))
         if config.threads:
             torch.set_num_threads(config.threads)
         self.run_dir = Path(config.output_dir)
@@ -144,23 +139,29 @@ class Trainer:
         self.teacher = teacher
         self.alignment = self._build_alignment()
         self.loss_module = _LossModule(self.model, self.alignment)
-        self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        if not self.trainable:
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not trainable:
             raise CapvectorError("nothing to train: no parameter requires grad after applying the tuner")
         head_lr = config.lr_action_expert if config.lr_action_expert is not None else config.lr
         groups = [
-            {"params": [p for n, p in self.trainable if ".action_expert." not in f".{n}"], "base_lr": config.lr},
-            {"params": [p for n, p in self.trainable if ".action_expert." in f".{n}"], "base_lr": head_lr},
+            {"params": [p for n, p in trainable if ".action_expert." not in f".{n}"], "base_lr": config.lr},
+            {"params": [p for n, p in trainable if ".action_expert." in f".{n}"], "base_lr": head_lr},
             {"params": list(self.alignment.parameters()) if self.alignment is not None else [], "base_lr": config.lr},
         ]
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
                                            betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
         self.loss_module, self.optimizer = self.accelerator.prepare(self.loss_module, self.optimizer)
+        # Sharding engines replace Parameter objects in prepare(): take references only now.
+        self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.accelerator.register_save_state_pre_hook(_keep_trainable)
+        for reg in self.regularizers.values():
+            _bind_optimizer(reg, self.optimizer)
         self.step = 0
         self.history: list[dict] = []
 
     def add_regularizer(self, name: str, reg: Regularizer) -> None:
         """Add a loss term built from the tuned model, e.g. `OrthogonalRegularizer.from_vector(trainer.model, ...)`."""
+        _bind_optimizer(reg, self.optimizer)
         self.regularizers[name] = reg
 
     # ---- construction -------------------------------------------------------------------------
@@ -250,42 +251,40 @@ class Trainer:
                 denominator)
 
     # ---- state --------------------------------------------------------------------------------
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.trainable}
-
     def _save(self, step: int) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        proj = self.alignment.state_dict() if self.alignment is not None else None
-        save_checkpoint(self.run_dir / "checkpoints", step, self._trainable_state(), self.optimizer, proj,
-                        {"config": self.cfg.to_dict()})
-        prune_checkpoints(self.run_dir / "checkpoints", self.cfg.keep_checkpoints)
+        """`accelerator.save_state` (trainable weights, optimizer, every process's RNG states; sharded as the engine
+        shards) into a temporary directory, renamed once complete, so resume never picks up half a checkpoint."""
+        acc = self.accelerator
+        ckpt_dir = self.run_dir / "checkpoints"
+        final = ckpt_dir / f"step_{step:07d}"
+        tmp = ckpt_dir / f".step_{step:07d}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            write_state(tmp, {"step": step, "config": self.cfg.to_dict()})
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            prune_checkpoints(ckpt_dir, self.cfg.keep_checkpoints)
+        acc.wait_for_everyone()
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir / "checkpoints")
         if ckpt is None:
             return
-        state, trainable, opt_tensors, proj, rng = read_checkpoint(ckpt)
+        state = read_state(ckpt)
         saved = dict(state.get("config", {}))
         now = self.cfg.to_dict()
         diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
         if diff:
             raise CapvectorError(f"cannot resume {ckpt}: config differs in {diff} "
                                  f"(saved {[saved.get(k) for k in diff]}, now {[now[k] for k in diff]})")
-        names = {n for n, _ in self.trainable}
-        if set(trainable) != names:
-            missing, extra = sorted(names - set(trainable))[:5], sorted(set(trainable) - names)[:5]
-            raise CapvectorError(f"checkpoint {ckpt}: trainable tensors differ from this run "
-                                 f"(missing {missing}, extra {extra})")
-        with torch.no_grad():
-            for n, p in self.trainable:
-                p.copy_(trainable[n].to(p.device))
-            if self.alignment is not None:
-                if proj is None:
-                    raise CapvectorError(f"checkpoint {ckpt}: no {PROJECTOR} but this run uses the alignment loss")
-                self.alignment.load_state_dict(proj)
-        load_optimizer(self.optimizer, opt_tensors, state["param_groups"])
-        torch.set_rng_state(rng)
+        _check_saved_trainable(ckpt, self.loss_module)
+        self.accelerator.load_state(str(ckpt), strict=False)  # frozen weights are not saved (_keep_trainable)
         self.step = int(state["step"])
         self._truncate_metrics(self.step)
 
@@ -375,14 +374,14 @@ class Trainer:
     def _snapshot(self, step: int) -> None:
         """Export the policy as it is at `step` (for success-vs-steps curves), written atomically."""
         final = self.run_dir / SNAPSHOT_DIR / f"step_{step:07d}"
-        if final.exists() or not self.accelerator.is_main_process:
+        if final.exists():
             return
         tmp = final.with_name(f".{final.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        was_training = self.model.training
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
         self.export(tmp)
-        self.model.train(was_training)
-        os.replace(tmp, final)
+        if self.accelerator.is_main_process:
+            os.replace(tmp, final)
 
     def _clip_params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -393,26 +392,77 @@ class Trainer:
         full: `root/policy/` (a TinyVLA directory, returned). lora: `root/adapter/` and `root/policy/` with the
         adapter merged in (returned). gse / peft: `root/adapter/` and `root/base_policy/` (the frozen base
         plus any `also_train` updates), since routed experts have no dense equivalent; `root` is returned.
+        Every process must call it: under sharded engines the whole weights are gathered first (a collective);
+        the main process writes them from an unsharded CPU copy of the model.
         """
         root = Path(root)
+        whole = self._unsharded_copy()
         if not self.accelerator.is_main_process:
             return root / POLICY_DIR
-        if self.model is self.policy:
-            return save_policy(self.policy, root / POLICY_DIR)
-        import copy
-
-        self.model.save_pretrained(str(root / ADAPTER_DIR))
+        if self.cfg.tuner == "full":
+            return save_policy(whole, root / POLICY_DIR)
+        whole.save_pretrained(str(root / ADAPTER_DIR))
         if self.cfg.tuner == "lora":
-            return save_policy(copy.deepcopy(self.model).merge_and_unload(), root / POLICY_DIR)
+            return save_policy(whole.merge_and_unload(), root / POLICY_DIR)
         base = TinyVLA(self.policy.config)
         state = dict(self._base_state)
-        for name, p in self.policy.named_parameters():
+        for name, p in whole.base_model.model.named_parameters():
             plain = name.replace(".base_layer.", ".")
             if p.requires_grad and plain in state:
                 state[plain] = p.detach().clone()
         base.load_state_dict(state)
         save_policy(base, root / BASE_DIR)
         return root
+
+    def _unsharded_copy(self) -> nn.Module:
+        """A CPU model equal to the trained one, rebuilt from the full state dict (whole weights whatever the engine,
+        so saving never meets a DTensor or a flat shard)."""
+        state = engines.full_state_dict(self.accelerator.unwrap_model(self.loss_module))
+        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        with torch.random.fork_rng():
+            whole: nn.Module = TinyVLA(self.policy.config)
+            if self.cfg.tuner != "full":
+                from peft import get_peft_model
+
+                whole = get_peft_model(whole, self.model.peft_config[self.model.active_adapter])
+                trained = {n.replace(engines.FSDP1_SEGMENT, "") for n, p in self.model.named_parameters()
+                           if p.requires_grad}
+                for name, p in whole.named_parameters():  # requires_grad marks the also_train weights to export
+                    p.requires_grad_(name in trained)
+        whole.load_state_dict(state)
+        return whole.train(self.model.training)
+
+
+def _bind_optimizer(reg: Regularizer, optimizer: torch.optim.Optimizer) -> None:
+    """Regularisers that can check it (the orthogonal one) fail if they read tensors the optimiser does not step."""
+    bind = getattr(reg, "expect_updates_by", None)
+    if callable(bind):
+        bind(optimizer)
+
+
+def _keep_trainable(models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
+    """accelerate save hook: checkpoints hold trained tensors only; frozen ones come from the run's start point."""
+    for model, state in zip(models, weights, strict=False):  # empty under FSDP/DeepSpeed: they save their own way
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        for key in [k for k in state if k not in trained]:
+            del state[key]
+
+
+def _check_saved_trainable(ckpt: Path, model: nn.Module) -> None:
+    """The checkpoint must hold exactly this run's trained tensors (frozen ones are absent, so loading is
+    non-strict and this check stands in for strictness)."""
+    weights = ckpt / "model.safetensors"
+    if not weights.is_file():
+        return  # a sharded engine's layout: accelerate checks it
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        saved = set(f.keys())
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    if saved != names:
+        missing, extra = sorted(names - saved)[:5], sorted(saved - names)[:5]
+        raise CapvectorError(f"checkpoint {ckpt}: trained tensors differ from this run (missing {missing}, "
+                             f"extra {extra})")
 
 
 POLICY_DIR = "policy"
