@@ -100,8 +100,10 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     if not (uses_fsdp2(model) or any(is_fsdp1_name(n) for n, _ in model.named_parameters())):
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k.replace(FSDP1_SEGMENT, ""): v.detach() for k, v in state.items()}
+    # Offloading tensors that already live on the CPU hands back views of storage FSDP1 frees on resharding.
+    on_accelerator = any(p.device.type != "cpu" for p in model.parameters())
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=on_accelerator))
+    return {k.replace(FSDP1_SEGMENT, ""): v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 _ENGINE_ENV = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED"}

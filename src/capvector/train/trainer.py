@@ -64,10 +64,19 @@ def _call_reg(reg: Regularizer, model: nn.Module) -> torch.Tensor:
 def tuner_aux_loss(model: nn.Module) -> torch.Tensor | None:
     """The tuner's own auxiliary loss, already weighted by the tuner's config (GSE load balancing).
 
-    Seam for `capvector.gse`: a PEFT model whose tuner defines `gse_aux_loss()` gets it added to the loss.
+    Seam for `capvector.gse`: a PEFT model whose tuner defines `gse_aux_loss()` gets it added to the loss; with
+    several processes, over the global batch (the Switch loss is not a mean over tokens, so a mean over ranks of
+    per-rank losses would not be it).
     """
     fn = getattr(model, "gse_aux_loss", None)
-    return fn() if callable(fn) else None
+    if not callable(fn):
+        return None
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        from capvector.gse.distributed import aux_loss_across_ranks
+
+        return aux_loss_across_ranks(model)
+    return fn()
 
 
 class _LossModule(nn.Module):
