@@ -47,12 +47,16 @@ def is_fsdp1_name(name: str) -> bool:
     return FSDP1_SEGMENT in name or name.endswith(FSDP1_FLAT)
 
 
-def refuse_flat_params(model: nn.Module, who: str) -> None:
-    """FSDP1 with `use_orig_params=False` hides the original parameters behind one flat tensor per unit."""
-    for name, _ in model.named_parameters():
+def refuse_unsupported(model: nn.Module, who: str) -> None:
+    """FSDP1 with `use_orig_params=False` hides the original parameters behind one flat tensor per unit; DeepSpeed
+    ZeRO-3 partitions them into flat pieces (`ds_status` marks its parameters) and is untested here."""
+    for name, p in model.named_parameters():
         if name.endswith(FSDP1_FLAT):
             raise CapvectorError(f"{who}: parameter {name!r} is an FSDP1 flat parameter, which mixes the rows of "
                                  f"many weights; supported: DDP, FSDP2 (fully_shard), or {FSDP1_FIX}")
+        if hasattr(p, "ds_status"):
+            raise CapvectorError(f"{who}: parameter {name!r} is partitioned by DeepSpeed ZeRO-3, which is not "
+                                 "supported; use ZeRO-1/2 (whole weights, as DDP) or FSDP2 (fully_shard)")
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,7 @@ class OrthogonalRegularizer(nn.Module):
             raise CapvectorError(f"orthogonal regulariser: mode {mode!r} unknown; expected one of {MODES}")
         if rank < 1:
             raise CapvectorError(f"orthogonal regulariser: rank must be ≥ 1, found {rank}")
-        engines.refuse_flat_params(model, "orthogonal regulariser")
+        engines.refuse_unsupported(model, "orthogonal regulariser")
         if mode == "auto":
             lora = any(p.requires_grad and _LORA_A.match(canonical_name(n)) for n, p in model.named_parameters())
             mode = "lora" if lora else "factored"

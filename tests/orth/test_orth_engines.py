@@ -207,3 +207,11 @@ def test_misuse_raises_clearly(runs):
     assert "not among the tensors the optimiser updates" in errors["stale_optimizer"]
     assert "use_orig_params=True" in errors["fsdp1_flat"]
     assert "after each training forward" in errors["fsdp1_no_forward"]
+
+
+def test_zero3_partitioned_parameters_refused(make_llama, dense_vector):
+    """DeepSpeed ZeRO-3 marks its partitioned parameters with `ds_status`; they hold no whole weight."""
+    model = make_llama(0)
+    model.model.layers[0].mlp.up_proj.weight.ds_status = "NOT_AVAILABLE"
+    with pytest.raises(CapvectorError, match="ZeRO-3"):
+        OrthogonalRegularizer.from_vector(model, dense_vector)
