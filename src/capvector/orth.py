@@ -213,13 +213,14 @@ class OrthogonalRegularizer(nn.Module):
         """
         model = self._model if model is None else model
         live = {canonical_name(n): p for n, p in model.named_parameters()}
+        fsdp2 = self._optimizer_ids is not None and engines.uses_fsdp2(model)
         whole: list[tuple[str, torch.Tensor]] = []  # terms whose value is complete on this rank
         shards: dict[object, list[tuple[str, torch.Tensor]]] = {}  # process group → this rank's row-shard terms
         for t in self.terms:
             if t.captured:
                 whole.append((t.group, self._take_capture(t)))
                 continue
-            p = self._live_param(t, live)
+            p = self._live_param(t, live, fsdp2)
             if engines.is_dtensor(p) and p.dim() >= 2:
                 shard = engines.row_shard(p, f"orthogonal regulariser: parameter {t.name!r}")
                 w = _as_matrix(shard.local)
@@ -240,7 +241,9 @@ class OrthogonalRegularizer(nn.Module):
         self.last = {"orth": float(out.detach()), **{f"orth/{g}": self.weight * v for g, v in groups.items()}}
         return out
 
-    def _live_param(self, t: _Term, live: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _live_param(self, t: _Term, live: dict[str, torch.Tensor], fsdp2: bool) -> torch.Tensor:
+        """The tensor the model holds for `t` now. `fsdp2`: FSDP2 may hold an unsharded copy between forward and
+        backward (root module), which the optimiser never sees: only sharded ones are checked against it."""
         p = live.get(canonical_name(t.name))
         if p is None:
             raise CapvectorError(f"orthogonal regulariser: parameter {t.name!r} is not in the model any more (was the "
@@ -249,17 +252,18 @@ class OrthogonalRegularizer(nn.Module):
         if not p.requires_grad:
             raise CapvectorError(f"orthogonal regulariser: parameter {t.name!r} no longer requires grad; "
                                  "regularising a frozen weight does nothing")
-        if self._optimizer_ids is not None and (engines.is_dtensor(p) or not engines.uses_fsdp2(self._model)) \
-                and id(p) not in self._optimizer_ids:
+        checked = self._optimizer_ids is not None and (engines.is_dtensor(p) or not fsdp2)
+        if checked and id(p) not in self._optimizer_ids:
             raise CapvectorError(f"orthogonal regulariser: parameter {t.name!r} is not among the tensors the optimiser "
                                  "updates (was the optimiser built before the model was wrapped or sharded?)")
         return p
 
     def _check_optimizer(self, model: nn.Module) -> None:
         live = {canonical_name(n): p for n, p in model.named_parameters()}
+        fsdp2 = engines.uses_fsdp2(model)
         for t in self.terms:
             if not t.captured:
-                self._live_param(t, live)
+                self._live_param(t, live, fsdp2)
 
     # ------------------------------------------------------------------ FSDP1: terms computed during the forward
     def _hook_capture(self, t: _Term) -> torch.utils.hooks.RemovableHandle:
