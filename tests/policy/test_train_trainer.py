@@ -222,8 +222,9 @@ def test_checkpoints_are_accelerate_states_of_the_trained_tensors(tmp_path, tiny
     trainer.train(stop_at=2)
     ckpt = tmp_path / "ck" / "checkpoints" / "step_0000002"
     names = {p.name for p in ckpt.iterdir()}
-    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"} <= names
-    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+    assert {"trained.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"} <= names
+    assert "model.safetensors" not in names  # accelerate's own full-model file: frozen weights are not repeated
+    with safe_open(str(ckpt / "trained.safetensors"), "pt") as f:
         keys = set(f.keys())
     assert keys and all("lora_" in k for k in keys)
     assert keys == {n for n, p in trainer.loss_module.named_parameters() if p.requires_grad}

@@ -1,5 +1,6 @@
-"""Checkpoint directories: `checkpoints/step_XXXXXXX/` holds what `accelerator.save_state` writes (trained weights,
-optimizer, every process's RNG states, sharded as the engine shards them) plus `trainer_state.json` (step, config),
+"""Checkpoint directories: `checkpoints/step_XXXXXXX/` holds what `accelerator.save_state` writes (optimizer, every
+process's RNG states; weights: `trained.safetensors` with the trained tensors only, or the engine's own sharded
+files under FSDP/DeepSpeed) plus `trainer_state.json` (step, config),
 written last; the directory is renamed into place when complete, so resume never picks up half a checkpoint.
 """
 
@@ -13,6 +14,7 @@ from capvector.errors import CapvectorError
 from capvector.policy.files import atomic_write_text
 
 PROJECTOR = "aux_projector.safetensors"
+TRAINED = "trained.safetensors"  # the trained tensors under whole-weight engines (not frozen ones)
 STATE = "trainer_state.json"
 _OLD_FORMAT = "trainable.safetensors"  # written by capvector ≤ 0.2's own checkpointing
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
@@ -34,7 +35,7 @@ from capvector.policy import PolicyConfig, TinyVLA, action_l1, load_policy, save
 from capvector.policy.files import atomic_save_safetensors, atomic_write_text
 from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
 from capvector.train.order import StepBatchSampler
-from capvector.train.state import PROJECTOR, latest_checkpoint, prune_checkpoints, read_state, write_state
+from capvector.train.state import PROJECTOR, TRAINED, latest_checkpoint, prune_checkpoints, read_state, write_state
 
 Regularizer = Callable[..., torch.Tensor]  # reg() or reg(model) → scalar added to the loss
 REQUIRED_KEYS = ("image", "proprio", "instruction", "actions")
@@ -162,7 +163,8 @@ class Trainer:
         self.loss_module, self.optimizer = self.accelerator.prepare(self.loss_module, self.optimizer)
         # Sharding engines replace Parameter objects in prepare(): take references only now.
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.accelerator.register_save_state_pre_hook(_keep_trainable)
+        self.accelerator.register_save_state_pre_hook(self._save_trained)
+        self.accelerator.register_load_state_pre_hook(self._load_trained)
         for reg in self.regularizers.values():
             _bind_optimizer(reg, self.optimizer)
         self.step = 0
@@ -281,6 +283,38 @@ class Trainer:
             prune_checkpoints(ckpt_dir, self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
 
+    def _trained_tensors(self) -> dict[str, nn.Parameter]:
+        module = self.accelerator.unwrap_model(self.loss_module)
+        return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+    def _save_trained(self, models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
+        """accelerate save hook: for whole-weight engines write the trained tensors only, under unwrapped names
+        (frozen ones come from the run's start point); FSDP/DeepSpeed save their own sharded way (`weights` empty)."""
+        if not weights:
+            return
+        weights.clear()  # accelerate writes no model file of its own
+        if self.accelerator.is_main_process:
+            atomic_save_safetensors({n: p.detach() for n, p in self._trained_tensors().items()},
+                                    Path(output_dir) / TRAINED)
+
+    def _load_trained(self, models: list[nn.Module], input_dir: str) -> None:
+        """accelerate load hook, the inverse of `_save_trained`: the trained tensors, by name, all of them."""
+        if not models:
+            return
+        models.clear()  # accelerate loads no model file of its own
+        path = Path(input_dir) / TRAINED
+        if not path.is_file():
+            raise CapvectorError(f"checkpoint {input_dir}: missing {TRAINED}")
+        saved = load_file(str(path))
+        params = self._trained_tensors()
+        if set(saved) != set(params):
+            missing, extra = sorted(set(params) - set(saved))[:5], sorted(set(saved) - set(params))[:5]
+            raise CapvectorError(f"checkpoint {input_dir}: trained tensors differ from this run (missing {missing}, "
+                                 f"extra {extra})")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n].to(p.device))
+
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir / "checkpoints")
         if ckpt is None:
@@ -292,8 +326,7 @@ class Trainer:
         if diff:
             raise CapvectorError(f"cannot resume {ckpt}: config differs in {diff} "
                                  f"(saved {[saved.get(k) for k in diff]}, now {[now[k] for k in diff]})")
-        _check_saved_trainable(ckpt, self.loss_module)
-        self.accelerator.load_state(str(ckpt), strict=False)  # frozen weights are not saved (_keep_trainable)
+        self.accelerator.load_state(str(ckpt))
         self.step = int(state["step"])
         self._truncate_metrics(self.step)
 
@@ -447,31 +480,6 @@ def _bind_optimizer(reg: Regularizer, optimizer: torch.optim.Optimizer) -> None:
     bind = getattr(reg, "expect_updates_by", None)
     if callable(bind):
         bind(optimizer)
-
-
-def _keep_trainable(models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
-    """accelerate save hook: checkpoints hold trained tensors only; frozen ones come from the run's start point."""
-    for model, state in zip(models, weights, strict=False):  # empty under FSDP/DeepSpeed: they save their own way
-        trained = {n for n, p in model.named_parameters() if p.requires_grad}
-        for key in [k for k in state if k not in trained]:
-            del state[key]
-
-
-def _check_saved_trainable(ckpt: Path, model: nn.Module) -> None:
-    """The checkpoint must hold exactly this run's trained tensors (frozen ones are absent, so loading is
-    non-strict and this check stands in for strictness)."""
-    weights = ckpt / "model.safetensors"
-    if not weights.is_file():
-        return  # a sharded engine's layout: accelerate checks it
-    from safetensors import safe_open
-
-    with safe_open(str(weights), "pt") as f:
-        saved = set(f.keys())
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    if saved != names:
-        missing, extra = sorted(names - saved)[:5], sorted(saved - names)[:5]
-        raise CapvectorError(f"checkpoint {ckpt}: trained tensors differ from this run (missing {missing}, "
-                             f"extra {extra})")
 
 
 POLICY_DIR = "policy"
