@@ -64,19 +64,3 @@ def test_ddp_two_processes_match_one(dense_vector, tmp_path):
     for r in ranks:
         assert r["reg"] == pytest.approx(single["reg"], rel=1e-4)
         assert r["w"] == pytest.approx(single["w"], rel=1e-5)
-
-
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
-def test_fsdp_sharded_parameters_rejected_clearly(dense_vector, tmp_path):
-    from torch.distributed.fsdp import fully_shard
-
-    from capvector.errors import CapvectorError
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
-    try:
-        model = _model()
-        fully_shard(model)
-        with pytest.raises(CapvectorError, match="sharded"):
-            OrthogonalRegularizer.from_vector(model, dense_vector)
-    finally:
-        dist.destroy_process_group()

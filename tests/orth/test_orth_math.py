@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from capvector.errors import CapvectorError
-from capvector.orth import _TERM_LOSS, OrthogonalRegularizer, _Term, abs_sum_outer, canonical_name
+from capvector.orth import _TERM_LOSS, OrthogonalRegularizer, abs_sum_outer, canonical_name
 from capvector.vectors import CapabilityVector
 
 
@@ -92,7 +92,7 @@ def test_gradcheck_float64(mode):
     x = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
 
     def f(w):
-        return _TERM_LOSS[mode](_Term("w", "w", "g", w, consts))
+        return _TERM_LOSS[mode](consts, w)
 
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
 

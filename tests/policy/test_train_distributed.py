@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo, launched by torchrun, driven by accelerate) follow the same loss curve as one."""
+"""Two CPU processes (gloo, launched by torchrun, driven by accelerate) follow the same loss curve as one, also when
+the two-process run is stopped after a checkpoint and resumed (accelerate save_state/load_state, per-rank RNG)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 SCRIPT = textwrap.dedent("""
     import sys, torch
@@ -17,9 +19,10 @@ SCRIPT = textwrap.dedent("""
     from capvector.policy import PolicyConfig
     from capvector.train import SyntheticDemoDataset, Trainer, TrainConfig
     cfg = TrainConfig(output_dir=sys.argv[1], steps=4, batch_size=8, lr=3e-3, warmup_steps=1, log_every=1,
-                      progress=False, seed=1, aux_weight=0.5, aux_layer=1)
+                      progress=False, seed=1, aux_weight=0.5, aux_layer=1, checkpoint_every=2)
+    stop_at = int(sys.argv[2]) if len(sys.argv) > 2 else None
     Trainer(cfg, SyntheticDemoDataset(length=32, chunk=4),
-            policy_config=PolicyConfig(width=32, depth=2, heads=2, embedder="hash", chunk=4)).train()
+            policy_config=PolicyConfig(width=32, depth=2, heads=2, embedder="hash", chunk=4)).train(stop_at=stop_at)
 """)
 
 
@@ -41,12 +44,20 @@ def test_two_processes_match_one(tmp_path):
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, capture_output=True,
                          text=True, timeout=120)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
-                          str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=120)
-    assert two.returncode == 0, two.stderr[-2000:]
+    for stop_at in (["2"], []):  # stopped after the step-2 checkpoint, then resumed to the end
+        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                              "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+                              str(tmp_path / "two"), *stop_at], env=env, capture_output=True, text=True, timeout=120)
+        assert two.returncode == 0, two.stderr[-2000:]
+    assert (tmp_path / "two" / "checkpoints" / "step_0000002" / "random_states_1.pkl").is_file()
     assert json.loads((tmp_path / "two" / "config.json").read_text())["processes"] == 2
     c1, c2 = _curve(tmp_path / "one"), _curve(tmp_path / "two")
     assert [r[0] for r in c1] == [r[0] for r in c2] == [1, 2, 3, 4]
     for a, b in zip(c1, c2, strict=True):
         assert a[1:] == pytest.approx(b[1:], rel=1e-4, abs=1e-5)
+    from capvector.policy import load_policy
+
+    w1 = load_policy(tmp_path / "one" / "policy").state_dict()
+    w2 = load_policy(tmp_path / "two" / "policy").state_dict()
+    for k, v in w1.items():
+        torch.testing.assert_close(w2[k], v, rtol=1e-4, atol=1e-5, msg=k)

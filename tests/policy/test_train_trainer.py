@@ -211,3 +211,31 @@ def test_snapshots_hold_the_policy_at_their_step(tmp_path, tiny_ds, tuner):
     key = "vlm.trunk.layers.0.attn.q_proj.weight"
     assert not torch.equal(snap[key], _weights(tmp_path / "a" / "policy")[key])  # training went on after it
     assert sorted(p.name for p in (tmp_path / "a" / "snapshots").iterdir()) == ["step_0000003"]
+
+
+def test_checkpoints_are_accelerate_states_of_the_trained_tensors(tmp_path, tiny_ds):
+    """save_state writes the optimizer and every process's RNG states; weights are the trained (LoRA) tensors only."""
+    from safetensors import safe_open
+
+    trainer = Trainer(_cfg(tmp_path, "ck", tuner="lora", lora_r=2, checkpoint_every=2), tiny_ds,
+                      policy_config=small_config())
+    trainer.train(stop_at=2)
+    ckpt = tmp_path / "ck" / "checkpoints" / "step_0000002"
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"trained.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"} <= names
+    assert "model.safetensors" not in names  # accelerate's own full-model file: frozen weights are not repeated
+    with safe_open(str(ckpt / "trained.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert keys and all("lora_" in k for k in keys)
+    assert keys == {n for n, p in trainer.loss_module.named_parameters() if p.requires_grad}
+    (ckpt / "trainable.safetensors").write_bytes(b"")  # what capvector 0.2 wrote: refused with a clear message
+    with pytest.raises(CapvectorError, match="older capvector"):
+        Trainer(_cfg(tmp_path, "ck", tuner="lora", lora_r=2, checkpoint_every=2), tiny_ds,
+                policy_config=small_config()).train()
+
+
+def test_fsdp_asked_for_but_not_running_is_refused(tmp_path, tiny_ds, monkeypatch):
+    """On CPU accelerate quietly runs an FSDP config as DDP / one process: the trainer says so."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(CapvectorError, match="asks for .* but accelerate set up"):
+        Trainer(_cfg(tmp_path, "eng", steps=1), tiny_ds, policy_config=small_config())

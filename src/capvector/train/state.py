@@ -1,7 +1,7 @@
-"""Resumable training state in safetensors: trainable weights, AdamW moments, RNG, step.
-
-A checkpoint is a directory `checkpoints/step_XXXXXXX/` written under a temporary name and renamed
-when complete, so a crash never leaves a half-written checkpoint that resume would pick up.
+"""Checkpoint directories: `checkpoints/step_XXXXXXX/` holds what `accelerator.save_state` writes (optimizer, every
+process's RNG states; weights: `trained.safetensors` with the trained tensors only, or the engine's own sharded
+files under FSDP/DeepSpeed) plus `trainer_state.json` (step, config),
+written last; the directory is renamed into place when complete, so resume never picks up half a checkpoint.
 """
 
 from __future__ import annotations
@@ -10,55 +10,24 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
-
 from capvector.errors import CapvectorError
-from capvector.io.atomic import AtomicOutputDir
+from capvector.policy.files import atomic_write_text
 
-TRAINABLE = "trainable.safetensors"
-OPTIMIZER = "optimizer.safetensors"
 PROJECTOR = "aux_projector.safetensors"
+TRAINED = "trained.safetensors"  # the trained tensors under whole-weight engines (not frozen ones)
 STATE = "trainer_state.json"
+_OLD_FORMAT = "trainable.safetensors"  # written by capvector ≤ 0.2's own checkpointing
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """Flatten an optimizer's per-parameter state to named tensors; hyper-parameters go to JSON."""
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, st in sd["state"].items():
-        for name, value in st.items():
-            t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"{idx}.{name}"] = t.detach().cpu().contiguous()
-    groups = [dict(g) for g in sd["param_groups"]]
-    return tensors, groups
+def write_state(ckpt: Path, state: dict) -> None:
+    atomic_write_text(ckpt / STATE, json.dumps(state, indent=2) + "\n")
 
 
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, t in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = t
-    current = opt.state_dict()["param_groups"]
-    if [len(g["params"]) for g in current] != [len(g["params"]) for g in groups]:
-        raise CapvectorError("checkpoint optimizer has a different parameter layout than this run")
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def save_checkpoint(ckpt_dir: Path, step: int, trainable: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
-                    projector: dict[str, torch.Tensor] | None, extra: dict) -> Path:
-    """Write the checkpoint for `step` atomically (temp dir, then rename)."""
-    with AtomicOutputDir(ckpt_dir / f"step_{step:07d}", overwrite=True) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / TRAINABLE))
-        opt_tensors, groups = optimizer_tensors(opt)
-        save_file(opt_tensors, str(tmp / OPTIMIZER))
-        if projector is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in projector.items()}, str(tmp / PROJECTOR))
-        rng = torch.get_rng_state()
-        save_file({"torch_cpu": rng}, str(tmp / "rng.safetensors"))
-        state = {"step": step, "param_groups": groups, **extra}
-        (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n")
-    return ckpt_dir / f"step_{step:07d}"
+def read_state(ckpt: Path) -> dict:
+    if (ckpt / _OLD_FORMAT).is_file():
+        raise CapvectorError(f"checkpoint {ckpt} was written by an older capvector (its own format, not "
+                             "accelerate's); finish that run with the older version or delete the checkpoints/ folder")
+    return json.loads((ckpt / STATE).read_text())
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -72,15 +41,3 @@ def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
     done = sorted(p for p in ckpt_dir.glob("step_*") if (p / STATE).is_file())
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor],
-                                          dict[str, torch.Tensor] | None, torch.Tensor]:
-    """(state json, trainable tensors, optimizer tensors, projector tensors or None, torch RNG state)."""
-    for name in (STATE, TRAINABLE, OPTIMIZER, "rng.safetensors"):
-        if not (path / name).is_file():
-            raise CapvectorError(f"checkpoint {path}: missing {name}")
-    state = json.loads((path / STATE).read_text())
-    proj = load_file(str(path / PROJECTOR)) if (path / PROJECTOR).is_file() else None
-    rng = load_file(str(path / "rng.safetensors"))["torch_cpu"]
-    return state, load_file(str(path / TRAINABLE)), load_file(str(path / OPTIMIZER)), proj, rng

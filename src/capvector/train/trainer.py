@@ -13,6 +13,8 @@ import contextlib
 import inspect
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,9 +24,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from capvector import engines
 from capvector.errors import CapvectorError
 from capvector.io.atomic import AtomicOutputDir
 from capvector.objectives import SpatialAlignment, Teacher, make_teacher
@@ -32,14 +36,7 @@ from capvector.policy import PolicyConfig, TinyVLA, action_l1, load_policy, save
 from capvector.policy.files import atomic_save_safetensors, atomic_write_text
 from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
 from capvector.train.order import StepBatchSampler
-from capvector.train.state import (
-    PROJECTOR,
-    latest_checkpoint,
-    load_optimizer,
-    prune_checkpoints,
-    read_checkpoint,
-    save_checkpoint,
-)
+from capvector.train.state import PROJECTOR, TRAINED, latest_checkpoint, prune_checkpoints, read_state, write_state
 
 Regularizer = Callable[..., torch.Tensor]  # reg() or reg(model) → scalar added to the loss
 REQUIRED_KEYS = ("image", "proprio", "instruction", "actions")
@@ -69,10 +66,19 @@ def _call_reg(reg: Regularizer, model: nn.Module) -> torch.Tensor:
 def tuner_aux_loss(model: nn.Module) -> torch.Tensor | None:
     """The tuner's own auxiliary loss, already weighted by the tuner's config (GSE load balancing).
 
-    Seam for `capvector.gse`: a PEFT model whose tuner defines `gse_aux_loss()` gets it added to the loss.
+    Seam for `capvector.gse`: a PEFT model whose tuner defines `gse_aux_loss()` gets it added to the loss; with
+    several processes, over the global batch (the Switch loss is not a mean over tokens, so a mean over ranks of
+    per-rank losses would not be it).
     """
     fn = getattr(model, "gse_aux_loss", None)
-    return fn() if callable(fn) else None
+    if not callable(fn):
+        return None
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        from capvector.gse.distributed import aux_loss_across_ranks
+
+        return aux_loss_across_ranks(model)
+    return fn()
 
 
 class _LossModule(nn.Module):
@@ -130,6 +136,7 @@ class Trainer:
         self.dataset = dataset
         self.regularizers = dict(regularizers or {})
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        engines.check_requested_engine(str(self.accelerator.distributed_type))
         if config.threads:
             torch.set_num_threads(config.threads)
         self.run_dir = Path(config.output_dir)
@@ -143,23 +150,30 @@ class Trainer:
         self.teacher = teacher
         self.alignment = self._build_alignment()
         self.loss_module = _LossModule(self.model, self.alignment)
-        self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        if not self.trainable:
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not trainable:
             raise CapvectorError("nothing to train: no parameter requires grad after applying the tuner")
         head_lr = config.lr_action_expert if config.lr_action_expert is not None else config.lr
         groups = [
-            {"params": [p for n, p in self.trainable if ".action_expert." not in f".{n}"], "base_lr": config.lr},
-            {"params": [p for n, p in self.trainable if ".action_expert." in f".{n}"], "base_lr": head_lr},
+            {"params": [p for n, p in trainable if ".action_expert." not in f".{n}"], "base_lr": config.lr},
+            {"params": [p for n, p in trainable if ".action_expert." in f".{n}"], "base_lr": head_lr},
             {"params": list(self.alignment.parameters()) if self.alignment is not None else [], "base_lr": config.lr},
         ]
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
                                            betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
         self.loss_module, self.optimizer = self.accelerator.prepare(self.loss_module, self.optimizer)
+        # Sharding engines replace Parameter objects in prepare(): take references only now.
+        self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.accelerator.register_save_state_pre_hook(self._save_trained)
+        self.accelerator.register_load_state_pre_hook(self._load_trained)
+        for reg in self.regularizers.values():
+            _bind_optimizer(reg, self.optimizer)
         self.step = 0
         self.history: list[dict] = []
 
     def add_regularizer(self, name: str, reg: Regularizer) -> None:
         """Add a loss term built from the tuned model, e.g. `OrthogonalRegularizer.from_vector(trainer.model, ...)`."""
+        _bind_optimizer(reg, self.optimizer)
         self.regularizers[name] = reg
 
     # ---- construction -------------------------------------------------------------------------
@@ -249,42 +263,71 @@ class Trainer:
                 denominator)
 
     # ---- state --------------------------------------------------------------------------------
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.trainable}
-
     def _save(self, step: int) -> None:
-        if not self.accelerator.is_main_process:
+        """`accelerator.save_state` (trainable weights, optimizer, every process's RNG states; sharded as the engine
+        shards) into a temporary directory, renamed once complete, so resume never picks up half a checkpoint."""
+        acc = self.accelerator
+        ckpt_dir = self.run_dir / "checkpoints"
+        final = ckpt_dir / f"step_{step:07d}"
+        tmp = ckpt_dir / f".step_{step:07d}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            write_state(tmp, {"step": step, "config": self.cfg.to_dict()})
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            prune_checkpoints(ckpt_dir, self.cfg.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    def _trained_tensors(self) -> dict[str, nn.Parameter]:
+        module = self.accelerator.unwrap_model(self.loss_module)
+        return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+    def _save_trained(self, models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
+        """accelerate save hook: for whole-weight engines write the trained tensors only, under unwrapped names
+        (frozen ones come from the run's start point); FSDP/DeepSpeed save their own sharded way (`weights` empty)."""
+        if not weights:
             return
-        proj = self.alignment.state_dict() if self.alignment is not None else None
-        save_checkpoint(self.run_dir / "checkpoints", step, self._trainable_state(), self.optimizer, proj,
-                        {"config": self.cfg.to_dict()})
-        prune_checkpoints(self.run_dir / "checkpoints", self.cfg.keep_checkpoints)
+        weights.clear()  # accelerate writes no model file of its own
+        if self.accelerator.is_main_process:
+            atomic_save_safetensors({n: p.detach() for n, p in self._trained_tensors().items()},
+                                    Path(output_dir) / TRAINED)
+
+    def _load_trained(self, models: list[nn.Module], input_dir: str) -> None:
+        """accelerate load hook, the inverse of `_save_trained`: the trained tensors, by name, all of them."""
+        if not models:
+            return
+        models.clear()  # accelerate loads no model file of its own
+        path = Path(input_dir) / TRAINED
+        if not path.is_file():
+            raise CapvectorError(f"checkpoint {input_dir}: missing {TRAINED}")
+        saved = load_file(str(path))
+        params = self._trained_tensors()
+        if set(saved) != set(params):
+            missing, extra = sorted(set(params) - set(saved))[:5], sorted(set(saved) - set(params))[:5]
+            raise CapvectorError(f"checkpoint {input_dir}: trained tensors differ from this run (missing {missing}, "
+                                 f"extra {extra})")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n].to(p.device))
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir / "checkpoints")
         if ckpt is None:
             return
-        state, trainable, opt_tensors, proj, rng = read_checkpoint(ckpt)
+        state = read_state(ckpt)
         saved = dict(state.get("config", {}))
         now = self.cfg.to_dict()
         diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
         if diff:
             raise CapvectorError(f"cannot resume {ckpt}: config differs in {diff} "
                                  f"(saved {[saved.get(k) for k in diff]}, now {[now[k] for k in diff]})")
-        names = {n for n, _ in self.trainable}
-        if set(trainable) != names:
-            missing, extra = sorted(names - set(trainable))[:5], sorted(set(trainable) - names)[:5]
-            raise CapvectorError(f"checkpoint {ckpt}: trainable tensors differ from this run "
-                                 f"(missing {missing}, extra {extra})")
-        with torch.no_grad():
-            for n, p in self.trainable:
-                p.copy_(trainable[n].to(p.device))
-            if self.alignment is not None:
-                if proj is None:
-                    raise CapvectorError(f"checkpoint {ckpt}: no {PROJECTOR} but this run uses the alignment loss")
-                self.alignment.load_state_dict(proj)
-        load_optimizer(self.optimizer, opt_tensors, state["param_groups"])
-        torch.set_rng_state(rng)
+        self.accelerator.load_state(str(ckpt))
         self.step = int(state["step"])
         self._truncate_metrics(self.step)
 
@@ -374,11 +417,14 @@ class Trainer:
     def _snapshot(self, step: int) -> None:
         """Export the policy as it is at `step` (for success-vs-steps curves), written atomically."""
         final = self.run_dir / SNAPSHOT_DIR / f"step_{step:07d}"
-        if final.exists() or not self.accelerator.is_main_process:
+        if final.exists():
             return
         was_training = self.model.training
-        with AtomicOutputDir(final) as tmp:
-            self.export(tmp)
+        if self.accelerator.is_main_process:
+            with AtomicOutputDir(final) as tmp:
+                self.export(tmp)
+        else:
+            self.export(final)  # a collective under sharded engines: every process joins, only the main one writes
         self.model.train(was_training)
 
     def _clip_params(self) -> list[torch.Tensor]:
@@ -390,26 +436,52 @@ class Trainer:
         full: `root/policy/` (a TinyVLA directory, returned). lora: `root/adapter/` and `root/policy/` with the
         adapter merged in (returned). gse / peft: `root/adapter/` and `root/base_policy/` (the frozen base
         plus any `also_train` updates), since routed experts have no dense equivalent; `root` is returned.
+        Every process must call it: under sharded engines the whole weights are gathered first (a collective);
+        the main process writes them from an unsharded CPU copy of the model.
         """
         root = Path(root)
+        whole = self._unsharded_copy()
         if not self.accelerator.is_main_process:
             return root / POLICY_DIR
-        if self.model is self.policy:
-            return save_policy(self.policy, root / POLICY_DIR)
-        import copy
-
-        self.model.save_pretrained(str(root / ADAPTER_DIR))
+        if self.cfg.tuner == "full":
+            return save_policy(whole, root / POLICY_DIR)
+        whole.save_pretrained(str(root / ADAPTER_DIR))
         if self.cfg.tuner == "lora":
-            return save_policy(copy.deepcopy(self.model).merge_and_unload(), root / POLICY_DIR)
+            return save_policy(whole.merge_and_unload(), root / POLICY_DIR)
         base = TinyVLA(self.policy.config)
         state = dict(self._base_state)
-        for name, p in self.policy.named_parameters():
+        for name, p in whole.base_model.model.named_parameters():
             plain = name.replace(".base_layer.", ".")
             if p.requires_grad and plain in state:
                 state[plain] = p.detach().clone()
         base.load_state_dict(state)
         save_policy(base, root / BASE_DIR)
         return root
+
+    def _unsharded_copy(self) -> nn.Module:
+        """A CPU model equal to the trained one, rebuilt from the full state dict (whole weights whatever the engine,
+        so saving never meets a DTensor or a flat shard)."""
+        state = engines.full_state_dict(self.accelerator.unwrap_model(self.loss_module))
+        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        with torch.random.fork_rng():
+            whole: nn.Module = TinyVLA(self.policy.config)
+            if self.cfg.tuner != "full":
+                from peft import get_peft_model
+
+                whole = get_peft_model(whole, self.model.peft_config[self.model.active_adapter])
+                trained = {n.replace(engines.FSDP1_SEGMENT, "") for n, p in self.model.named_parameters()
+                           if p.requires_grad}
+                for name, p in whole.named_parameters():  # requires_grad marks the also_train weights to export
+                    p.requires_grad_(name in trained)
+        whole.load_state_dict(state)
+        return whole.train(self.model.training)
+
+
+def _bind_optimizer(reg: Regularizer, optimizer: torch.optim.Optimizer) -> None:
+    """Regularisers that can check it (the orthogonal one) fail if they read tensors the optimiser does not step."""
+    bind = getattr(reg, "expect_updates_by", None)
+    if callable(bind):
+        bind(optimizer)
 
 
 POLICY_DIR = "policy"
