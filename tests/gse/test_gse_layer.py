@@ -280,3 +280,19 @@ def test_top1_router_learns_from_the_task_loss() -> None:
     expected = router.grad
     assert expected.abs().max().item() > 1e-2  # the reference gradient is far from zero
     assert torch.allclose(got.double(), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_init_weights_false_starts_away_from_the_anchor_and_round_trips_through_the_state() -> None:
+    """PEFT's non-identity init (used by its harness): only the trainable factors move, the anchors stay."""
+    base = random_linear(24, 20, seed=13)
+    x = torch.randn(6, 20, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    moved = GSELinear(base, "default", GSEConfig(r=8, num_experts=4, dropout=0.0, init_weights=False))
+    exact = GSELinear(random_linear(24, 20, seed=13), "default", GSEConfig(r=8, num_experts=4, dropout=0.0))
+    assert torch.equal(moved.gse_A0["default"], exact.gse_A0["default"])
+    assert not torch.allclose(moved.gse_A["default"], moved.gse_A0["default"])
+    assert (moved(x) - base(x)).abs().max().item() > 1e-2
+    assert torch.allclose(moved(x).double(), loop_reference(moved, x), atol=1e-5)
+    # everything that differs lives in the state dict, so loading it into a default-init layer reproduces it
+    exact.load_state_dict(moved.state_dict())
+    assert torch.equal(exact(x), moved(x))

@@ -138,11 +138,14 @@ class GSELayer(BaseTunerLayer):
         router = torch.empty(num_spec, n, device=a.device, dtype=torch.float32)
         if router.device.type != "meta":
             nn.init.kaiming_uniform_(router, a=math.sqrt(5))  # nn.Linear's default init, as the reference
+        self.gse_A0[adapter_name] = a.detach().clone()
+        self.gse_B0[adapter_name] = b.detach().clone()
+        if not config.init_weights and a.device.type != "meta":  # start away from the anchors (tests)
+            a = a + a.square().mean().sqrt() * torch.randn_like(a)
+            b = b + b.square().mean().sqrt() * torch.randn_like(b)
         self.gse_A[adapter_name] = nn.Parameter(a.contiguous())
         self.gse_B[adapter_name] = nn.Parameter(b.contiguous())
         self.gse_router[adapter_name] = nn.Parameter(router)
-        self.gse_A0[adapter_name] = a.detach().clone()
-        self.gse_B0[adapter_name] = b.detach().clone()
         self.gse_router0[adapter_name] = router.detach().clone()
         self.gse_scale[adapter_name] = rank_scale
         # gate column of each rank component: its specialized expert, or column E−G (the 1/G column)
