@@ -57,7 +57,7 @@ def loop_reference(layer: GSELinear, x: torch.Tensor, adapter: str = "default") 
         logits = router @ xt
         probs = torch.softmax(logits, dim=0)
         chosen = sorted(range(len(probs)), key=lambda e: -float(probs[e].detach()))[:k]
-        denom = sum(float(probs[e]) for e in chosen)
+        denom = sum(float(probs[e]) for e in chosen) if k > 1 else 1.0  # k = 1: raw probability (Switch)
         for e in chosen:
             j = g + e
             sl = slice(starts[j], starts[j] + ranks[j])
@@ -132,9 +132,10 @@ def test_gradient_balanced_scales_follow_the_trace_inverse_rule() -> None:
     assert layer.gse_scale["default"][0].item() == pytest.approx(math.sqrt(3 * 16 / 2))
 
 
-def test_forward_matches_per_expert_loop_after_training_moves() -> None:
+@pytest.mark.parametrize("top_k", [2, 1])
+def test_forward_matches_per_expert_loop_after_training_moves(top_k: int) -> None:
     base = random_linear(36, 28, seed=5)
-    layer = GSELinear(base, "default", GSEConfig(r=11, num_experts=5, num_generalized_experts=2, top_k=2,
+    layer = GSELinear(base, "default", GSEConfig(r=11, num_experts=5, num_generalized_experts=2, top_k=top_k,
                                                  dropout=0.0, init_coefficient=0.7))
     perturb(layer, seed=9)
     layer.eval()
@@ -248,3 +249,50 @@ def test_input_gradient_at_init_is_the_base_layers() -> None:
     layer = GSELinear(base, "default", GSEConfig(r=8, num_experts=4, dropout=0.0))
     (layer(x) * upstream).sum().backward()
     assert (x.grad - expected).abs().max().item() <= 1e-5
+
+
+def test_top1_router_learns_from_the_task_loss() -> None:
+    """k = 1 gates by the raw probability (Switch), so the task loss alone reaches the router.
+
+    Reference: the router gradient of Σ y·u for one routed expert per token, y_t = p_e(x_t)·s_e·B_e·A_e·x_t
+    (+ terms without the router), written per token in float64 and differentiated by autograd.
+    """
+    base = random_linear(18, 14, seed=12)
+    layer = GSELinear(base, "default", GSEConfig(r=8, num_experts=4, num_generalized_experts=1, top_k=1,
+                                                 dropout=0.0))
+    perturb(layer, seed=7)
+    x = torch.randn(9, 14, generator=torch.Generator().manual_seed(3))
+    upstream = torch.randn(9, 18, generator=torch.Generator().manual_seed(4))
+    (layer(x) * upstream).sum().backward()
+    got = layer.gse_router["default"].grad
+
+    ranks, scale = layer.gse_ranks["default"], layer.gse_scale["default"].double()
+    a, b = layer.gse_A["default"].detach().double(), layer.gse_B["default"].detach().double()
+    router = layer.gse_router["default"].detach().double().requires_grad_(True)
+    starts = [sum(ranks[:j]) for j in range(len(ranks))]
+    total = torch.zeros((), dtype=torch.float64)
+    for xt, ut in zip(x.double(), upstream.double(), strict=True):
+        probs = torch.softmax(router @ xt, dim=0)
+        e = int(torch.argmax(probs))
+        sl = slice(starts[1 + e], starts[1 + e] + ranks[1 + e])
+        total = total + probs[e] * scale[sl][0] * (ut @ (b[:, sl] @ (a[sl] @ xt)))
+    total.backward()
+    expected = router.grad
+    assert expected.abs().max().item() > 1e-2  # the reference gradient is far from zero
+    assert torch.allclose(got.double(), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_init_weights_false_starts_away_from_the_anchor_and_round_trips_through_the_state() -> None:
+    """PEFT's non-identity init (used by its harness): only the trainable factors move, the anchors stay."""
+    base = random_linear(24, 20, seed=13)
+    x = torch.randn(6, 20, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    moved = GSELinear(base, "default", GSEConfig(r=8, num_experts=4, dropout=0.0, init_weights=False))
+    exact = GSELinear(random_linear(24, 20, seed=13), "default", GSEConfig(r=8, num_experts=4, dropout=0.0))
+    assert torch.equal(moved.gse_A0["default"], exact.gse_A0["default"])
+    assert not torch.allclose(moved.gse_A["default"], moved.gse_A0["default"])
+    assert (moved(x) - base(x)).abs().max().item() > 1e-2
+    assert torch.allclose(moved(x).double(), loop_reference(moved, x), atol=1e-5)
+    # everything that differs lives in the state dict, so loading it into a default-init layer reproduces it
+    exact.load_state_dict(moved.state_dict())
+    assert torch.equal(exact(x), moved(x))

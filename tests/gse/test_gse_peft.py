@@ -226,3 +226,31 @@ def test_two_named_adapters_switch_and_delete(reference_logits: torch.Tensor) ->
         model.set_adapter("other")
         assert not torch.allclose(first, model(token_ids()).logits)
     assert {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if "gse_" in n} == {"other"}
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_adapter_dtype_on_a_bf16_base_follows_lora(autocast: bool) -> None:
+    """`autocast_adapter_dtype` means for GSE what it means for PEFT's LoRA in the same setup."""
+    lora = peft.get_peft_model(tiny_llama().to(torch.bfloat16), peft.LoraConfig(r=8, target_modules="all-linear"),
+                               autocast_adapter_dtype=autocast)
+    lora_dtypes = {p.dtype for n, p in lora.named_parameters() if "lora_" in n}
+    gse = peft.get_peft_model(tiny_llama().to(torch.bfloat16), GSEConfig(r=8, num_experts=4),
+                              autocast_adapter_dtype=autocast)
+    gse_dtypes = {p.dtype for n, p in gse.named_parameters() if "gse_" in n}
+    anchor_dtypes = {b.dtype for n, b in gse.named_buffers() if "gse_" in n and "rank_column" not in n}
+    assert lora_dtypes == {torch.float32 if autocast else torch.bfloat16}
+    assert gse_dtypes == anchor_dtypes == lora_dtypes
+    ids = token_ids()
+    with torch.no_grad():
+        base_logits = tiny_llama().to(torch.bfloat16)(ids).logits
+        assert gse(ids).logits.dtype == torch.bfloat16
+        # factors and anchors are cast alike from fp32, so the adapter still starts at zero
+        assert torch.equal(gse(ids).logits, base_logits)
+
+
+def test_mixed_adapter_batches_are_refused() -> None:
+    model = peft.get_peft_model(tiny_llama(), GSEConfig(r=8, num_experts=4))
+    ids = token_ids()
+    with pytest.raises(CapvectorError, match="mixed-adapter batches"):
+        model(ids, adapter_names=["default", "default"])
+    model(ids)  # a plain forward still works after the refusal

@@ -41,6 +41,9 @@ class GSEConfig(PeftConfig):
     rho: float = field(default=10.0, metadata={"help": "ρ: factors carry 1/ρ of their singular block."})
     init_coefficient: float = field(default=1.0, metadata={"help": "c: share of the initial adapter subtracted "
                                                            "from the layer (1 = exact function preservation)."})
+    init_weights: bool = field(default=True, metadata={"help": "PEFT's convention: False moves the factors away "
+                                                       "from their anchors at init (random, for tests), so the "
+                                                       "adapter does not start as the identity."})
     aux_loss_weight: float = field(default=0.01, metadata={"help": "Weight of the load-balancing loss."})
     scaling: Literal["default", "gradient_balanced"] = field(
         default="default", metadata={"help": "'gradient_balanced': specialized s_j = s_base·mean(tr)/tr_j."})
@@ -96,6 +99,8 @@ class GSEConfig(PeftConfig):
         for name in ("eta", "rho", "scaling_base"):
             if not float(getattr(self, name)) > 0.0:
                 raise bad(name, "a number > 0", getattr(self, name))
+        if not isinstance(self.init_weights, bool):
+            raise bad("init_weights", "True or False", self.init_weights)
         if not float(self.aux_loss_weight) >= 0.0:
             raise bad("aux_loss_weight", "a number ≥ 0", self.aux_loss_weight)
         if self.scaling not in SCALINGS:

@@ -58,7 +58,7 @@ def expert_scales(sigma: torch.Tensor, ranks: list[int], num_generalized: int, i
 
 
 def route(x: torch.Tensor, router: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Softmax router over specialized experts, top-k kept and renormalised.
+    """Softmax router over specialized experts, top-k kept (renormalised for k > 1, see `gate_from_logits`).
 
     Returns the dense gate (N×E_s, zeros off the top-k), the log-probabilities and the chosen indices.
     """
@@ -66,10 +66,15 @@ def route(x: torch.Tensor, router: torch.Tensor, top_k: int) -> tuple[torch.Tens
 
 
 def gate_from_logits(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k of softmax(logits), renormalised, as a dense gate; also the log-probabilities and indices."""
+    """Top-k of softmax(logits) as a dense gate; also the log-probabilities and indices.
+
+    k > 1: the kept probabilities are renormalised to sum to 1. k = 1: the raw probability (Switch
+    Transformer), because p/Σp would be identically 1 and the router would get no task-loss gradient.
+    """
     log_probs = torch.log_softmax(logits, dim=-1)
     top_p, top_i = log_probs.exp().topk(top_k, dim=-1)
-    gate = torch.zeros_like(logits).scatter(-1, top_i, top_p / top_p.sum(-1, keepdim=True))
+    weights = top_p if top_k == 1 else top_p / top_p.sum(-1, keepdim=True)
+    gate = torch.zeros_like(logits).scatter(-1, top_i, weights)
     return gate, log_probs, top_i
 
 
@@ -133,11 +138,14 @@ class GSELayer(BaseTunerLayer):
         router = torch.empty(num_spec, n, device=a.device, dtype=torch.float32)
         if router.device.type != "meta":
             nn.init.kaiming_uniform_(router, a=math.sqrt(5))  # nn.Linear's default init, as the reference
+        self.gse_A0[adapter_name] = a.detach().clone()
+        self.gse_B0[adapter_name] = b.detach().clone()
+        if not config.init_weights and a.device.type != "meta":  # start away from the anchors (tests)
+            a = a + a.square().mean().sqrt() * torch.randn_like(a)
+            b = b + b.square().mean().sqrt() * torch.randn_like(b)
         self.gse_A[adapter_name] = nn.Parameter(a.contiguous())
         self.gse_B[adapter_name] = nn.Parameter(b.contiguous())
         self.gse_router[adapter_name] = nn.Parameter(router)
-        self.gse_A0[adapter_name] = a.detach().clone()
-        self.gse_B0[adapter_name] = b.detach().clone()
         self.gse_router0[adapter_name] = router.detach().clone()
         self.gse_scale[adapter_name] = rank_scale
         # gate column of each rank component: its specialized expert, or column E−G (the 1/G column)
@@ -149,6 +157,20 @@ class GSELayer(BaseTunerLayer):
         self.gse_settings[adapter_name] = {"num_generalized": g, "top_k": config.top_k,
                                            "init_coefficient": float(config.init_coefficient)}
         self.set_adapter(self.active_adapters)
+
+    def cast_adapter(self, adapter_name: str, dtype: torch.dtype) -> None:
+        """Cast adapter `adapter_name`'s floating tensors (factors, router, anchors, scales) to `dtype`.
+
+        Done once from fp32 (never through a lower precision first), so factors and anchors stay equal
+        and the init stays exact in any dtype.
+        """
+        for holder in (self.gse_A, self.gse_B, self.gse_router, self.gse_A0, self.gse_B0, self.gse_router0,
+                       self.gse_scale):
+            if adapter_name in holder and holder[adapter_name].dtype != dtype:
+                item = holder[adapter_name]
+                cast = item.detach().to(dtype)
+                holder[adapter_name] = nn.Parameter(cast, requires_grad=item.requires_grad) \
+                    if isinstance(item, nn.Parameter) else cast
 
     # ---- forward -------------------------------------------------------------------------------------
     def adapter_delta(self, adapter: str, x: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -56,6 +58,31 @@ class GSEModel(BaseTuner):
     def _forget_routes(self, module: nn.Module, args: Any) -> None:
         for _, layer in self._gse_layers():
             layer.forget_routing()
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """Adapter dtype as PEFT's LoRA: the base layer's float dtype, fp16/bf16 upcast to fp32 when autocasting.
+
+        GSE builds its tensors in fp32 (the SVD) and casts them once here, so `autocast_adapter_dtype=False`
+        on a bf16 base gives bf16 adapters, as it does for LoRA.
+        """
+        for _, layer in self._gse_layers():
+            if adapter_name not in layer.gse_A:
+                continue
+            dtype = layer.get_base_layer().weight.dtype
+            if not dtype.is_floating_point or (autocast_adapter_dtype and dtype.itemsize < 4):
+                dtype = torch.float32
+            layer.cast_adapter(adapter_name, dtype)
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """Refuse per-sample adapters (`adapter_names=` in forward): GSE does not implement mixed batches."""
+        if kwargs.get("adapter_names") is not None:
+            raise CapvectorError("GSE does not support mixed-adapter batches (adapter_names= in forward): "
+                                 "run one forward per adapter with model.set_adapter(name)")
+        if kwargs.get("alora_offsets") is not None:
+            raise CapvectorError("GSE does not support alora_offsets (an activated-LoRA argument)")
+        yield
 
     def _gse_layers(self) -> list[tuple[str, GSELayer]]:
         return [(name, m) for name, m in self.model.named_modules() if isinstance(m, GSELayer)]
