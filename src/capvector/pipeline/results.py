@@ -12,7 +12,7 @@ from typing import Any
 from capvector.pipeline.recipe import MAIN_METHODS, METHOD_LABELS, DemoGraph
 from capvector.pipeline.stages import MARKER
 from capvector.pipeline.work import read_eval
-from capvector.sim.stats import newcombe_difference, wilson_interval
+from capvector.stats import newcombe_difference, wilson_interval
 
 
 def pooled(evals: list[dict[str, Any]], variant: str = "none") -> dict[str, Any]:

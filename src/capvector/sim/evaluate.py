@@ -24,7 +24,7 @@ from capvector.errors import CapvectorError
 from capvector.sim.env import SimConfig, SimEnv
 from capvector.sim.perturb import Perturbation
 from capvector.sim.policy_api import Policy
-from capvector.sim.stats import wilson_interval
+from capvector.stats import wilson_interval
 
 
 @dataclass(frozen=True)
