@@ -7,6 +7,8 @@ pyproject.toml.
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 from capvector.errors import CapvectorError
 
 EXTRA_OF_MODULE = {
@@ -25,7 +27,16 @@ def missing_extra(error: ImportError) -> CapvectorError | None:
     """The one-line error for an import that failed because an extra is not installed; None for any other."""
     module = (getattr(error, "name", None) or "").split(".")[0]
     extra = EXTRA_OF_MODULE.get(module)
-    if extra is None:
-        return None
+    return None if extra is None else _not_installed(module, extra)
+
+
+def require_extras(*extras: str) -> None:
+    """Fail before any work (and any output) when a module of these extras is not installed."""
+    for module, extra in EXTRA_OF_MODULE.items():
+        if extra in extras and find_spec(module) is None:
+            raise _not_installed(module, extra)
+
+
+def _not_installed(module: str, extra: str) -> CapvectorError:
     return CapvectorError(f"this needs the [{extra}] extra (module {module!r} is not installed): "
                           f"pip install 'capvector[{extra}]'")

@@ -141,13 +141,14 @@ def test_core_install_runs_the_checkpoint_commands(core_venv, tmp_path):
 def test_core_install_names_the_missing_extra(core_venv, tmp_path):
     cli = core_venv / "bin" / "capvector"
     save_file({"w": torch.ones(2, 2)}, tmp_path / "model.safetensors")
-    cases = {
-        "sim": [cli, "eval", "--policy", "expert", "--split", "cap", "--episodes", "1"],
-        "plot": [cli, "inspect", tmp_path, "--plot", tmp_path / "layers.png"],
-    }
-    for extra, argv in cases.items():
+    cases = [
+        ("sim", [cli, "eval", "--policy", "expert", "--split", "cap", "--episodes", "1"]),
+        ("sim", [cli, "demo", "--quick", "--run-dir", tmp_path / "run"]),
+        ("plot", [cli, "inspect", tmp_path, "--plot", tmp_path / "layers.png"]),
+    ]
+    for extra, argv in cases:
         r = run(core_venv, *argv, cwd=tmp_path)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1, r.stderr
         assert f"pip install 'capvector[{extra}]'" in lines[0], lines[0]
-    assert not (tmp_path / "layers.png").exists()
+    assert not (tmp_path / "layers.png").exists() and not (tmp_path / "run").exists()
