@@ -125,4 +125,4 @@ def report_eval(result: dict, output: Path | None, as_json: bool, row_label: Cal
         typer.echo(f"{row_label(row)} {row['pc_success']:5.1f}% [{lo:5.1f}, {hi:5.1f}]  len {row['avg_length']:.0f}")
     o = result["overall"]
     typer.echo(f"{overall_label} {o['pc_success']:.1f}% [{o['ci95'][0]:.1f}, {o['ci95'][1]:.1f}] "
-               f"over {o['n_episodes']} episodes, {result['eval_ep_s']:.2f} s/episode")
+               f"over {o['n_episodes']} episodes, {o['eval_ep_s']:.2f} s/episode")
