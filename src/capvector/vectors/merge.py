@@ -27,6 +27,7 @@ from capvector.io import (
     plan_resharded,
 )
 from capvector.io.hashing import BackgroundHasher
+from capvector.io.hub import resolve_input
 from capvector.io.prefetch import Prefetcher
 from capvector.io.writer import write_json
 from capvector.progress import ByteProgress
@@ -51,7 +52,7 @@ class VectorWeight:
     weight: WeightSpec | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))  # accept str, as the README's example passes
+        object.__setattr__(self, "path", resolve_input(self.path))  # a str, a Path or a Hub id
 
     def resolved(self, vector: CapabilityVector) -> VectorWeight:
         """This weight with `None` replaced by the vector's recommended λ."""
@@ -111,6 +112,7 @@ def merge(
         raise CapvectorError("no vector given to merge")
     rules = prefix_map.rules if isinstance(prefix_map, PrefixMap) else prefix_map
     names = PrefixMap.build(rules, strip_prefix=strip_prefix, add_prefix=add_prefix)
+    base = resolve_input(base)
     base_ckpt = Checkpoint(base)
     if base_ckpt.kind == "peft-adapter":
         base_ckpt.close()
