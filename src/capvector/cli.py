@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -26,7 +26,6 @@ from capvector.extras import missing_extra
 app = PlainHelpTyper(
     no_args_is_help=True,
     add_completion=False,
-    help="Capability vectors (extract, merge, inspect) and VLA fine-tuning tools.",
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
@@ -50,7 +49,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _fail(error: CapvectorError) -> None:
+def _fail(error: CapvectorError) -> NoReturn:
     console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2) from None
 
@@ -66,7 +65,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version,
                                           is_eager=True)] = False,
 ) -> None:
-    pass
+    """Capability vectors (extract, merge, inspect) and VLA fine-tuning tools."""
 
 
 Globs = Annotated[list[str] | None, typer.Option(metavar="<glob>", help="Name glob (repeatable).")]
