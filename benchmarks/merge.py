@@ -6,6 +6,8 @@ For each size it writes three sharded bf16 checkpoints (θ_pre, θ_sft, θ_aux) 
 shapes, then times, each in its own subprocess (peak RSS from wait4):
   - raw IO: read the bytes extract reads and write the bytes it writes (the floor for any tool);
   - `capvector extract` (τ = aux − sft, fp32) and `capvector merge` (pre + τ, bf16 out);
+  - `capvector extract` with source hashes, from plain directories and from Hub ids in a Hugging Face
+    cache (the same files as blobs named by their sha256, which provenance reads instead of re-hashing);
   - mergekit `task_arithmetic` (base pre, aux at +1, sft at −1: the same θ_meta in one step),
     installed in a throw-away venv (it is not a dependency of capvector).
 Before every timed run the page cache is flushed and dropped (when run as root), so each run reads
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -119,6 +122,7 @@ def drop():
 
 CAPVECTOR_OP = PRELUDE + """
 import capvector
+import huggingface_hub  # Hub ids resolve through it; its import is not part of the timed operation
 op, args = sys.argv[1], json.loads(sys.argv[2])
 drop()
 t0 = time.perf_counter()
@@ -162,19 +166,19 @@ print("SECONDS", time.perf_counter() - t0)
 """
 
 
-def timed(cmd: list[str], repeats: int = 2) -> dict:
+def timed(cmd: list[str], repeats: int = 2, env: dict[str, str] | None = None) -> dict:
     """Best in-process seconds and peak RSS (MiB) over `repeats` runs (GNU time: apt-get install time).
 
     rusage from wait4 would be wrong here: a forked child starts with its parent's peak RSS. The
     best of several runs filters out noise from other processes on a shared machine.
     """
-    runs = [_timed_once(cmd) for _ in range(repeats)]
+    runs = [_timed_once(cmd, env or {}) for _ in range(repeats)]
     return {"seconds": min(r["seconds"] for r in runs), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
             "all_seconds": [r["seconds"] for r in runs]}
 
 
-def _timed_once(cmd: list[str]) -> dict:
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+def _timed_once(cmd: list[str], extra_env: dict[str, str]) -> dict:
+    env = os.environ | {"HF_HUB_OFFLINE": "1"} | extra_env
     proc = subprocess.run(["/usr/bin/time", "-f", "BENCH %e %M", *cmd], env=env, capture_output=True,
                           text=True)
     if proc.returncode != 0:
@@ -190,6 +194,23 @@ def weight_files(d: Path) -> list[Path]:
 
 def dir_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.glob("*.safetensors"))
+
+
+def as_hub_cache(cache: Path, repo: str, checkpoint: Path) -> None:
+    """Hard-link a checkpoint's files into a Hugging Face cache layout, as `hf download` leaves one: blobs
+    named by sha256 (LFS files) or git's sha1 (small files), a snapshot of symlinks, refs/main."""
+    store = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = store / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (store / "blobs").mkdir()
+    for f in sorted(checkpoint.iterdir()):
+        data = f.read_bytes()
+        blob = (hashlib.sha256(data).hexdigest() if f.suffix == ".safetensors"
+                else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+        os.link(f, store / "blobs" / blob)
+        (snapshot / f.name).symlink_to(Path("../../blobs") / blob)
+    (store / "refs").mkdir()
+    (store / "refs" / "main").write_text("0" * 40)
 
 
 def ensure_mergekit(venv: Path) -> Path:
@@ -224,8 +245,11 @@ def bench_size(size_gb: float, work: Path, mergekit_python: Path | None) -> dict
                                                         for k, v in args.items()})]
 
     res["extract"] = timed(cv("extract", sft=root / "sft", aux=root / "aux", out=root / "vec", hash=False))
-    res["extract_hashed"] = timed(cv("extract", sft=root / "sft", aux=root / "aux", out=root / "vec", hash=True),
-                                  repeats=1)
+    res["extract_hashed"] = timed(cv("extract", sft=root / "sft", aux=root / "aux", out=root / "vec", hash=True))
+    for role in ("sft", "aux"):
+        as_hub_cache(root / "hub", f"bench/{role}", root / role)
+    res["extract_hashed_hub"] = timed(cv("extract", sft="bench/sft", aux="bench/aux", out=root / "vec", hash=True),
+                                      env={"HF_HUB_CACHE": str(root / "hub")})
     vec_bytes = dir_bytes(root / "vec")
     files = ",".join(str(p) for p in weight_files(root / "sft") + weight_files(root / "aux"))
     res["raw_extract_io"] = timed([py, "-c", RAW_IO, files, str(root / "raw.bin"), str(vec_bytes)])
@@ -267,8 +291,13 @@ def markdown(results: dict) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["sizes"]:
         mk = r.get("mergekit")
-        for op, raw in (("extract", "raw_extract_io"), ("extract (+ sha256)", None), ("merge", "raw_merge_io")):
-            ours = r["extract_hashed" if op.startswith("extract (") else op.split()[0]]
+        ops = (("extract", "raw_extract_io"), ("extract (+ sha256)", None),
+               ("extract (+ sha256, Hub cache)", None), ("merge", "raw_merge_io"))
+        for op, raw in ops:
+            key = {"extract (+ sha256)": "extract_hashed", "extract (+ sha256, Hub cache)": "extract_hashed_hub"}
+            ours = r.get(key.get(op, op))
+            if ours is None:  # results from before the Hub-cache row
+                continue
             base = r[raw] if raw else None
             cells = [f"{r['size_gb']} GB, {r['tensors']} tensors", op, f"{ours['seconds']:.2f}",
                      f"{base['seconds']:.2f}" if base else "-",

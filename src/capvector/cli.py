@@ -1,4 +1,8 @@
-"""The `capvector` command line: a thin layer over the Python API."""
+"""The `capvector` command line: a thin layer over the Python API.
+
+The checkpoint commands need only the core install; the simulator, pipeline and plotting commands import their
+extras when they run, and a missing extra is one line naming the pip command (exit 2).
+"""
 
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import capvector
+from capvector.cli_help import PlainHelpTyper
 from capvector.errors import CapvectorError
+from capvector.extras import missing_extra
 
-app = typer.Typer(
+app = PlainHelpTyper(
     no_args_is_help=True,
     add_completion=False,
-    help="Capability vectors (extract, merge, inspect) and VLA fine-tuning tools.",
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
@@ -73,7 +79,8 @@ def _library_notices() -> Iterator[None]:
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a CapvectorError into one clear line on stderr and exit code 2; SIGTERM into cleanup and 143."""
+    """Turn a CapvectorError, a file-system error or a module missing because an extra is not installed into one
+    line on stderr and exit code 2; SIGTERM into cleanup and 143."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -82,6 +89,11 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 return fn(*args, **kwargs)
         except CapvectorError as e:
             _fail(str(e))
+        except ModuleNotFoundError as e:
+            error = missing_extra(e)
+            if error is None:
+                raise
+            _fail(str(error))
         except OSError as e:  # the environment, not our code: a file system error the library did not wrap
             _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
 
@@ -93,7 +105,21 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2) from None
 
 
-Globs = Annotated[list[str] | None, typer.Option(help="Name glob (repeatable).")]
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"capvector {capvector.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version,
+                                          is_eager=True)] = False,
+) -> None:
+    """Capability vectors (extract, merge, inspect) and VLA fine-tuning tools."""
+
+
+Globs = Annotated[list[str] | None, typer.Option(metavar="<glob>", help="Name glob (repeatable).")]
 FamilyOption = Annotated[str | None, typer.Option(
     help="VLA family (pi0, pi05, smolvla, openpi, openvla-oft, qwen-vla): find the weights in its run/checkpoint "
          "directories and default to its preset.")]
@@ -155,11 +181,13 @@ def extract(
 @user_errors
 def merge(
     base: Annotated[Path, typer.Option(help="Pretrained checkpoint θ_pre.")],
-    vector: Annotated[list[Path], typer.Option(help="Vector directory (repeatable).")],
+    vector: Annotated[list[Path], typer.Option(metavar="<path>", help="Vector directory (repeatable).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Merged checkpoint directory to create.")],
     weight: Annotated[list[float] | None, typer.Option(
+        metavar="<float>",
         help="λ per --vector (default: each vector's recommended λ, 1.0 unless its extract said otherwise).")] = None,
-    weights: Annotated[list[Path] | None, typer.Option(help="JSON glob→λ file per --vector.")] = None,
+    weights: Annotated[list[Path] | None, typer.Option(metavar="<path>", help="JSON glob→λ file per --vector.")
+                       ] = None,
     dtype: Annotated[str | None, typer.Option(help="Output float dtype (default: the base's).")] = None,
     allow_missing: Annotated[bool, typer.Option(help="Skip vector tensors absent from the base.")] = False,
     max_shard_size: Annotated[str | None, typer.Option(help="Reshard output (default: mirror the base).")] = None,
@@ -170,6 +198,7 @@ def merge(
     ] = None,
     add_prefix: Annotated[str | None, typer.Option(help="Put this prefix before the (stripped) vector names.")] = None,
     map_prefix: Annotated[list[str] | None, typer.Option(
+        metavar="<old=new>",
         help="OLD=NEW prefix rule for vector names (repeatable; the longest matching OLD wins).")] = None,
     family: FamilyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the recipe as JSON.")] = False,
@@ -214,7 +243,8 @@ def export_lora(
     output: Annotated[Path, typer.Option("--output", "-o", help="PEFT adapter directory to create.")],
     weight: Annotated[float, typer.Option(help="λ folded into lora_B.")] = 1.0,
     base_model: Annotated[str | None, typer.Option(help="base_model_name_or_path for the adapter config.")] = None,
-    embedding: Annotated[list[str] | None, typer.Option(help="Module name that is an nn.Embedding.")] = None,
+    embedding: Annotated[list[str] | None, typer.Option(
+        metavar="<name>", help="Module name that is an nn.Embedding (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
     """Write λ·τ as an exact PEFT LoRA adapter (rank r_aux + r_sft)."""
@@ -306,11 +336,12 @@ def eval_libero(
     execute: Annotated[int | None, typer.Option(help="Actions run per chunk before re-querying (default all).")] = None,
     seed: Annotated[int, typer.Option(help="Environment seed.")] = 0,
     rotate: Annotated[bool, typer.Option(help="Rotate camera images 180° (as OpenVLA-OFT/openpi data).")] = True,
-    policy_arg: Annotated[list[str] | None, typer.Option(help="Argument for a module:callable policy.")] = None,
+    policy_arg: Annotated[list[str] | None, typer.Option(
+        metavar="<str>", help="Argument for a module:callable policy (repeatable).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the eval JSON here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
-    """Roll out a policy on a LIBERO suite (extra capvector[libero]); success rates with 95% Wilson intervals."""
+    """Roll out a policy on a LIBERO suite (needs the libero extra); success rates with 95% Wilson intervals."""
     from capvector.integrations.libero import LiberoConfig, evaluate_libero, load_policy
     from capvector.sim.commands import report_eval
 
@@ -327,6 +358,7 @@ def eval_libero(
 
 
 @app.command()
+@user_errors
 def presets() -> None:
     """List the named selections usable with --preset."""
     from capvector.selection import presets as all_presets

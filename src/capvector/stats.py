@@ -1,4 +1,4 @@
-"""Binomial confidence intervals for success rates."""
+"""Confidence intervals for success rates and seed-level tests of differences (plain math: no simulator needed)."""
 
 from __future__ import annotations
 

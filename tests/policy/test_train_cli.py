@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from capvector.errors import CapvectorError
 from capvector.policy import load_policy
-from capvector.train import train_command
+from capvector.train.cli import train_command
 
 
 def _app() -> typer.Typer:

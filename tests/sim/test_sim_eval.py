@@ -1,6 +1,7 @@
 """Scripted experts through the Policy interface; evaluator parallel == sequential; Wilson intervals."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,3 +94,38 @@ def test_splits_are_disjoint_and_parse():
     assert split_tasks("down@v1") == list(SPLITS["down"])
     with pytest.raises(CapvectorError, match="unknown"):
         split_tasks("nope")
+
+
+def test_eval_info_has_lerobots_shape_and_metaworlds_rewards(tmp_path):
+    from capvector.sim import SimEnv
+    from capvector.sim.evaluate import episode_seed
+
+    sim = SimConfig(image_size=32, max_steps=12)
+    cfg = EvalConfig(tasks=("reach-v3", "push-v3"), episodes=2, sim=sim, seed=5, videos=1, video_dir=str(tmp_path),
+                     perturbations=(Perturbation(), Perturbation("init_noise", 1.0)))
+    res = evaluate(_Open(), cfg).summary()
+    overall = res["overall"]
+    assert {"avg_sum_reward", "avg_max_reward", "pc_success", "n_episodes", "eval_s", "eval_ep_s",
+            "video_paths", "ci95"} <= set(overall)
+    assert len(overall["video_paths"]) == 4 and all(Path(p).is_file() for p in overall["video_paths"])
+    assert [(t["task_group"], t["task_id"]) for t in res["per_task"]] == [("none", 0), ("none", 1),
+                                                                           ("init_noise:1", 0), ("init_noise:1", 1)]
+    assert res["per_group"] == res["per_variant"] and set(res["per_group"]) == {"none", "init_noise:1"}
+
+    # Every episode's rewards against MetaWorld's own, stepped by hand with the same seed and actions.
+    env = SimEnv("reach-v3", sim)
+    try:
+        for ep in range(2):
+            env.reset(episode_seed(5, "reach-v3", ep))
+            action = _Open().act({"image": np.zeros(1, np.uint8), "proprio": np.zeros(4)})[0]
+            rewards = [float(env.mw.step(action)[1]) for _ in range(12)]
+            entry = res["per_task"][0]
+            assert entry["metrics"]["sum_rewards"][ep] == pytest.approx(sum(rewards), rel=1e-6)
+            assert entry["metrics"]["max_rewards"][ep] == pytest.approx(max(rewards), rel=1e-6)
+    finally:
+        env.close()
+    first = res["per_task"][0]
+    assert first["metrics"]["successes"] == [False, False] and len(first["metrics"]["video_paths"]) == 1
+    assert first["avg_sum_reward"] == pytest.approx(np.mean(first["metrics"]["sum_rewards"]))
+    all_sums = [s for t in res["per_task"] for s in t["metrics"]["sum_rewards"]]
+    assert overall["avg_sum_reward"] == pytest.approx(np.mean(all_sums))

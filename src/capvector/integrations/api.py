@@ -12,6 +12,7 @@ from typing import Any
 
 from capvector.errors import CapvectorError
 from capvector.integrations._family import Family, families
+from capvector.io.hub import resolve_input
 
 
 def get_family(family: str | Family) -> Family:
@@ -39,8 +40,8 @@ def extract_family(
     from capvector.vectors import extract
 
     fam = get_family(family)
-    pre = fam.locate(Path(pretrained)).main if pretrained is not None else None
-    return extract(fam.locate(Path(sft)).main, fam.locate(Path(aux)).main, output, pretrained=pre,
+    pre = fam.locate(resolve_input(pretrained)).main if pretrained is not None else None
+    return extract(fam.locate(resolve_input(sft)).main, fam.locate(resolve_input(aux)).main, output, pretrained=pre,
                    preset=_preset(fam, preset), **kwargs)
 
 
@@ -50,4 +51,4 @@ def merge_family(
     """`capvector.merge` into the weights `family.locate` finds in `base` (its other files are copied)."""
     from capvector.vectors import merge
 
-    return merge(get_family(family).locate(Path(base)).main, vectors, output, **kwargs)
+    return merge(get_family(family).locate(resolve_input(base)).main, vectors, output, **kwargs)

@@ -5,7 +5,8 @@ It never loads a whole model: metadata comes from headers, and data is read one 
 chunk of a tensor) at a time. Supported: a single `.safetensors` file; a directory with one or
 more safetensors files, sharded with a `*.safetensors.index.json`; a PEFT adapter directory;
 `.bin`/`.pt`/`.pth` files (and their index) loaded only with `torch.load(weights_only=True)`.
-A local Hugging Face snapshot directory (files symlinked into a blob store) is just a directory.
+A local Hugging Face snapshot directory (files symlinked into a blob store) is just a directory, and a Hub id
+(`org/name[@revision]`) names the cached snapshot (`capvector.io.hub`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import BinaryIO
 import torch
 
 from capvector.errors import CapvectorError
+from capvector.io.hub import resolve_input
 from capvector.io.safetensors_format import TensorEntry, read_header, read_range
 
 SAFETENSORS_INDEX_SUFFIX = ".safetensors.index.json"
@@ -117,7 +119,7 @@ class Checkpoint:
     """A read-only, lazily loaded set of named tensors (see module docstring for layouts)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = resolve_input(path)
         if not self.path.exists():
             raise CapvectorError(f"{self.path}: no such file or directory")
         self.root = self.path if self.path.is_dir() else self.path.parent

@@ -9,6 +9,8 @@ import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from capvector.io.hub import cached_sha256
+
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -21,10 +23,14 @@ def file_sha256(path: Path) -> str:
 
 
 def files_digest(root: Path, files: list[str]) -> str:
-    """One sha256 over (file name, file sha256) pairs, independent of the order given."""
+    """One sha256 over (file name, file sha256) pairs, independent of the order given.
+
+    A file of a Hugging Face cache snapshot is not re-read: its blob is named by its sha256.
+    """
     h = hashlib.sha256()
     for rel in sorted(files):
-        h.update(rel.encode() + b"\0" + file_sha256(root / rel).encode() + b"\n")
+        digest = cached_sha256(root / rel) or file_sha256(root / rel)
+        h.update(rel.encode() + b"\0" + digest.encode() + b"\n")
     return "sha256:" + h.hexdigest()
 
 

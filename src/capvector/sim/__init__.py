@@ -1,11 +1,28 @@
-"""Embedded simulated benchmark: MetaWorld tasks, fast off-screen rendering, experts, perturbations, evaluation."""
+"""Embedded simulated benchmark: MetaWorld tasks, fast off-screen rendering, experts, perturbations, evaluation.
+
+The names below load on first use, so submodules that need no simulator (`tasks`, `perturb`, `commands`) import
+without the [sim] extra.
+"""
+
+from importlib import import_module
+from typing import Any
 
 from capvector.sim import _gl  # noqa: F401  (must run before mujoco is imported)
-from capvector.sim.env import SimConfig, SimEnv
-from capvector.sim.experts import ScriptedExpert
-from capvector.sim.perturb import PERTURBATIONS, Perturbation, parse_perturbation
-from capvector.sim.policy_api import Policy
-from capvector.sim.tasks import INSTRUCTIONS, SPLITS, SPLITS_VERSION, split_tasks
 
-__all__ = ["INSTRUCTIONS", "PERTURBATIONS", "SPLITS", "SPLITS_VERSION", "Perturbation", "Policy",
-           "ScriptedExpert", "SimConfig", "SimEnv", "parse_perturbation", "split_tasks"]
+_EXPORTS = {
+    "SimConfig": "capvector.sim.env", "SimEnv": "capvector.sim.env",
+    "ScriptedExpert": "capvector.sim.experts",
+    "PERTURBATIONS": "capvector.sim.perturb", "Perturbation": "capvector.sim.perturb",
+    "parse_perturbation": "capvector.sim.perturb",
+    "Policy": "capvector.sim.policy_api",
+    "INSTRUCTIONS": "capvector.sim.tasks", "SPLITS": "capvector.sim.tasks", "SPLITS_VERSION": "capvector.sim.tasks",
+    "split_tasks": "capvector.sim.tasks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'capvector.sim' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -1,4 +1,7 @@
-"""Typer-ready functions for `capvector collect` and `capvector eval` (the lead wires them into cli.py)."""
+"""Typer-ready functions for `capvector collect` and `capvector eval` (the lead wires them into cli.py).
+
+The simulator (the [sim] extra) loads inside the commands, so registering them costs nothing without it.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,21 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from capvector.errors import CapvectorError
-from capvector.sim.env import SimConfig
 from capvector.sim.perturb import parse_perturbation
 from capvector.sim.tasks import split_tasks
 
+if TYPE_CHECKING:
+    from capvector.sim.env import SimConfig
+
 
 def _sim_config(image_size: int, cameras: str, max_steps: int) -> SimConfig:
+    from capvector.sim.env import SimConfig
+
     return SimConfig(image_size=image_size, cameras=tuple(c.strip() for c in cameras.split(",") if c.strip()),
                      max_steps=max_steps)
 
@@ -71,6 +78,7 @@ def eval_command(
     episodes: Annotated[int, typer.Option(help="Episodes per task and variant.")] = 10,
     seed: Annotated[int, typer.Option(help="Base seed (episode layouts and perturbations).")] = 1000,
     perturb: Annotated[list[str] | None, typer.Option(
+        metavar="<name[:severity]>",
         help="Variant NAME[:SEVERITY] (repeatable): none, camera, lighting, colors, distractors, init_noise.")] = None,
     execute: Annotated[int | None, typer.Option(help="Actions run per chunk before re-querying (default all).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
@@ -117,4 +125,4 @@ def report_eval(result: dict, output: Path | None, as_json: bool, row_label: Cal
         typer.echo(f"{row_label(row)} {row['pc_success']:5.1f}% [{lo:5.1f}, {hi:5.1f}]  len {row['avg_length']:.0f}")
     o = result["overall"]
     typer.echo(f"{overall_label} {o['pc_success']:.1f}% [{o['ci95'][0]:.1f}, {o['ci95'][1]:.1f}] "
-               f"over {o['n_episodes']} episodes, {result['eval_ep_s']:.2f} s/episode")
+               f"over {o['n_episodes']} episodes, {o['eval_ep_s']:.2f} s/episode")

@@ -61,6 +61,7 @@ class SimEnv:
         self._orig_head = np.array(self.model.vis.headlight.diffuse)
         self.raw_obs = np.zeros(39)
         self.steps = 0
+        self.reward = 0.0  # MetaWorld's dense reward of the last step
 
     def reset(self, seed: int, perturbation: Perturbation | None = None) -> np.ndarray:
         """New episode: layout from `seed`, perturbation drawn from the same seed. Returns raw_obs."""
@@ -79,6 +80,7 @@ class SimEnv:
             self.mw.curr_path_length = 0
         mujoco.mj_forward(self.model, self.data)
         self.steps = 0
+        self.reward = 0.0
         return self.raw_obs
 
     def step(self, action: np.ndarray) -> tuple[bool, bool]:
@@ -88,7 +90,8 @@ class SimEnv:
             raise CapvectorError(f"action: expected shape (4,), found {action.shape}")
         if not np.all(np.isfinite(action)):
             raise CapvectorError(f"action: non-finite values {action.tolist()}")
-        self.raw_obs, _, _, _, info = self.mw.step(np.clip(action, -1.0, 1.0))
+        self.raw_obs, reward, _, _, info = self.mw.step(np.clip(action, -1.0, 1.0))
+        self.reward = float(reward)
         self.steps += 1
         success = bool(info["success"] > 0)
         return success, success or self.steps >= self.config.max_steps

@@ -50,6 +50,8 @@ class EpisodeResult:
     success: bool
     length: int
     video: str | None = None
+    sum_reward: float | None = None  # the environment's dense reward over the episode (None: not recorded)
+    max_reward: float | None = None
 
 
 @dataclass
@@ -59,27 +61,48 @@ class EvalResult:
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        """LeRobot-like eval_info: per task/variant and overall pc_success with 95% Wilson intervals."""
+        """LeRobot's eval_info shape plus 95% Wilson intervals.
+
+        As in lerobot-eval: `overall` (avg_sum_reward, avg_max_reward, pc_success, n_episodes, eval_s,
+        eval_ep_s, video_paths), `per_group` and `per_task` entries {task_group, task_id, metrics} with
+        per-episode lists. A variant (perturbation, or a LIBERO suite) is a task group; task_id numbers the
+        tasks in the order they were run. Each aggregate also holds n_success, ci95 and avg_length;
+        `per_variant` is `per_group` under the name the pipeline reads.
+        """
         groups: dict[tuple[str, str], list[EpisodeResult]] = {}
         for e in self.episodes:
             groups.setdefault((e.task, e.variant), []).append(e)
-        per = []
-        for (task, variant), eps in groups.items():
-            per.append(_aggregate(eps) | {"task": task, "variant": variant})
-        variants = {}
-        for v in dict.fromkeys(e.variant for e in self.episodes):
-            variants[v] = _aggregate([e for e in self.episodes if e.variant == v])
-        return {"overall": _aggregate(self.episodes), "per_variant": variants, "per_task": per,
-                "episodes": [asdict(e) for e in self.episodes], "config": self.config,
-                "eval_s": round(self.seconds, 3),
-                "eval_ep_s": round(self.seconds / max(1, len(self.episodes)), 4)}
+        task_ids = {task: i for i, task in enumerate(dict.fromkeys(e.task for e in self.episodes))}
+        per_task = [{"task_group": variant, "task_id": task_ids[task], "task": task, "variant": variant,
+                     "metrics": _episode_metrics(eps)} | _aggregate(eps) for (task, variant), eps in groups.items()]
+        variants = {v: _aggregate([e for e in self.episodes if e.variant == v])
+                    for v in dict.fromkeys(e.variant for e in self.episodes)}
+        eval_s = round(self.seconds, 3)
+        eval_ep_s = round(self.seconds / max(1, len(self.episodes)), 4)
+        return {"overall": _aggregate(self.episodes) | {"eval_s": eval_s, "eval_ep_s": eval_ep_s},
+                "per_group": variants, "per_variant": variants, "per_task": per_task,
+                "episodes": [asdict(e) for e in self.episodes], "config": self.config}
+
+
+def _episode_metrics(eps: Sequence[EpisodeResult]) -> dict[str, list]:
+    """lerobot-eval's per-task `metrics`: one entry per episode."""
+    return {"sum_rewards": [e.sum_reward for e in eps], "max_rewards": [e.max_reward for e in eps],
+            "successes": [e.success for e in eps], "video_paths": [e.video for e in eps if e.video]}
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    """Mean over the episodes; None when any episode has no value (e.g. an environment without rewards)."""
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
 
 
 def _aggregate(eps: Sequence[EpisodeResult]) -> dict[str, Any]:
     n, k = len(eps), sum(e.success for e in eps)
     lo, hi = wilson_interval(k, n)
     return {"n_episodes": n, "n_success": k, "pc_success": 100.0 * k / max(n, 1),
-            "ci95": [100.0 * lo, 100.0 * hi], "avg_length": float(np.mean([e.length for e in eps])) if eps else 0.0}
+            "ci95": [100.0 * lo, 100.0 * hi], "avg_length": float(np.mean([e.length for e in eps])) if eps else 0.0,
+            "avg_sum_reward": _mean_or_none([e.sum_reward for e in eps]),
+            "avg_max_reward": _mean_or_none([e.max_reward for e in eps]),
+            "video_paths": [e.video for e in eps if e.video]}
 
 
 def episode_seed(seed: int, task: str, episode: int) -> int:
@@ -88,8 +111,8 @@ def episode_seed(seed: int, task: str, episode: int) -> int:
 
 
 def run_episode(env: SimEnv, policy: Policy, seed: int, pert: Perturbation, execute: int | None,
-                frames: list[np.ndarray] | None = None) -> tuple[bool, int]:
-    """One rollout; returns (success, steps)."""
+                frames: list[np.ndarray] | None = None, rewards: list[float] | None = None) -> tuple[bool, int]:
+    """One rollout; returns (success, steps), appending each step's reward to `rewards` when given."""
     env.reset(seed, pert)
     policy.reset()
     bind = getattr(policy, "bind", None)
@@ -106,6 +129,8 @@ def run_episode(env: SimEnv, policy: Policy, seed: int, pert: Perturbation, exec
                 frames.append(obs["image"][0].transpose(1, 2, 0) if i == 0 else
                               env.rig.rgb(env.data)[0].transpose(1, 2, 0))
             success, done = env.step(action)
+            if rewards is not None:
+                rewards.append(env.reward)
             if done:
                 break
     return success, env.steps
@@ -121,11 +146,13 @@ def _job(cfg: EvalConfig, job: tuple[str, Perturbation, int]) -> EpisodeResult:
         _ENVS[task] = SimEnv(task, cfg.sim)
     seed = episode_seed(cfg.seed, task, ep)
     frames: list[np.ndarray] | None = [] if ep < cfg.videos and cfg.video_dir else None
-    success, length = run_episode(_ENVS[task], _POLICY, seed, pert, cfg.execute, frames)
+    rewards: list[float] = []
+    success, length = run_episode(_ENVS[task], _POLICY, seed, pert, cfg.execute, frames, rewards)
     video = None
     if frames:
         video = str(write_video(frames, Path(cfg.video_dir) / f"{task}_{pert.label.replace(':', '-')}_{ep}.gif"))
-    return EpisodeResult(task, pert.label, ep, seed, success, length, video)
+    return EpisodeResult(task, pert.label, ep, seed, success, length, video, sum_reward=float(sum(rewards)),
+                         max_reward=float(max(rewards)))
 
 
 def _worker_init(threads: int) -> None:

@@ -1,7 +1,12 @@
-"""Training: one trainer for full / LoRA / PEFT-tuner fine-tuning with optional spatial alignment and regularisers."""
+"""Training: one trainer for full / LoRA / PEFT-tuner fine-tuning with optional spatial alignment and regularisers.
 
-from capvector.train.cli import open_dataset, train_command
+The `capvector train` command lives in `capvector.train.cli`; importing this library does not load typer.
+"""
+
+from typing import Any
+
 from capvector.train.config import TrainConfig
+from capvector.train.datasets import open_dataset
 from capvector.train.order import global_batch
 from capvector.train.synthetic import SyntheticDemoDataset
 from capvector.train.trainer import (
@@ -23,6 +28,14 @@ __all__ = [
     "lr_factor",
     "open_dataset",
     "snapshot_dir",
-    "train_command",
     "tuner_aux_loss",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`from capvector.train import train_command` keeps working, loading the command module only then."""
+    if name == "train_command":
+        from capvector.train.cli import train_command
+
+        return train_command
+    raise AttributeError(f"module 'capvector.train' has no attribute {name!r}")

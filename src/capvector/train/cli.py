@@ -13,29 +13,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from torch.utils.data import Dataset
 
 from capvector.errors import CapvectorError
 from capvector.policy import PolicyConfig
 from capvector.train.config import TrainConfig
-from capvector.train.synthetic import SyntheticDemoDataset
+from capvector.train.datasets import open_dataset
 from capvector.train.trainer import Trainer
-
-
-def open_dataset(spec: str, policy: PolicyConfig, seed: int = 0) -> Dataset:
-    """"synthetic" / "synthetic:N" → the built-in contract dataset; a path → `capvector.data.open_dataset(path)`."""
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        n = int(spec.split(":", 1)[1]) if ":" in spec else 2048
-        return SyntheticDemoDataset(length=n, num_cameras=policy.num_cameras, image_size=policy.image_size,
-                                    chunk=policy.chunk, seed=seed)
-    path = Path(spec)
-    if not path.exists():
-        raise CapvectorError(f"dataset {spec!r}: no such path (or use 'synthetic[:N]')")
-    try:
-        from capvector.data import open_dataset as open_demo_dataset  # built by the simulator/dataset issue
-    except ImportError as e:
-        raise CapvectorError(f"dataset {path}: reading demo datasets needs capvector.data (not available)") from e
-    return open_demo_dataset(path, chunk=policy.chunk)
 
 
 def train_command(
@@ -50,7 +33,8 @@ def train_command(
     seed: Annotated[int | None, typer.Option(help="Seed of init and data order.")] = None,
     tuner: Annotated[str | None, typer.Option(help="full | lora | gse.")] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
-    also_train: Annotated[list[str] | None, typer.Option(help="Base-parameter glob to train too.")] = None,
+    also_train: Annotated[list[str] | None, typer.Option(
+        metavar="<glob>", help="Base-parameter glob to train too (repeatable).")] = None,
     aux_weight: Annotated[float | None, typer.Option(help="α of the spatial-alignment loss (0 = off).")] = None,
     aux_layer: Annotated[int | None, typer.Option(help="Trunk layer whose visual tokens are aligned.")] = None,
     teacher: Annotated[str | None, typer.Option(
@@ -63,7 +47,7 @@ def train_command(
     orth_rank: Annotated[int, typer.Option(help="k of the factored / LoRA forms.")] = 16,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints (0: final only).")] = None,
     snapshot_step: Annotated[list[int] | None, typer.Option(
-        help="Also export the policy at this step to snapshots/step_N/ (repeatable).")] = None,
+        metavar="<int>", help="Also export the policy at this step to snapshots/step_N/ (repeatable).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     width: Annotated[int | None, typer.Option(help="Fresh policy: trunk width.")] = None,
     depth: Annotated[int | None, typer.Option(help="Fresh policy: trunk layers.")] = None,

@@ -13,15 +13,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+from capvector.io.hub import parse_hub_id
+
 CARD_FILE = "README.md"
 TAGS = ("capvector", "capability-vector", "task-arithmetic", "robotics", "vision-language-action")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _HUB_CACHE = re.compile(r"models--([^/]+?)--([^/]+)$")
 
 
 def hub_id(path: str | Path | None) -> str | None:
     """The Hub repo id of a checkpoint path when it shows one: a Hub cache snapshot
-    (`.../models--ORG--NAME/snapshots/<rev>`) or an `ORG/NAME` string that is not a local path."""
+    (`.../models--ORG--NAME/snapshots/<rev>`) or an `ORG/NAME[@REV]` string that is not a local path."""
     if path is None:
         return None
     p = Path(path)
@@ -29,8 +30,8 @@ def hub_id(path: str | Path | None) -> str | None:
         m = _HUB_CACHE.search(part.name) if part.name.startswith("models--") else None
         if m:
             return f"{m.group(1)}/{m.group(2)}"
-    text = str(path)
-    return text if _HUB_ID.fullmatch(text) and not p.exists() else None
+    parsed = parse_hub_id(str(path))
+    return parsed[0] if parsed and not p.exists() else None
 
 
 def card_metadata(meta: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from capvector.io import (
 )
 from capvector.io.atomic import atomic_write_json
 from capvector.io.hashing import BackgroundHasher
+from capvector.io.hub import resolve_input
 from capvector.io.peft_adapter import LoraAdapter
 from capvector.io.prefetch import Prefetcher
 from capvector.progress import ByteProgress
@@ -103,7 +104,8 @@ def extract(
         raise CapvectorError(f"default weight (recommended λ) must be a finite number, found {default_weight}")
     out_dtype = parse_dtype(dtype)
     selection = make_selection(include, exclude, preset)
-    sources = {"sft": Path(sft), "aux": Path(aux)} | ({"pretrained": Path(pretrained)} if pretrained else {})
+    sources = {"sft": resolve_input(sft), "aux": resolve_input(aux)} | (
+        {"pretrained": resolve_input(pretrained)} if pretrained else {})
     ckpts = {role: Checkpoint(p) for role, p in sources.items()}
     hasher = BackgroundHasher()
     try:

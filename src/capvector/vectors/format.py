@@ -15,6 +15,7 @@ import torch
 
 from capvector.errors import CapvectorError
 from capvector.io import Checkpoint
+from capvector.io.hub import resolve_input
 
 META_FILE = "capvector.json"
 FORMAT = "capvector.vector"
@@ -27,7 +28,7 @@ class CapabilityVector:
     """Read access to a vector directory: names, shapes, fp32 chunks, factors."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = resolve_input(path)
         meta_path = self.path / META_FILE
         if not meta_path.is_file():
             raise CapvectorError(f"{self.path}: not a capability vector directory (missing {META_FILE})")

@@ -12,6 +12,7 @@ import torch
 from capvector.errors import CapvectorError
 from capvector.io import Checkpoint
 from capvector.io.atomic import atomic_file
+from capvector.io.hub import resolve_input
 from capvector.vectors.card import read_card
 from capvector.vectors.format import CapabilityVector, is_vector_dir
 from capvector.vectors.stats import RunningStats, row_chunks
@@ -31,7 +32,7 @@ class _Tensors:
     """Uniform fp32 chunk access over a vector directory or a plain checkpoint."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = path = resolve_input(path)
         if is_vector_dir(path):
             self.vector: CapabilityVector | None = CapabilityVector(path)
             self.names = self.vector.names()

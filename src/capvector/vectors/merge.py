@@ -28,6 +28,7 @@ from capvector.io import (
 )
 from capvector.io.atomic import atomic_write_json
 from capvector.io.hashing import BackgroundHasher
+from capvector.io.hub import resolve_input
 from capvector.io.prefetch import Prefetcher
 from capvector.progress import ByteProgress
 from capvector.vectors.card import CARD_FILE
@@ -53,7 +54,7 @@ class VectorWeight:
     weight: WeightSpec | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))  # accept str, as the README's example passes
+        object.__setattr__(self, "path", resolve_input(self.path))  # a str, a Path or a Hub id
         values = self.weight.values() if isinstance(self.weight, Mapping) else [self.weight]
         for value in values:
             if value is not None:
@@ -147,6 +148,7 @@ def merge(
         seen[item.path.resolve()] = item.path
     rules = prefix_map.rules if isinstance(prefix_map, PrefixMap) else prefix_map
     names = PrefixMap.build(rules, strip_prefix=strip_prefix, add_prefix=add_prefix)
+    base = resolve_input(base)
     base_ckpt = Checkpoint(base)
     if base_ckpt.kind == "peft-adapter":
         base_ckpt.close()
