@@ -126,6 +126,18 @@ def fsync_tree(root: Path, file_mode: int) -> None:
         fsync_path(d)
 
 
+def publish_dir(tmp: Path, target: Path) -> Path:
+    """Move a complete directory that several processes wrote together into place, replacing an older `target`.
+
+    For writers that need a temporary path every process can compute (accelerate's `save_state` writes one file
+    per rank), which `AtomicOutputDir`'s private temp name cannot be; the caller owns `tmp`'s lifetime."""
+    fsync_tree(tmp, _mode(tmp) & 0o666)
+    if target.exists() or target.is_symlink():
+        _remove(target)
+    os.replace(tmp, target)
+    return target
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` for any writer; on success it is fsynced and renamed to `path`."""

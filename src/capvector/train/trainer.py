@@ -13,7 +13,6 @@ import contextlib
 import inspect
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from capvector import engines
 from capvector.errors import CapvectorError
-from capvector.io.atomic import AtomicOutputDir
+from capvector.io.atomic import AtomicOutputDir, publish_dir
 from capvector.objectives import SpatialAlignment, Teacher, make_teacher
 from capvector.policy import PolicyConfig, TinyVLA, action_l1, load_policy, save_policy
 from capvector.policy.files import atomic_save_safetensors, atomic_write_text
@@ -278,9 +277,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             write_state(tmp, {"step": step, "config": self.cfg.to_dict()})
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            publish_dir(tmp, final)
             prune_checkpoints(ckpt_dir, self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
 
