@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from capvector.data import open_dataset
+from capvector.pipeline.config import VALIDATION_EVAL_SEED, VALIDATION_TRAIN_SEEDS
 from capvector.sim.env import SimConfig
 from capvector.sim.evaluate import EvalConfig, evaluate
 from capvector.sim.perturb import parse_perturbation
@@ -42,11 +43,13 @@ def main() -> None:
     p.add_argument("--aux-layer", type=int, default=None)
     p.add_argument("--teacher", default="geometry")
     p.add_argument("--teacher-path", default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102, 103, 104])
+    p.add_argument("--seeds", type=int, nargs="+", default=list(VALIDATION_TRAIN_SEEDS[:5]))
     p.add_argument("--episodes", type=int, default=10, help="per task and seed")
-    p.add_argument("--eval-seed", type=int, default=3000, help="rollout base seed (3000: validation range)")
+    p.add_argument("--eval-seed", type=int, default=VALIDATION_EVAL_SEED, help="rollout base seed (validation)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (numerics depend on it)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--arms", nargs="+", choices=["sft", "aux"], default=["sft", "aux"],
+                   help="train only these arms now (finished ones are reused; the report needs both)")
     p.add_argument("--perturb", action="append", default=[], help="extra variants at the final budget")
     args = p.parse_args()
     if args.init is None:
@@ -72,6 +75,8 @@ def main() -> None:
             if done.is_file():
                 rows[f"{arm}/{seed}"] = json.loads(done.read_text())
                 continue
+            if arm not in args.arms:
+                continue
             cfg = TrainConfig(output_dir=str(run), init=args.init, steps=args.steps, batch_size=args.batch_size,
                               lr=args.lr, seed=seed, aux_weight=weight, aux_layer=args.aux_layer,
                               teacher=args.teacher, teacher_path=args.teacher_path, threads=args.threads,
@@ -87,6 +92,9 @@ def main() -> None:
             done.write_text(json.dumps(row))
             print(arm, seed, row, flush=True)
 
+    if len(rows) < 2 * len(args.seeds):
+        print(f"{len(rows)} of {2 * len(args.seeds)} arm/seed runs are done; run again with both arms to report")
+        return
     report = {"args": vars(args), "runs": rows, "pooled": {}}
     for key in rows[f"sft/{args.seeds[0]}"]:
         if key == "train_s":

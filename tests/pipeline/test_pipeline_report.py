@@ -127,7 +127,9 @@ def test_report_has_tables_plots_and_config(finished_run):
     text = (run_dir / "report.md").read_text()
     for needle in ("## Findings against the papers", "CapVector: SFT from θ_meta + L_orth", "VLA-GSE", "λ_orth",
                    "| θ_aux |", '"mode": "default"', "one-time extraction", "= 4 s.", "| steps / run |",
-                   "Per training seed (0, 1, 2, 3, 4)", "paired t over seeds"):
+                   "Per training seed (0, 1, 2, 3, 4)", "paired t over seeds",
+                   "Test ranges (this run): training seeds [0, 1, 2, 3, 4], rollout base seed 5000",
+                   "validation ranges (training seeds 100–199, rollout base seed 3000)"):
         assert needle in text, needle
     for name in PLOTS:
         assert (run_dir / name).stat().st_size > 1000, name
@@ -171,3 +173,8 @@ def test_config_modes_and_file_errors(tmp_path):
         PipelineConfig.for_mode("default", down_budgets=(50, 10))
     with pytest.raises(CapvectorError, match="tuners"):
         PipelineConfig.for_mode("default", tuners=("full", "ia3"))
+    # reported runs cannot use the seeds that settings are chosen on
+    with pytest.raises(CapvectorError, match=r"training seeds \[101\].*validation ranges"):
+        PipelineConfig.for_mode("default", seeds=(0, 101))
+    with pytest.raises(CapvectorError, match="rollout seed 3000 overlap the validation ranges"):
+        PipelineConfig.for_mode("default", eval_seed=3000)

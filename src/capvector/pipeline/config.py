@@ -10,6 +10,11 @@ from typing import Any
 from capvector.errors import CapvectorError
 
 MODES = ("quick", "default", "extended")
+# Choose on validation, report on test: settings picked by looking at rollouts (teacher, α, layer, λ, budgets, task
+# sets) are picked with these training seeds and this rollout base seed (benchmarks/aux_rollouts.py defaults); a
+# demo run, whose numbers are reported, must use neither.
+VALIDATION_TRAIN_SEEDS = range(100, 200)
+VALIDATION_EVAL_SEED = 3000
 TASK_ROLES = ("pretrain", "cap", "down")
 
 
@@ -61,7 +66,7 @@ class PipelineConfig:
     tuner_lr: float = 1e-3  # adapters want a larger step than full fine-tuning
     # evaluation
     eval_episodes: int = 25  # per task and seed
-    eval_seed: int = 1000
+    eval_seed: int = 5000  # the test range's rollout base seed (1000 was used for choices in 0.1)
     max_steps: int = 150
     workers: int = 2
     ood_perturbations: tuple[str, ...] = ("camera:0.5", "lighting:0.7", "colors:0.5", "distractors:0.5")
@@ -74,6 +79,13 @@ class PipelineConfig:
             raise CapvectorError(f"pipeline config: mode must be one of {MODES}, found {self.mode!r}")
         if not self.seeds:
             raise CapvectorError("pipeline config: seeds must not be empty")
+        chosen_on = sorted(s for s in self.seeds if s in VALIDATION_TRAIN_SEEDS)
+        if chosen_on or self.eval_seed == VALIDATION_EVAL_SEED:
+            raise CapvectorError(
+                f"pipeline config: training seeds {chosen_on or list(self.seeds)} / rollout seed {self.eval_seed} "
+                f"overlap the validation ranges (training seeds {VALIDATION_TRAIN_SEEDS.start}–"
+                f"{VALIDATION_TRAIN_SEEDS.stop - 1}, rollout base seed {VALIDATION_EVAL_SEED}) that settings are "
+                "chosen on; reported runs use other seeds")
         if not self.down_budgets or list(self.down_budgets) != sorted(set(self.down_budgets)):
             raise CapvectorError(f"pipeline config: down_budgets must be increasing, found {self.down_budgets}")
         for name in ("cap_steps", "tuner_steps", "eval_episodes", "ood_episodes", "batch_size", "cap_episodes",

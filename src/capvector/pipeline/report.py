@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from capvector.io.atomic import atomic_file, atomic_write_text
+from capvector.pipeline.config import VALIDATION_EVAL_SEED, VALIDATION_TRAIN_SEEDS
 
 PLOTS = ("success_vs_steps.png", "methods.png", "ood.png", "merge_choices.png", "orth_sweep.png", "cost.png",
          "tuners.png")
@@ -47,7 +48,10 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
            "finding is **shown** only when that interval excludes zero. Newcombe's episode-level interval is "
            "printed beside it for comparison." + (" Quick mode's budgets cannot test any effect: its verdicts "
            "read *not assessed*." if c["mode"] == "quick" else ""),
-           f"Rollout seeds: base {c['eval_seed']}, episodes 0–{c['eval_episodes'] - 1} per task and seed.", "",
+           f"Test ranges (this run): training seeds {c['seeds']}, rollout base seed {c['eval_seed']}, episodes "
+           f"0–{c['eval_episodes'] - 1} per task and seed. Settings were chosen on the validation ranges (training "
+           f"seeds {VALIDATION_TRAIN_SEEDS.start}–{VALIDATION_TRAIN_SEEDS.stop - 1}, rollout base seed "
+           f"{VALIDATION_EVAL_SEED}), which a reported run cannot use.", "",
            "## Findings against the papers", "", "| claim | measured difference | verdict |", "| --- | --- | --- |"]
     for f in res["findings"]:
         out.append(f"| {f['claim']} | {_diff(f)} ({f['a_pc']:.1f}% vs {f['b_pc']:.1f}%) | {f['verdict']} |")
