@@ -178,3 +178,14 @@ def test_config_modes_and_file_errors(tmp_path):
         PipelineConfig.for_mode("default", seeds=(0, 101))
     with pytest.raises(CapvectorError, match="rollout seed 3000 overlap the validation ranges"):
         PipelineConfig.for_mode("default", eval_seed=3000)
+
+
+def test_training_speed_covers_the_whole_run_after_start_up():
+    from capvector.pipeline.work import _speed
+
+    history = [{"step": 25, "samples_per_s": 50.0},  # start-up interval: ignored
+               {"step": 50, "samples_per_s": 400.0}, {"step": 100, "samples_per_s": 200.0}]
+    # 25 steps at 400 samples/s and 50 at 200: the run's rate is 75 / (25/400 + 50/200) = 240 samples/s,
+    # where a median over the two intervals would say 300 and a single stalled interval would decide alone.
+    assert _speed(history)["samples_per_s"] == pytest.approx(240.0)
+    assert _speed(history[:1]) == {}
