@@ -66,3 +66,17 @@ def test_trainer_aligns_to_the_teacher_and_pays_its_cost(tmp_path, teacher_dir):
     assert isinstance(trainer.teacher, FoundationTeacher)
     aligned = [r["align"] for r in result.history if "align" in r]
     assert len(aligned) == 4 and all(0.0 < a < 2.0 for a in aligned)
+
+
+def test_precomputed_features_give_the_per_batch_targets(tmp_path, teacher_dir):
+    from torch.utils.data import default_collate
+
+    from capvector.objectives import PrecomputedTeacher
+    from capvector.objectives.foundation import precompute_features
+
+    ds = SyntheticDemoDataset(length=20, chunk=4, seed=3, episode_len=8)
+    path = precompute_features(SceneNet.load(teacher_dir), ds, tmp_path / "feats.safetensors", batch_size=7)
+    batch = default_collate([ds[i] for i in (0, 5, 19)])
+    live = make_teacher("foundation", teacher_dir)(batch, grid=8)
+    stored = PrecomputedTeacher(path)(batch, grid=8)
+    assert stored.shape == live.shape and torch.allclose(stored, live, atol=1e-4)

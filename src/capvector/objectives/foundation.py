@@ -141,3 +141,36 @@ def default_teacher_dir() -> Path:
     from capvector.assets import scene_teacher_dir
 
     return scene_teacher_dir()
+
+
+def precompute_features(net: SceneNet, dataset: Any, output: str | Path, batch_size: int = 256) -> Path:
+    """The teacher's per-patch features of every frame of a demo dataset, for `PrecomputedTeacher`.
+
+    The teacher is frozen and demo images are not augmented, so its targets can be computed once per frame
+    instead of once per batch: the same targets (up to float rounding of batched convolutions) at a fraction of the
+    training cost. That is how a user with a real foundation teacher (VGGT) trains; the per-batch teacher is what
+    the demo runs, so that aux-SFT's step-time cost shows."""
+    from capvector.objectives.teachers import feature_key, write_teacher_features
+
+    feats: dict[str, torch.Tensor] = {}
+    keys: list[str] = []
+    images: list[torch.Tensor] = []
+
+    def flush() -> None:
+        with torch.no_grad():
+            out = net.features(torch.stack(images).flatten(0, 1))  # (n·V, D, h, w)
+        views = images[0].shape[0]
+        out = out.reshape(len(images), views, *out.shape[1:]).permute(0, 1, 3, 4, 2)  # (n, V, h, w, D)
+        feats.update({k: v.contiguous() for k, v in zip(keys, out, strict=True)})
+        keys.clear()
+        images.clear()
+
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        keys.append(feature_key(int(sample["episode"]), int(sample["step"])))
+        images.append(torch.as_tensor(sample["image"]))
+        if len(images) == batch_size:
+            flush()
+    if images:
+        flush()
+    return write_teacher_features(output, feats)
