@@ -23,6 +23,7 @@ import time
 MODES = {
     "full": {"tuner": "full"},
     "full+aux": {"tuner": "full", "aux_weight": 0.5},
+    "full+aux-scene": {"tuner": "full", "aux_weight": 0.5, "teacher": "foundation"},  # the shipped scene teacher
     "lora": {"tuner": "lora", "lora_r": 16},
     "lora+aux": {"tuner": "lora", "lora_r": 16, "aux_weight": 0.5},
     "gse": {"tuner": "gse"},

@@ -80,3 +80,16 @@ def test_precomputed_features_give_the_per_batch_targets(tmp_path, teacher_dir):
     live = make_teacher("foundation", teacher_dir)(batch, grid=8)
     stored = PrecomputedTeacher(path)(batch, grid=8)
     assert stored.shape == live.shape and torch.allclose(stored, live, atol=1e-4)
+
+
+def test_the_shipped_teacher_loads_with_its_recipe():
+    import json
+
+    from capvector.assets import scene_teacher_dir
+
+    net = SceneNet.load(scene_teacher_dir())
+    assert net.cfg.feature_dim == 128 and sum(p.numel() for p in net.parameters()) < 30e6 / 4  # ≤ 30 MB in fp32
+    recipe = json.loads((scene_teacher_dir() / "recipe.json").read_text())
+    assert recipe["train_tasks"] == 45 and recipe["held_out_quality"]["seg_acc"] > 0.9
+    out = make_teacher("foundation")({"image": torch.zeros(1, 1, 3, 64, 64, dtype=torch.uint8)}, grid=8)
+    assert out.shape == (1, 64, 128) and torch.isfinite(out).all()

@@ -26,14 +26,14 @@ HELD_OUT_TASKS = ("door-close-v3", "faucet-close-v3", "reach-wall-v3", "coffee-b
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    episodes_per_task: int = 8
+    episodes_per_task: int = 5
     every: int = 6
     noise: float = 0.3
     seed: int = 7
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
-    threads: int = 1
+    threads: int = 2
 
 
 def _frames_to_arrays(frames: list[Any]) -> dict[str, np.ndarray]:
