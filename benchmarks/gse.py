@@ -1,8 +1,9 @@
 """GSE vs PEFT LoRA (equal trainable parameters) vs a per-expert loop: train-step time and peak memory on CPU.
 
 Every variant trains the same random `transformers` Llama (built from a config, seeded) on the same
-random tokens, each in its own process (so peak RSS is its own). Variants are interleaved and the best
-of `--repeats` runs is kept, so other load on a shared machine distorts the ratios less. Besides wall
+random tokens, each in its own process (so peak RSS is its own). Variants and presets are interleaved
+and the median of `--repeats` runs is reported with its range, so other load on a shared machine
+distorts the ratios less. Besides wall
 time it reports process CPU time per step, which a busy machine distorts less (with `--threads 1`
 there is no thread spin-waiting in it either).
 
@@ -13,7 +14,7 @@ there is no thread spin-waiting in it either).
 - loop-noanchor: the loop without the anchor branch (the reference's forward; half the adapter work).
 `--init` also times GSE's SVD initialisation (`get_peft_model`) on a model of about `--init-params`.
 
-    python benchmarks/gse.py [--preset small|100m] [--steps 6] [--repeats 2] [--init] [--json out.json]
+    python benchmarks/gse.py [--preset w128,100m] [--steps 6] [--repeats 3] [--init] [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ import subprocess
 import sys
 import time
 
-PRESETS = {  # Llama shapes; "100m" is about 100M parameters (the issue's size), "small" is quick
+PRESETS = {  # Llama shapes; "100m" is about 100M parameters (the issue's size), "small" is quick,
+    # "w128" has the tiny VLA's widths and tokens per step (width 128, MLP 512, 4 blocks, batch 64 × 72 tokens)
+    "w128": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+             "num_key_value_heads": 4, "vocab_size": 256, "batch": 64, "seq": 72},
     "small": {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 6,
               "num_key_value_heads": 6, "vocab_size": 8000, "batch": 4, "seq": 64},
     "100m": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -73,13 +77,14 @@ def _loop_branch(layer, adapter, flat, dropped, a, b, router):
         sl = slice(starts[j], starts[j] + ranks[j])
         out = out + (dropped @ a[sl].T) @ b[:, sl].T * (scale[starts[j]] / g)
     gate, log_probs, top_i = route(flat, router, int(layer.gse_settings[adapter]["top_k"]))
+    picked = torch.zeros_like(gate, dtype=torch.bool).scatter_(-1, top_i, True)
     for e in range(len(ranks) - g):
         j = g + e
         rows = torch.where((top_i == e).any(-1))[0]
         sl = slice(starts[j], starts[j] + ranks[j])
         y = (dropped[rows] @ a[sl].T) @ b[:, sl].T * scale[starts[j]]
         out = out.index_add(0, rows, y * gate[rows, e, None])
-    return out, (log_probs, top_i)
+    return out, (log_probs, log_probs.exp(), picked)  # what the stacked layer keeps for the aux loss
 
 
 def _loop_delta(layer, adapter, x, anchored=True):
@@ -194,12 +199,52 @@ def _init_child(target_params: float, threads: int) -> dict:
     return {"init_s": time.perf_counter() - t, "params": params, "layers": layers}
 
 
+def _run_child(variant: str, preset: str, a: argparse.Namespace, env: dict) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--preset", preset, "--steps", str(a.steps),
+           "--threads", str(a.threads)]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+                      .stdout.strip().splitlines()[-1])
+
+
+def _summarise(runs: list[dict]) -> dict:
+    """One row per variant: the median over repeats of each run's median step (and its range)."""
+    row = dict(runs[0])
+    for key in ("step_ms", "cpu_ms", "peak_rss_mb", "rss_growth_mb"):
+        row[key] = statistics.median(r[key] for r in runs)
+    row["step_ms_range"] = (min(r["step_ms"] for r in runs), max(r["step_ms"] for r in runs))
+    row["repeats"] = len(runs)
+    return row
+
+
+def _print_table(preset_name: str, rows: dict[str, dict], threads: int) -> None:
+    p = PRESETS[preset_name]
+    ref = rows.get("lora")
+    print(f"\n# GSE (r=16, E=8, G=1, top-2) vs LoRA vs per-expert loop: Llama preset {preset_name} "
+          f"({next(iter(rows.values()))['base_params'] / 1e6:.1f}M params, width {p['hidden_size']}), batch "
+          f"{p['batch']}×{p['seq']} tokens, {threads} threads, {platform.processor() or platform.machine()}, "
+          f"{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f}")
+    print("| variant | trainable params | wall ms/step (median of repeats) | range | vs LoRA | CPU ms/step | vs LoRA "
+          "| peak RSS MB | RSS growth MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows.values():
+        ratio = r["step_ms"] / ref["step_ms"] if ref else float("nan")
+        cpu_ratio = r["cpu_ms"] / ref["cpu_ms"] if ref else float("nan")
+        low, high = r["step_ms_range"]
+        print(f"| {r['variant']} | {r['trainable_params']:,} | {r['step_ms']:.0f} | {low:.0f}–{high:.0f} | "
+              f"{ratio:.2f}× | {r['cpu_ms']:.0f} | {cpu_ratio:.2f}× | {r['peak_rss_mb']:.0f} | "
+              f"{r['rss_growth_mb']:.0f} |")
+    if "gse" in rows and "loop" in rows:
+        print(f"\nloop / stacked: wall {rows['loop']['step_ms'] / rows['gse']['step_ms']:.2f}×, "
+              f"CPU {rows['loop']['cpu_ms'] / rows['gse']['cpu_ms']:.2f}×")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    ap.add_argument("--preset", default="small",
+                    help=f"one or more of {sorted(PRESETS)}, comma-separated (e.g. w128,100m: both widths in one run)")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2, help="runs per variant; the fastest is reported")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per variant and preset; the median is reported")
     ap.add_argument("--variants", default="gse,lora,loop,loop-noanchor")
     ap.add_argument("--init", action="store_true", help="also time SVD init on a ~--init-params model")
     ap.add_argument("--init-params", type=float, default=1.0e9)
@@ -212,32 +257,19 @@ def main() -> None:
     if a.child:
         print(json.dumps(_child(a.child, a.preset, a.steps, a.threads)))
         return
+    presets = a.preset.split(",")
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise SystemExit(f"--preset: unknown {unknown}; expected names from {sorted(PRESETS)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
-    best: dict[str, dict] = {}
-    for _ in range(a.repeats):
-        for variant in a.variants.split(","):
-            cmd = [sys.executable, __file__, "--child", variant, "--preset", a.preset, "--steps", str(a.steps),
-                   "--threads", str(a.threads)]
-            row = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-                             .stdout.strip().splitlines()[-1])
-            if variant not in best or row["step_ms"] < best[variant]["step_ms"]:
-                best[variant] = row
-    p = PRESETS[a.preset]
-    ref = best.get("lora")
-    print(f"# GSE (r=16, E=8, G=1, top-2) vs LoRA vs per-expert loop: Llama preset {a.preset} "
-          f"({next(iter(best.values()))['base_params'] / 1e6:.1f}M params), batch {p['batch']}×{p['seq']} tokens, "
-          f"{a.threads} threads, {platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}")
-    print("| variant | trainable params | wall ms/step | vs LoRA | CPU ms/step | vs LoRA | peak RSS MB "
-          "| RSS growth MB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in best.values():
-        ratio = r["step_ms"] / ref["step_ms"] if ref else float("nan")
-        cpu_ratio = r["cpu_ms"] / ref["cpu_ms"] if ref else float("nan")
-        print(f"| {r['variant']} | {r['trainable_params']:,} | {r['step_ms']:.0f} | {ratio:.2f}× | {r['cpu_ms']:.0f} | "
-              f"{cpu_ratio:.2f}× | {r['peak_rss_mb']:.0f} | {r['rss_growth_mb']:.0f} |")
-    if "gse" in best and "loop" in best:
-        print(f"\nloop / stacked: wall {best['loop']['step_ms'] / best['gse']['step_ms']:.2f}×, "
-              f"CPU {best['loop']['cpu_ms'] / best['gse']['cpu_ms']:.2f}×")
+    runs: dict[str, dict[str, list[dict]]] = {p: {} for p in presets}
+    for _ in range(a.repeats):  # interleaved, so a burst of load elsewhere hits every variant alike
+        for preset in presets:
+            for variant in a.variants.split(","):
+                runs[preset].setdefault(variant, []).append(_run_child(variant, preset, a, env))
+    results = {p: {v: _summarise(rs) for v, rs in by_variant.items()} for p, by_variant in runs.items()}
+    for preset, rows in results.items():
+        _print_table(preset, rows, a.threads)
     init = None
     if a.init:
         cmd = [sys.executable, __file__, "--child", "init", "--init-params", str(a.init_params),
@@ -248,7 +280,7 @@ def main() -> None:
               f"({init['layers']} layers): {init['init_s']:.1f} s")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"args": vars(a), "rows": list(best.values()), "init": init}, f, indent=2)
+            json.dump({"args": vars(a), "results": results, "runs": runs, "init": init}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -296,3 +296,19 @@ def test_init_weights_false_starts_away_from_the_anchor_and_round_trips_through_
     # everything that differs lives in the state dict, so loading it into a default-init layer reproduces it
     exact.load_state_dict(moved.state_dict())
     assert torch.equal(exact(x), moved(x))
+
+
+def test_keep_mask_dropout_rate_and_values() -> None:
+    """The fast adapter dropout keeps 1 − p of the entries (p on a 2^-16 grid) and leaves kept ones as they are."""
+    from capvector.gse.layer import keep_mask_dropout
+
+    torch.manual_seed(0)
+    x = torch.rand(1000, 1000) + 1.0  # no zeros, so zeros in the output are exactly the dropped entries
+    out, inv_keep = keep_mask_dropout(x, 0.05)
+    kept = out != 0
+    rate = kept.float().mean().item()
+    assert abs(rate - 0.95) < 5 * math.sqrt(0.05 * 0.95 / x.numel())
+    assert inv_keep == pytest.approx(1 / 0.95, abs=1e-5)
+    assert torch.equal(out[kept], x[kept])
+    same, one = keep_mask_dropout(x, 0.0)
+    assert same is x and one == 1.0
