@@ -133,6 +133,20 @@ else:
 print("SECONDS", time.perf_counter() - t0)
 """
 
+# The provenance hash alone (what `--no-hash` saves), of a plain directory or of a Hub cache snapshot.
+HASH_OP = PRELUDE + """
+import huggingface_hub
+from capvector.io import Checkpoint
+from capvector.io.hashing import files_digest
+roots = sys.argv[1].split(",")
+drop()
+t0 = time.perf_counter()
+for root in roots:
+    ckpt = Checkpoint(root)
+    files_digest(ckpt.root, ckpt.weight_files)
+print("SECONDS", time.perf_counter() - t0)
+"""
+
 RAW_IO = PRELUDE + """
 inputs, out, out_bytes = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])
 buf = bytearray(64 << 20)
@@ -248,8 +262,11 @@ def bench_size(size_gb: float, work: Path, mergekit_python: Path | None) -> dict
     res["extract_hashed"] = timed(cv("extract", sft=root / "sft", aux=root / "aux", out=root / "vec", hash=True))
     for role in ("sft", "aux"):
         as_hub_cache(root / "hub", f"bench/{role}", root / role)
+    hub = {"HF_HUB_CACHE": str(root / "hub")}
     res["extract_hashed_hub"] = timed(cv("extract", sft="bench/sft", aux="bench/aux", out=root / "vec", hash=True),
-                                      env={"HF_HUB_CACHE": str(root / "hub")})
+                                      env=hub)
+    res["hash_sources"] = timed([py, "-c", HASH_OP, f"{root / 'sft'},{root / 'aux'}"])
+    res["hash_sources_hub"] = timed([py, "-c", HASH_OP, "bench/sft,bench/aux"], env=hub)
     vec_bytes = dir_bytes(root / "vec")
     files = ",".join(str(p) for p in weight_files(root / "sft") + weight_files(root / "aux"))
     res["raw_extract_io"] = timed([py, "-c", RAW_IO, files, str(root / "raw.bin"), str(vec_bytes)])
@@ -284,6 +301,10 @@ def compare(ours: Path, theirs: Path) -> float:
     return worst
 
 
+KEYS = {"extract (+ sha256)": "extract_hashed", "extract (+ sha256, Hub cache)": "extract_hashed_hub",
+        "sha256 of sft + aux only": "hash_sources", "sha256 of sft + aux only, Hub cache": "hash_sources_hub"}
+
+
 def markdown(results: dict) -> str:
     """The table for docs/benchmarks.md."""
     rows = ["| model (bf16) | operation | capvector s | raw IO s | raw IO / capvector | mergekit s | "
@@ -292,10 +313,10 @@ def markdown(results: dict) -> str:
     for r in results["sizes"]:
         mk = r.get("mergekit")
         ops = (("extract", "raw_extract_io"), ("extract (+ sha256)", None),
-               ("extract (+ sha256, Hub cache)", None), ("merge", "raw_merge_io"))
+               ("extract (+ sha256, Hub cache)", None), ("sha256 of sft + aux only", None),
+               ("sha256 of sft + aux only, Hub cache", None), ("merge", "raw_merge_io"))
         for op, raw in ops:
-            key = {"extract (+ sha256)": "extract_hashed", "extract (+ sha256, Hub cache)": "extract_hashed_hub"}
-            ours = r.get(key.get(op, op))
+            ours = r.get(KEYS.get(op, op))
             if ours is None:  # results from before the Hub-cache row
                 continue
             base = r[raw] if raw else None
