@@ -20,8 +20,6 @@ from torch import nn
 from capvector import engines
 from capvector.errors import CapvectorError
 
-from .layer import GSELayer
-
 WrapPolicy = Callable[[nn.Module, bool, int], bool]
 
 
@@ -32,6 +30,8 @@ def gse_fsdp_auto_wrap_policy(model: nn.Module, layer_classes: Iterable[type[nn.
     module of `layer_classes` (e.g. the decoder layer class; default: the model's `_no_split_modules`, as
     transformers names them). Use with `use_orig_params=False` as well as True.
     """
+    from .layer import GSELayer  # here, not at the top: the layer imports `gathered_weight` from this module
+
     gse_layers = [m for m in model.modules() if isinstance(m, GSELayer)]
     bases = {id(m.get_base_layer()) for m in gse_layers}
     names = set(_no_split_modules(model))
@@ -100,6 +100,8 @@ def aux_loss_across_ranks(model: nn.Module, adapter: str | None = None, group: o
     global loss's gradient. With one process it equals `model.gse_aux_loss()`.
     """
     import torch.distributed as dist
+
+    from .layer import GSELayer
 
     adapter = adapter or model.active_adapters[0]
     weight = float(model.peft_config[adapter].aux_loss_weight)
