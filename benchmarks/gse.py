@@ -266,7 +266,9 @@ def main() -> None:
     for _ in range(a.repeats):  # interleaved, so a burst of load elsewhere hits every variant alike
         for preset in presets:
             for variant in a.variants.split(","):
-                runs[preset].setdefault(variant, []).append(_run_child(variant, preset, a, env))
+                row = _run_child(variant, preset, a, env)
+                print(f"{preset} {variant}: {row['step_ms']:.0f} ms/step", file=sys.stderr, flush=True)  # progress
+                runs[preset].setdefault(variant, []).append(row)
     results = {p: {v: _summarise(rs) for v, rs in by_variant.items()} for p, by_variant in runs.items()}
     for preset, rows in results.items():
         _print_table(preset, rows, a.threads)

@@ -105,14 +105,13 @@ def aux_loss_across_ranks(model: nn.Module, adapter: str | None = None, group: o
 
     adapter = adapter or model.active_adapters[0]
     weight = float(model.peft_config[adapter].aux_loss_weight)
-    routes = [layer._last_route[adapter] for layer in model.modules()
-              if isinstance(layer, GSELayer) and adapter in layer._last_route and not layer.disable_adapters]
+    routes = [route for layer in model.modules() if isinstance(layer, GSELayer) and not layer.disable_adapters
+              for route in [layer.routing(adapter)] if route is not None]
     if not routes or weight == 0.0:
         return model.gse_aux_loss(adapter)
-    probs = [log_probs.exp().reshape(-1, log_probs.shape[-1]) for log_probs, _ in routes]
-    stats = torch.cat([torch.cat([torch.bincount(top_i.reshape(-1), minlength=p.shape[1]).to(p.dtype),
-                                  p.detach().sum(0), p.new_tensor([p.shape[0]])])
-                       for p, (_, top_i) in zip(probs, routes, strict=True)])
+    probs = [p for p, _ in routes]
+    stats = torch.cat([torch.cat([picked.sum(0).to(p.dtype), p.detach().sum(0), p.new_tensor([p.shape[0]])])
+                       for p, picked in routes])
     world = 1
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(stats, group=group)

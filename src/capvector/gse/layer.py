@@ -26,6 +26,7 @@ from capvector.errors import CapvectorError
 
 from ._peft_compat import BufferDict
 from .config import GSEConfig
+from .distributed import gathered_weight
 
 
 def top_singular(weight: torch.Tensor, r: int, niter: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -162,7 +163,7 @@ class GSELayer(BaseTunerLayer):
     def update_layer(self, adapter_name: str, config: GSEConfig) -> None:
         """Add adapter `adapter_name`: SVD of the frozen weight, expert factors, router and anchors."""
         weight = self.get_base_layer().weight
-        m, n = weight.shape
+        m, n = self.out_features, self.in_features  # a ZeRO-3 partition's own shape is (0,)
         ranks, g = config.expert_ranks(), config.num_generalized_experts
         r, num_spec = config.r, config.num_specialized_experts
         if min(m, n) < r:
@@ -172,7 +173,8 @@ class GSELayer(BaseTunerLayer):
             b = torch.empty(m, r, device="meta")
             rank_scale = torch.empty(r, device="meta")
         else:
-            u, sigma, v = top_singular(weight, r, config.svd_niter, config.svd_seed)
+            with gathered_weight(weight) as whole:  # the whole matrix under FSDP2 / ZeRO-3, read only
+                u, sigma, v = top_singular(whole, r, config.svd_niter, config.svd_seed)
             rank_scale = torch.repeat_interleave(expert_scales(sigma, ranks, g, n, config).to(u.device),
                                                  torch.tensor(ranks, device=u.device))
             root = torch.sqrt(sigma.clamp_min(0) / (rank_scale * config.rho))
@@ -290,15 +292,21 @@ class GSELayer(BaseTunerLayer):
         """Drop the kept routing (called at the start of each model forward by `GSEModel`)."""
         self._last_route.clear()
 
+    def routing(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The last forward's routing: router probabilities (tokens × experts, with grad) and the top-k picks
+        (tokens × experts, 0/1); None before any forward. What load-balancing losses are computed from."""
+        if adapter not in self._last_route:
+            return None
+        _, probs, picked = self._last_route[adapter]
+        return probs, picked
+
     def aux_loss(self, adapter: str) -> torch.Tensor | None:
         """Load-balancing loss of the last forward (unweighted, with grad), or None before any forward.
 
         Computed on request from the kept routing, so forwards that nobody asks about cost nothing extra.
         """
-        if adapter not in self._last_route:
-            return None
-        _, probs, picked = self._last_route[adapter]
-        return balance_loss_from_counts(probs, picked.sum(0))
+        route = self.routing(adapter)
+        return None if route is None else balance_loss_from_counts(route[0], route[1].sum(0))
 
     def router_stats(self, adapter: str) -> dict[str, torch.Tensor] | None:
         """Expert load (fractions of top-k picks) and mean router entropy (nats) of the last forward."""
