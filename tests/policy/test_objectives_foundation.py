@@ -93,3 +93,22 @@ def test_the_shipped_teacher_loads_with_its_recipe():
     assert recipe["train_tasks"] == 45 and recipe["held_out_quality"]["seg_acc"] > 0.9
     out = make_teacher("foundation")({"image": torch.zeros(1, 1, 3, 64, 64, dtype=torch.uint8)}, grid=8)
     assert out.shape == (1, 64, 128) and torch.isfinite(out).all()
+
+
+def test_teacher_recipe_fits_its_labels_and_measures_in_physical_units():
+    import numpy as np
+
+    from capvector.pipeline.teacher import TeacherConfig, measure, train_teacher
+
+    rng = np.random.default_rng(0)
+    n = 24
+    image = rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)
+    brightness = image.astype(np.float32).mean(axis=1)  # a label the net can learn from the pixels
+    dense = np.repeat(brightness[:, None, ::2, ::2] / 255.0 * 2.0, 7, axis=1).astype(np.float32)
+    data = {"image": image, "dense": dense, "seg": (brightness[:, ::2, ::2] > 127).astype(np.int64),
+            "state": rng.normal(size=(n, 9)).astype(np.float32)}
+    cfg = TeacherConfig(epochs=12, batch_size=8, lr=3e-3, threads=1)
+    before = measure(train_teacher(data, TeacherConfig(epochs=1, batch_size=8, lr=1e-9, threads=1)), data)
+    after = measure(train_teacher(data, cfg), data)
+    assert after["depth_cm"] < 0.5 * before["depth_cm"]  # metres → cm of the depth channel
+    assert all(np.isfinite(v) for v in after.values()) and 0.0 <= after["seg_acc"] <= 1.0
