@@ -3,8 +3,6 @@
 The `capvector train` command lives in `capvector.train.cli`; importing this library does not load typer.
 """
 
-from typing import Any
-
 from capvector.train.config import TrainConfig
 from capvector.train.datasets import open_dataset
 from capvector.train.order import global_batch
@@ -31,11 +29,3 @@ __all__ = [
     "tuner_aux_loss",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """`from capvector.train import train_command` keeps working, loading the command module only then."""
-    if name == "train_command":
-        from capvector.train.cli import train_command
-
-        return train_command
-    raise AttributeError(f"module 'capvector.train' has no attribute {name!r}")
