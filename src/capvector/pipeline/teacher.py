@@ -72,15 +72,20 @@ def render_dataset(path: Path, tasks: list[str], cfg: TeacherConfig, log: Any = 
     return arrays
 
 
-def _losses(net: Any, batch: dict[str, Any], seg_weight: Any) -> tuple[Any, dict[str, float]]:
+def _normalisation(cfg: Any) -> tuple[Any, Any, Any, Any]:
+    """Mean and std of the dense targets (broadcast over B, ·, H, W) and of the state, from the net's config."""
     import torch
-    import torch.nn.functional as F
 
-    cfg = net.cfg
-    out = net(batch["image"])
     dm = torch.tensor(cfg.dense_mean)[None, :, None, None]
     ds = torch.tensor(cfg.dense_std)[None, :, None, None]
-    sm, ss = torch.tensor(cfg.state_mean), torch.tensor(cfg.state_std)
+    return dm, ds, torch.tensor(cfg.state_mean), torch.tensor(cfg.state_std)
+
+
+def _losses(net: Any, batch: dict[str, Any], seg_weight: Any) -> tuple[Any, dict[str, float]]:
+    import torch.nn.functional as F
+
+    out = net(batch["image"])
+    dm, ds, sm, ss = _normalisation(net.cfg)
     dense = F.smooth_l1_loss(out["dense"], (batch["dense"] - dm) / ds, beta=0.1)
     seg = F.cross_entropy(out["seg"], batch["seg"], weight=seg_weight)
     state = F.smooth_l1_loss(out["state"], (batch["state"] - sm) / ss, beta=0.1)
@@ -93,9 +98,7 @@ def measure(net: Any, data: dict[str, np.ndarray], batch: int = 256) -> dict[str
     object-class IoU, hand/object/goal position error (cm)."""
     import torch
 
-    cfg = net.cfg
-    dm, ds = torch.tensor(cfg.dense_mean)[None, :, None, None], torch.tensor(cfg.dense_std)[None, :, None, None]
-    sm, ss = torch.tensor(cfg.state_mean), torch.tensor(cfg.state_std)
+    dm, ds, sm, ss = _normalisation(net.cfg)
     err = {"depth_cm": 0.0, "world_cm": 0.0, "seg_acc": 0.0, "hand_cm": 0.0, "object_cm": 0.0, "goal_cm": 0.0}
     inter = union = 0.0
     n = len(data["image"])

@@ -77,6 +77,23 @@ class CameraRig:
                 self.renderer.disable_depth_rendering()
         return np.stack(rgb), np.stack(depth)
 
+    def segmentation(self, data: mujoco.MjData) -> np.ndarray:
+        """(V, H, W, 2) int32: MuJoCo object id and object type per pixel (−1 where nothing is hit).
+
+        Distractors are visual-only geoms without an object id, so this pass renders without them: their
+        pixels show what lies behind."""
+        extra, self.extra_geoms = self.extra_geoms, []
+        self.renderer.enable_segmentation_rendering()
+        try:
+            out = []
+            for cid in self.camera_ids:
+                self._update(data, cid)
+                out.append(self.renderer.render())
+        finally:
+            self.renderer.disable_segmentation_rendering()
+            self.extra_geoms = extra
+        return np.stack(out)
+
     def intrinsics(self) -> np.ndarray:
         """(V, 3, 3) pinhole matrices from each camera's vertical field of view (square pixels)."""
         out = []

@@ -70,17 +70,8 @@ def render_frame(env: SimEnv, lookup: np.ndarray) -> SceneFrame:
     from capvector.objectives.teachers import backproject_world
 
     image, depth = env.rig.rgb_depth(env.data)
-    r, extra = env.rig.renderer, env.rig.extra_geoms
-    # Distractors are visual-only geoms with no MuJoCo object id; segmentation renders without them, which labels
-    # their pixels as what lies behind (almost always table: class 0, where a distractor belongs too).
-    env.rig.extra_geoms = []
-    r.enable_segmentation_rendering()
-    try:
-        env.rig._update(env.data, env.rig.camera_ids[0])
-        ids = r.render()  # (H, W, 2): object id and object type per pixel
-    finally:
-        r.disable_segmentation_rendering()
-        env.rig.extra_geoms = extra
+    # Distractor pixels come out as what lies behind them: almost always table, class 0, where they belong too.
+    ids = env.rig.segmentation(env.data)[0]
     is_geom = (ids[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM)) & (ids[..., 0] >= 0)
     seg = np.where(is_geom, lookup[np.clip(ids[..., 0], 0, len(lookup) - 1)], 0)
     intr, pose = env.rig.intrinsics()[0], env.rig.cam_to_world(env.data)[0]
