@@ -103,6 +103,32 @@ def _lora_rank_matching_gse(model) -> int:
     return max(1, round(params / fan))
 
 
+def _measure(a, mode: str, tokens: str, ids: torch.Tensor, vec: Path, device) -> dict:
+    from capvector.orth import OrthogonalRegularizer
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    t_setup = time.perf_counter()
+    model = _model(a, device)
+    params = sum(p.numel() for p in model.parameters())
+    reg = None
+    if mode in ("lora", "lora+orth"):
+        model = _peft(model, "lora", a.rank)
+    elif mode == "lora@gse":
+        model = _peft(model, "lora", _lora_rank_matching_gse(model))
+    elif mode == "gse":
+        model = _peft(model, "gse", a.rank)
+    if mode in ("factored", "exact", "lora+orth"):
+        reg = OrthogonalRegularizer.from_vector(model, vec, mode="lora" if mode == "lora+orth" else mode,
+                                                rank=a.rank, include=INCLUDE)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    setup_s = time.perf_counter() - t_setup  # model build + adapter init (GSE's SVDs) + regulariser
+    return {"mode": mode, "tokens": tokens, "params": params, "setup_s": setup_s,
+            **_time(model, reg, ids, a.steps, a.warmup, device)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", type=int, default=2048)
@@ -122,8 +148,6 @@ def main() -> None:
         a.hidden, a.intermediate, a.layers, a.heads, a.vocab, a.tokens, a.steps, a.warmup = (
             64, 128, 2, 4, 256, "2x16", 2, 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from capvector.orth import OrthogonalRegularizer
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -133,36 +157,23 @@ def main() -> None:
             b, s = map(int, tokens.split("x"))
             ids = torch.randint(0, a.vocab, (b, s), device=device, generator=torch.Generator(device).manual_seed(0))
             for mode in a.modes.split(","):
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                model = _model(a, device)
-                params = sum(p.numel() for p in model.parameters())
-                reg = None
-                if mode in ("lora", "lora+orth"):
-                    model = _peft(model, "lora", a.rank)
-                elif mode == "lora@gse":
-                    model = _peft(model, "lora", _lora_rank_matching_gse(model))
-                elif mode == "gse":
-                    model = _peft(model, "gse", a.rank)
-                if mode in ("factored", "exact", "lora+orth"):
-                    reg = OrthogonalRegularizer.from_vector(model, vec, mode="lora" if mode == "lora+orth" else mode,
-                                                            rank=a.rank, include=INCLUDE)
-                row = {"mode": mode, "tokens": tokens, "params": params, **_time(model, reg, ids, a.steps, a.warmup,
-                                                                                 device)}
+                try:
+                    row = _measure(a, mode, tokens, ids, vec, device)
+                except Exception as exc:  # one broken configuration must not cost the others their device time
+                    row = {"mode": mode, "tokens": tokens, "error": f"{type(exc).__name__}: {exc}"}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                del model, reg
-    base = {("sft", t): r["step_s"] for r in rows for t in [r["tokens"]] if r["mode"] == "sft"}
-    lora = {t: r["step_s"] for r in rows for t in [r["tokens"]] if r["mode"] == "lora"}
-    lora_eq = {t: r["step_s"] for r in rows for t in [r["tokens"]] if r["mode"] == "lora@gse"}
-    for r in rows:
+    ok = [r for r in rows if "error" not in r]
+    base = {("sft", t): r["step_s"] for r in ok for t in [r["tokens"]] if r["mode"] == "sft"}
+    lora = {t: r["step_s"] for r in ok for t in [r["tokens"]] if r["mode"] == "lora"}
+    lora_eq = {t: r["step_s"] for r in ok for t in [r["tokens"]] if r["mode"] == "lora@gse"}
+    for r in ok:
         ref = {"factored": base.get(("sft", r["tokens"])), "exact": base.get(("sft", r["tokens"])),
                "lora+orth": lora.get(r["tokens"]), "gse": lora_eq.get(r["tokens"])}.get(r["mode"])
         r["ratio"] = r["step_s"] / ref if ref else None
     info = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if device.type == "cuda" else
             platform.processor(), "torch": torch.__version__, "args": vars(a), "rows": rows}
-    print(json.dumps({r["mode"] + "@" + r["tokens"]: round(r["ratio"], 3) for r in rows if r["ratio"]}))
+    print(json.dumps({r["mode"] + "@" + r["tokens"]: round(r["ratio"], 3) for r in ok if r["ratio"]}))
     if a.out:
         Path(a.out).write_text(json.dumps(info, indent=1) + "\n")
 

@@ -73,16 +73,18 @@ def _match(vector_names: Sequence[str], name: str) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _svd_factors(vec: CapabilityVector, key: str, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k (U, S, Vᵀ) of C in fp32, from the factors when C is stored factored (no dense m×n copy)."""
+def _svd_factors(vec: CapabilityVector, key: str, k: int,
+                 device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k (U, S, Vᵀ) of C in fp32 on `device` (the parameter's: a GPU's SVD is the fast one there), from the
+    factors when C is stored factored (no dense m×n copy)."""
     if vec.is_factored(key):
         b, a = vec.factors(key)
-        a = _as_matrix(a)
-        qb, rb = torch.linalg.qr(b.double())  # C = Qb (Rb A); SVD of the small r×n core
+        a = _as_matrix(a).to(device)
+        qb, rb = torch.linalg.qr(b.to(device).double())  # C = Qb (Rb A); SVD of the small r×n core
         u, s, vh = torch.linalg.svd(rb @ a.double(), full_matrices=False)
         u = qb @ u
     else:
-        u, s, vh = torch.linalg.svd(_as_matrix(vec.dense(key)), full_matrices=False)
+        u, s, vh = torch.linalg.svd(_as_matrix(vec.dense(key)).to(device), full_matrices=False)
     k = min(k, s.numel())
     return u[:, :k].float(), s[:k].float(), vh[:k].float()
 
@@ -131,7 +133,7 @@ class OrthogonalRegularizer(nn.Module):
         self.terms, self.mode, self.weight, self.skipped = terms, mode, float(weight), skipped
         self._vector, self._rank = vector, rank  # FSDP1 terms compute their constants at the first forward
         self.__dict__["_model"] = model  # not a submodule: the regulariser owns no weights of the model
-        self.last: dict[str, float] = {}
+        self.last: dict[str, torch.Tensor] = {}  # detached; read as floats through breakdown()
         self._captures: dict[str, torch.Tensor] = {}
         self._optimizer_ids: set[int] | None = None
         self._hooks = [self._hook_capture(t) for t in terms if t.captured]
@@ -238,7 +240,8 @@ class OrthogonalRegularizer(nn.Module):
             whole.append((t.group, _TERM_LOSS[self.mode](t.consts, _as_matrix(p).to(_work_dtype(p)))))
         out, groups = _combine(whole, shards)
         out = self.weight * out
-        self.last = {"orth": float(out.detach()), **{f"orth/{g}": self.weight * v for g, v in groups.items()}}
+        # Detached tensors, not floats: a float() per call would wait for the device (a GPU sync every step).
+        self.last = {"orth": out.detach(), **{f"orth/{g}": self.weight * v for g, v in groups.items()}}
         return out
 
     def _live_param(self, t: _Term, live: dict[str, torch.Tensor], fsdp2: bool) -> torch.Tensor:
@@ -293,24 +296,24 @@ class OrthogonalRegularizer(nn.Module):
         return value
 
     def breakdown(self) -> dict[str, float]:
-        """Weighted total and per-group values of the last call, for logging."""
-        return dict(self.last)
+        """Weighted total and per-group values of the last call, for logging (this is where the device syncs)."""
+        return {k: float(v) for k, v in self.last.items()}
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}, weight={self.weight}, params={len(self.terms)}, skipped={len(self.skipped)}"
 
 
 def _combine(whole: list[tuple[str, torch.Tensor]],
-             shards: dict[object, list[tuple[str, torch.Tensor]]]) -> tuple[torch.Tensor, dict[str, float]]:
+             shards: dict[object, list[tuple[str, torch.Tensor]]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total and per-group values; row-shard terms are summed over ranks with one all-reduce per process group.
 
     The forward value is the global sum on every rank, while the gradient flows only through this rank's own
     terms: each shard's gradient is then exactly ∂L/∂(its rows), with no factor of the world size.
     """
-    groups: dict[str, float] = {}
+    groups: dict[str, torch.Tensor] = {}  # detached per-group sums, never synchronised here
     total: torch.Tensor | None = None
     for g, v in whole:
-        groups[g] = groups.get(g, 0.0) + float(v.detach())
+        groups[g] = v.detach() if g not in groups else groups[g] + v.detach()
         total = v if total is None else total + v
     for pg, parts in shards.items():
         local = torch.stack([v for _, v in parts]).sum()
@@ -322,8 +325,8 @@ def _combine(whole: list[tuple[str, torch.Tensor]],
             import torch.distributed as dist
 
             dist.all_reduce(summed, group=pg)
-        for g, v in zip(names, summed[1:].tolist(), strict=True):
-            groups[g] = groups.get(g, 0.0) + v
+        for g, v in zip(names, summed[1:], strict=True):
+            groups[g] = v if g not in groups else groups[g] + v
         part = local + (summed[0] - local.detach())
         total = part if total is None else total + part
     assert total is not None
@@ -360,14 +363,14 @@ def _term_consts(vec: CapabilityVector, key: str, pname: str, w: torch.Tensor, m
             raise CapvectorError(
                 f"{vec.path}: key {key!r} has shape {vshape}; LoRA A {pname!r} {shape} expects input width {n_in}"
             )
-        _, _, vh = _svd_factors(vec, key, rank)
+        _, _, vh = _svd_factors(vec, key, rank, w.device)
         return {"a_cap": vh.to(dtype)}
     if vec.shape(key) != shape:
         raise CapvectorError(f"{vec.path}: key {key!r} has shape {vec.shape(key)}, parameter {pname!r} has {shape}")
     w_meta = _as_matrix(w.detach()).to(dtype)
     if mode == "exact":
-        return {"c": _as_matrix(vec.dense(key)).to(dtype), "w_meta": w_meta.clone()}
-    u, s, vh = _svd_factors(vec, key, rank)
+        return {"c": _as_matrix(vec.dense(key)).to(w.device, dtype), "w_meta": w_meta.clone()}
+    u, s, vh = _svd_factors(vec, key, rank, w.device)
     v = vh.T.contiguous().to(dtype)
     return {"us": (u * s).to(dtype), "v": v, "p": w_meta @ v}
 
@@ -399,8 +402,15 @@ class _AbsSumOuter(torch.autograd.Function):
         return (None if g_left is None else grad * g_left, None if g_right is None else grad * g_right, None)
 
 
-def abs_sum_outer(left: torch.Tensor, right: torch.Tensor, block_elems: int = 1 << 22) -> torch.Tensor:
+# Elements of the product alive at once: a cache-sized block on CPU; on a GPU a few hundred MB, so a weight is
+# one or two blocks (each block costs kernel launches, which dominate there at these sizes).
+_BLOCK_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 26}
+
+
+def abs_sum_outer(left: torch.Tensor, right: torch.Tensor, block_elems: int | None = None) -> torch.Tensor:
     """Σ_ij |(left · rightᵀ)_ij| with at most ~`block_elems` elements of the product alive at once."""
+    if block_elems is None:
+        block_elems = _BLOCK_ELEMS.get(left.device.type, _BLOCK_ELEMS["cpu"])
     return _AbsSumOuter.apply(left, right, max(1, block_elems // max(1, right.shape[0])))
 
 
