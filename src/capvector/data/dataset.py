@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from capvector.data.format import load_episode, read_manifest, verify_episode
+from capvector.data.format import STATE_AHEAD_STEPS, load_episode, read_manifest, verify_episode
 from capvector.errors import CapvectorError
 
 
@@ -66,6 +66,7 @@ class DemoDataset(Dataset):
         entry, ep = self.entries[i], self._episode(i)
         n = ep["actions"].shape[0]
         idx = np.minimum(np.arange(t, t + self.chunk), n - 1)
+        ahead = np.minimum(t + np.asarray(STATE_AHEAD_STEPS), n - 1)
         return {
             "image": torch.from_numpy(ep["image"][t].copy()),
             "proprio": torch.from_numpy(ep["proprio"][t].astype(np.float32)),
@@ -76,6 +77,8 @@ class DemoDataset(Dataset):
             "depth": torch.from_numpy(ep["depth"][t].astype(np.float32)),
             "intrinsics": torch.from_numpy(ep["intrinsics"].astype(np.float32)),
             "cam_to_world": torch.from_numpy(ep["cam_to_world"][t].astype(np.float32)),
+            "state": torch.from_numpy(ep["state"][t].astype(np.float32)),
+            "state_ahead": torch.from_numpy(ep["state"][ahead].astype(np.float32)),
             "episode": torch.tensor(entry["index"], dtype=torch.int64),
             "step": torch.tensor(t, dtype=torch.int64),
         }

@@ -26,6 +26,12 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KEYS = {"image": 5, "depth": 4, "proprio": 2, "actions": 2, "state": 2, "intrinsics": 3, "cam_to_world": 4}
 
+# Where MetaWorld's 39-d observation keeps what a plan is about (the rest: quaternions, a second object, the
+# previous frame). Samples also carry the state these many steps ahead (clamped at the episode's end), for
+# objectives that supervise a plan (capvector.objectives.subgoal).
+STATE_HAND, STATE_GRIPPER, STATE_OBJECT, STATE_GOAL = slice(0, 3), 3, slice(4, 7), slice(36, 39)
+STATE_AHEAD_STEPS = (8, 16, 32)
+
 
 def write_episode(root: Path, index: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """Write one episode atomically; returns its manifest entry (file, sha256, length)."""

@@ -1,7 +1,9 @@
-"""Auxiliary training objectives (spatial alignment first) and the frozen teachers that give their targets."""
+"""Auxiliary training objectives (spatial alignment; sub-goal prediction) and the frozen teachers that give their
+targets."""
 
 from capvector.objectives.alignment import AlignmentProjector, SpatialAlignment, cosine_alignment_loss
 from capvector.objectives.capture import LayerCapture
+from capvector.objectives.subgoal import SubgoalPrediction, SubgoalTeacher
 from capvector.objectives.teachers import (
     DepthGeometryTeacher,
     PrecomputedTeacher,
@@ -18,6 +20,8 @@ __all__ = [
     "LayerCapture",
     "PrecomputedTeacher",
     "SpatialAlignment",
+    "SubgoalPrediction",
+    "SubgoalTeacher",
     "Teacher",
     "backproject_world",
     "cosine_alignment_loss",

@@ -54,6 +54,9 @@ def cosine_alignment_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.
 class SpatialAlignment(nn.Module):
     """Projector + loss for one trunk layer; `weight` is α in L = L_action + α·L_align."""
 
+    reads = "visual"  # the tokens it supervises (capvector.objectives.subgoal reads the action queries)
+    part_name = "align"
+
     def __init__(
         self,
         width: int,

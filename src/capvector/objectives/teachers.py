@@ -182,13 +182,14 @@ def write_teacher_features(path: str | Path, features: Mapping[str, torch.Tensor
     return atomic_save_safetensors({k: v.float() for k, v in features.items()}, path)
 
 
-TEACHERS = ("foundation", "geometry", "geometry-residual", "precomputed")
+TEACHERS = ("foundation", "geometry", "geometry-residual", "precomputed", "subgoal")
 
 
 def make_teacher(kind: str, path: str | Path | None = None) -> Teacher:
     """'foundation' (the frozen scene network's features; `path` = a teacher directory, default the shipped one),
     'geometry' (simulator depth, centred per sample), 'geometry-residual' (centred per token over the batch) or
-    'precomputed' (needs `path`)."""
+    'precomputed' (needs `path`); 'subgoal' gives plan targets for the action queries instead
+    (capvector.objectives.subgoal: another objective family, same α and layer options)."""
     if kind == "foundation":
         from capvector.objectives.foundation import FoundationTeacher, SceneNet, default_teacher_dir
 
@@ -197,6 +198,10 @@ def make_teacher(kind: str, path: str | Path | None = None) -> Teacher:
         return DepthGeometryTeacher()
     if kind == "geometry-residual":
         return DepthGeometryTeacher(centre="batch")
+    if kind == "subgoal":
+        from capvector.objectives.subgoal import SubgoalTeacher
+
+        return SubgoalTeacher()
     if kind == "precomputed":
         if path is None:
             raise CapvectorError("teacher 'precomputed' needs a feature path (--teacher-path)")

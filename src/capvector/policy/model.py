@@ -151,6 +151,7 @@ class ActionExpert(nn.Module):
 class PolicyOutput:
     actions: torch.Tensor  # (B, K, action_dim)
     visual_hidden: torch.Tensor | None  # (B, V·N, width) at the requested layer, else None
+    query_hidden: torch.Tensor | None = None  # (B, K, width): the action queries at the same layer
 
 
 class TinyVLA(nn.Module, PyTorchModelHubMixin, library_name="capvector", tags=["capvector", "vla"]):
@@ -199,7 +200,8 @@ class TinyVLA(nn.Module, PyTorchModelHubMixin, library_name="capvector", tags=["
         instruction_embedding: torch.Tensor,
         hidden_layer: int | None = None,
     ) -> PolicyOutput:
-        """Predict the action chunk; optionally also return the visual tokens' hidden state at `hidden_layer`.
+        """Predict the action chunk; optionally also return the visual tokens' and action queries' hidden states
+        at `hidden_layer`.
 
         `image` is uint8 (B, V, 3, H, W) (or float in [0, 1]); `hidden_layer` counts like HF hidden states:
         0 is the token embeddings, i the output of block i (1..depth).
@@ -220,15 +222,18 @@ class TinyVLA(nn.Module, PyTorchModelHubMixin, library_name="capvector", tags=["
             ],
             dim=1,
         )
-        captured = tokens[:, :n_vis] if hidden_layer == 0 else None
+        captured = tokens if hidden_layer == 0 else None
         x = tokens
         for i, block in enumerate(self.vlm.trunk.layers, start=1):
             x = block(x)
             if hidden_layer == i:
-                captured = x[:, :n_vis]
+                captured = x
         x = self.vlm.trunk.norm(x)
-        actions = self.action_expert.head(x[:, -self.config.chunk :])
-        return PolicyOutput(actions=actions, visual_hidden=captured)
+        k = self.config.chunk
+        actions = self.action_expert.head(x[:, -k:])
+        if captured is None:
+            return PolicyOutput(actions=actions, visual_hidden=None)
+        return PolicyOutput(actions=actions, visual_hidden=captured[:, :n_vis], query_hidden=captured[:, -k:])
 
     @torch.no_grad()
     def act(self, observation: Mapping[str, Any]) -> np.ndarray:

@@ -35,10 +35,12 @@ def train_command(
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
     also_train: Annotated[list[str] | None, typer.Option(
         metavar="<glob>", help="Base-parameter glob to train too (repeatable).")] = None,
-    aux_weight: Annotated[float | None, typer.Option(help="α of the spatial-alignment loss (0 = off).")] = None,
-    aux_layer: Annotated[int | None, typer.Option(help="Trunk layer whose visual tokens are aligned.")] = None,
+    aux_weight: Annotated[float | None, typer.Option(help="α of the auxiliary loss (0 = off).")] = None,
+    aux_layer: Annotated[int | None, typer.Option(
+        help="Trunk layer the auxiliary loss reads (visual tokens; action queries for subgoal).")] = None,
     teacher: Annotated[str | None, typer.Option(
-        help="foundation | geometry | geometry-residual | precomputed.")] = None,
+        help="foundation | geometry | geometry-residual | precomputed (spatial alignment) | subgoal (plan "
+             "prediction).")] = None,
     teacher_path: Annotated[Path | None, typer.Option(
         help="Feature file/dir (precomputed) or teacher dir (foundation).")] = None,
     orth_vector: Annotated[Path | None, typer.Option(help="Capability vector for the orthogonal regulariser.")] = None,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from capvector.data.format import STATE_AHEAD_STEPS, STATE_GOAL, STATE_GRIPPER, STATE_HAND, STATE_OBJECT
+
 TASKS = {
     "reach-v3": ("reach the red block", 1.0),
     "retreat-v3": ("move away from the red block", -1.0),
@@ -70,13 +72,15 @@ class SyntheticDemoDataset(Dataset):
         instruction, sign = TASKS[task]
         # The end effector moves along the expert direction; this step sees the position after `step` moves.
         pos = start.clone()
-        actions = []
-        for t in range(step + self.chunk):
+        actions, hand = [], []
+        ahead = [min(step + h, self.episode_len - 1) for h in STATE_AHEAD_STEPS]
+        for t in range(max(step + self.chunk, ahead[-1] + 1)):
+            hand.append(pos)
             delta = torch.cat([block - pos[:2], torch.tensor([BLOCK_HEIGHT - pos[2]])]) * sign
             a = torch.cat([(delta * 4.0).clamp(-1, 1), torch.tensor([1.0 if sign > 0 else -1.0])])
             if t == step:
                 proprio = torch.cat([pos, torch.tensor([0.5])])
-            if t >= step:
+            if step <= t < step + self.chunk:
                 actions.append(a)
             pos = pos + a[:3] * 0.02
         remaining = self.episode_len - step
@@ -97,4 +101,14 @@ class SyntheticDemoDataset(Dataset):
             "cam_to_world": torch.stack([x[3] for x in views]),
             "episode": torch.tensor(episode, dtype=torch.int64),
             "step": torch.tensor(step, dtype=torch.int64),
+            "state": self._state(hand[step], block),
+            "state_ahead": torch.stack([self._state(hand[t], block) for t in ahead]),
         }
+
+    @staticmethod
+    def _state(hand: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """MetaWorld's 39-d layout: the hand, an open gripper, the block as the object and as the goal."""
+        state = torch.zeros(39)
+        state[STATE_HAND], state[STATE_GRIPPER] = hand, 0.5
+        state[STATE_OBJECT] = state[STATE_GOAL] = torch.cat([block, torch.tensor([BLOCK_HEIGHT])])
+        return state

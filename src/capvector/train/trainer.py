@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from capvector import engines
 from capvector.errors import CapvectorError
 from capvector.io.atomic import AtomicOutputDir, publish_dir
-from capvector.objectives import SpatialAlignment, Teacher, make_teacher
+from capvector.objectives import SpatialAlignment, SubgoalPrediction, Teacher, make_teacher
 from capvector.policy import PolicyConfig, TinyVLA, action_l1, load_policy, save_policy
 from capvector.policy.files import atomic_save_safetensors, atomic_write_text
 from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
@@ -83,7 +83,7 @@ def tuner_aux_loss(model: nn.Module) -> torch.Tensor | None:
 class _LossModule(nn.Module):
     """Policy (+ projector) in one module so DDP synchronises every trained parameter."""
 
-    def __init__(self, model: nn.Module, alignment: SpatialAlignment | None) -> None:
+    def __init__(self, model: nn.Module, alignment: SpatialAlignment | SubgoalPrediction | None) -> None:
         super().__init__()
         self.model = model
         self.alignment = alignment
@@ -97,9 +97,10 @@ class _LossModule(nn.Module):
         parts = {"action_l1": l1}
         total = l1
         if self.alignment is not None:
-            align = self.alignment(out.visual_hidden, targets)
-            parts["align"] = align
-            total = total + self.alignment.weight * align
+            hidden = out.query_hidden if self.alignment.reads == "queries" else out.visual_hidden
+            aux = self.alignment(hidden, targets)
+            parts[self.alignment.part_name] = aux
+            total = total + self.alignment.weight * aux
         return total, parts
 
 
@@ -216,7 +217,7 @@ class Trainer:
                 p.requires_grad_(True)
         return model
 
-    def _build_alignment(self) -> SpatialAlignment | None:
+    def _build_alignment(self) -> SpatialAlignment | SubgoalPrediction | None:
         cfg, pc = self.cfg, self.policy.config
         if cfg.aux_weight == 0:
             return None
@@ -224,9 +225,10 @@ class Trainer:
         if not 0 <= layer <= pc.depth:
             raise CapvectorError(f"aux_layer must be in [0, {pc.depth}] for this policy, found {layer}")
         teacher_dim = self.teacher.target_dim
+        objective = SubgoalPrediction if getattr(self.teacher, "reads", "visual") == "queries" else SpatialAlignment
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed + _INIT_SEED_OFFSET["projector"])
-            return SpatialAlignment(pc.width, teacher_dim, layer, cfg.aux_weight, cfg.aux_hidden, cfg.aux_layernorm)
+            return objective(pc.width, teacher_dim, layer, cfg.aux_weight, cfg.aux_hidden, cfg.aux_layernorm)
 
     # ---- batches ------------------------------------------------------------------------------
     def _loader(self, start: int, stop: int) -> DataLoader:

@@ -1,0 +1,91 @@
+"""Sub-goal prediction (the latent-reasoning objective): targets against a direct reading of the state, the head
+and loss against a direct formula, the real dataset's look-ahead, and a trainer run that learns the plan."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from policy_helpers import batch_of
+
+from capvector.data.format import STATE_AHEAD_STEPS
+from capvector.errors import CapvectorError
+from capvector.objectives import SubgoalPrediction, SubgoalTeacher, make_teacher
+from capvector.policy import TinyVLA, load_policy
+from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
+
+
+def test_targets_read_the_plan_from_the_state():
+    g = torch.Generator().manual_seed(0)
+    now, ahead = torch.randn(2, 39, generator=g), torch.randn(2, len(STATE_AHEAD_STEPS), 39, generator=g)
+    y = SubgoalTeacher()({"state": now, "state_ahead": ahead}, grid=8)
+    assert y.shape == (2, SubgoalTeacher.target_dim) == (2, 21)
+    b = 1
+    hand = now[b, 0:3]
+    expected = [*(ahead[b, i, 0:3] - hand for i in range(3)), now[b, 4:7] - hand, now[b, 36:39] - hand,
+                ahead[b, 2, 4:7] - now[b, 4:7]]
+    assert torch.allclose(y[b, :18], torch.cat(expected) / 0.1, atol=1e-5)
+    assert torch.allclose(y[b, 18:], ahead[b, :, 3])
+
+
+def test_teacher_errors_name_the_missing_or_misshapen_state():
+    with pytest.raises(CapvectorError, match="no 'state'"):
+        make_teacher("subgoal")({"image": torch.zeros(1)}, grid=8)
+    with pytest.raises(CapvectorError, match="state_ahead"):
+        SubgoalTeacher()({"state": torch.zeros(2, 39), "state_ahead": torch.zeros(2, 2, 39)}, grid=8)
+
+
+def test_loss_is_smooth_l1_of_the_head_on_mean_query_state():
+    torch.manual_seed(0)
+    obj = SubgoalPrediction(16, 5, layer=1, hidden_dim=12)
+    h, y = torch.randn(3, 4, 16), torch.randn(3, 5)
+    z = obj.head(h.mean(dim=1))
+    d = (z - y).abs()
+    expected = torch.where(d < 1, 0.5 * d**2, d - 0.5).mean()
+    assert obj(h, y).item() == pytest.approx(expected.item(), abs=1e-6)
+    with pytest.raises(CapvectorError, match="do not pair up"):
+        obj(h, torch.randn(2, 5))
+
+
+def test_synthetic_samples_carry_the_state_ahead_clamped_at_the_episode_end():
+    ds = SyntheticDemoDataset(length=16, chunk=4, seed=1, episode_len=16)
+    first, last = ds[0], ds[15]
+    assert first["state_ahead"].shape == (3, 39)
+    assert torch.equal(first["state_ahead"][0, :3], ds[8]["state"][:3])  # 8 steps ahead = the sample 8 later
+    assert torch.equal(last["state_ahead"][2], last["state"])  # past the end: the last state
+
+
+def test_collected_demos_carry_the_state_ahead(tmp_path):
+    collect = pytest.importorskip("capvector.data.collect", reason="the simulator is not installed")
+    from capvector.data import open_dataset
+    from capvector.data.format import load_episode, read_manifest
+
+    collect.collect(tmp_path / "demos", tasks=["reach-v3"], episodes=1, seed=0, progress=False)
+    ds = open_dataset(tmp_path / "demos")
+    states = load_episode(tmp_path / "demos", read_manifest(tmp_path / "demos")["episodes"][0])["state"]
+    n, t = states.shape[0], 5
+    sample = ds[t]
+    assert torch.equal(sample["state"], torch.from_numpy(states[t]))
+    for i, h in enumerate(STATE_AHEAD_STEPS):
+        assert torch.equal(sample["state_ahead"][i], torch.from_numpy(states[min(t + h, n - 1)]))
+
+
+def test_trainer_learns_the_plan_and_keeps_the_policy_format(tmp_path, tiny_cfg):
+    ds = SyntheticDemoDataset(length=96, chunk=4, seed=3, episode_len=16)
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), steps=60, batch_size=16, lr=3e-3, warmup_steps=5, seed=0,
+                      aux_weight=1.0, aux_layer=1, teacher="subgoal", log_every=10, progress=False)
+    trainer = Trainer(cfg, ds, policy_config=tiny_cfg)
+    fixed = batch_of(ds, list(range(0, 96, 6)))
+
+    def plan_loss() -> float:
+        with torch.no_grad():
+            return trainer.loss_module(*trainer._prepare(fixed))[1]["subgoal"].item()
+
+    before = plan_loss()
+    result = trainer.train()
+    assert plan_loss() < 0.6 * before
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("subgoal" in r and "align" not in r for r in rows)
+    saved = load_policy(result.policy_dir)  # the head is training-only: the policy's tensors are unchanged in kind
+    assert set(saved.state_dict()) == set(TinyVLA(tiny_cfg).state_dict())
