@@ -11,6 +11,7 @@ from capvector.objectives.teachers import (
     backproject_world,
     feature_key,
     make_teacher,
+    objective_name,
     write_teacher_features,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "cosine_alignment_loss",
     "feature_key",
     "make_teacher",
+    "objective_name",
     "write_teacher_features",
 ]

@@ -185,6 +185,11 @@ def write_teacher_features(path: str | Path, features: Mapping[str, torch.Tensor
 TEACHERS = ("foundation", "geometry", "geometry-residual", "precomputed", "subgoal")
 
 
+def objective_name(teacher: str) -> str:
+    """What the auxiliary loss built with this teacher is called in reports."""
+    return "sub-goal prediction" if teacher == "subgoal" else "spatial alignment"
+
+
 def make_teacher(kind: str, path: str | Path | None = None) -> Teacher:
     """'foundation' (the frozen scene network's features; `path` = a teacher directory, default the shipped one),
     'geometry' (simulator depth, centred per sample), 'geometry-residual' (centred per token over the batch) or

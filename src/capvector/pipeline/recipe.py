@@ -4,7 +4,7 @@
                                                                                │
 D_down demos ─► downstream fine-tunes per method and seed ─► rollouts at each budget (+ OOD variants)
 
-Methods (downstream, on D_down): `sft` (SFT from θ_pre), `aux` (SFT + spatial alignment from θ_pre),
+Methods (downstream, on D_down): `sft` (SFT from θ_pre), `aux` (SFT + the auxiliary objective from θ_pre),
 `capvector` (SFT from θ_meta + L_orth), `capvector_no_orth` (SFT from θ_meta); plus the merge-choice and
 λ_orth variants of `capvector`, and LoRA / GSE tuners from θ_pre beside full fine-tuning (= `sft`).
 """
@@ -26,7 +26,7 @@ from capvector.train import snapshot_dir
 MAIN_METHODS = ("sft", "aux", "capvector", "capvector_no_orth")
 METHOD_LABELS = {
     "sft": "SFT from θ_pre",
-    "aux": "aux-SFT from θ_pre (SFT + spatial alignment)",
+    "aux": "aux-SFT from θ_pre (SFT + the auxiliary objective)",
     "capvector": "CapVector: SFT from θ_meta + L_orth",
     "capvector_no_orth": "CapVector without L_orth",
     "tuner-full": "full fine-tuning",

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from capvector.io.atomic import atomic_file, atomic_write_text
+from capvector.objectives.teachers import objective_name
 from capvector.pipeline.config import VALIDATION_EVAL_SEED, VALIDATION_TRAIN_SEEDS
 
 PLOTS = ("success_vs_steps.png", "methods.png", "ood.png", "merge_choices.png", "orth_sweep.png", "cost.png",
@@ -58,7 +59,8 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
     cap = res["cap"]
     out += ["", "## Capability extraction (D_cap)", "",
             f"SFT and aux-SFT ran {c['cap_steps']} steps from θ_pre with the same data order, seed and optimiser; "
-            f"alignment weight α = {c['aux_weight']}. Rollouts on the D_cap tasks:", "",
+            f"auxiliary objective: {objective_name(c['teacher'])} (teacher `{c['teacher']}`), weight α = "
+            f"{c['aux_weight']}. Rollouts on the D_cap tasks:", "",
             "| policy | success % |", "| --- | --- |",
             f"| θ_pre (no fine-tuning) | {_pc(cap['pretrained'])} |", f"| θ_sft | {_pc(cap['sft'])} |",
             f"| θ_aux | {_pc(cap['aux'])} |", ""]
