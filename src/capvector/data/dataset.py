@@ -109,8 +109,11 @@ def open_dataset(path: str | Path, chunk: int = 8, verify: bool = True, **kwargs
     """The entry point `capvector train --data DIR` uses: a capvector demo directory (manifest.json) or a
     LeRobotDataset v3.0 directory (meta/info.json, read with the [lerobot-data] extra)."""
     root = Path(path)
-    if not (root / MANIFEST).is_file() and (root / "meta" / "info.json").is_file():
+    if (root / MANIFEST).is_file():
+        return DemoDataset(root, chunk=chunk, verify=verify, **kwargs)
+    if (root / "meta" / "info.json").is_file():
         from capvector.data.lerobot import LeRobotDemoDataset
 
         return LeRobotDemoDataset(root, chunk=chunk, **kwargs)
-    return DemoDataset(root, chunk=chunk, verify=verify, **kwargs)
+    raise CapvectorError(f"dataset {root}: no {MANIFEST} (capvector demo dataset) and no meta/info.json "
+                         "(LeRobotDataset v3.0)")

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from capvector.data.format import load_episode, read_manifest, verify_episode
+from capvector.data.format import KEYS, load_episode, read_manifest, verify_episode
 from capvector.data.lerobot import layout
 from capvector.data.lerobot.columns import to_column
 from capvector.data.lerobot.stats import RunningStats
@@ -50,7 +50,7 @@ def export_lerobot(source: str | Path, output: str | Path, fps: int = 80, overwr
     features = _features(first, cameras)
     instructions = list(dict.fromkeys(e["instruction"] for e in entries))
     with AtomicOutputDir(output, overwrite, inputs=[source]) as tmp:
-        info = _write(source, entries, tmp, features, cameras, instructions, fps)
+        info = _write(source, entries, first, tmp, features, cameras, instructions, fps)
     return info
 
 
@@ -89,25 +89,22 @@ def _frame_columns(arrays: dict[str, np.ndarray], cameras: list[str]) -> dict[st
     return {k: np.asarray(a, dtype=np.float32) for k, a in columns.items()}
 
 
-def _check_episode(arrays: dict[str, np.ndarray], features: dict[str, dict[str, Any]], cameras: list[str],
-                   where: str) -> None:
+def _check_episode(arrays: dict[str, np.ndarray], first: dict[str, np.ndarray], where: str) -> None:
+    """Every episode must have the first one's per-step shapes and dtypes: one parquet schema, one video size."""
     n = arrays["actions"].shape[0]
-    for key, a in (("image", arrays["image"]), ("depth", arrays["depth"]), ("proprio", arrays["proprio"]),
-                   ("state", arrays["state"]), ("cam_to_world", arrays["cam_to_world"])):
-        if a.shape[0] != n:
+    for key in KEYS:
+        a, b = arrays[key], first[key]
+        if key != "intrinsics" and a.shape[0] != n:
             raise CapvectorError(f"{where}: array {key!r} has {a.shape[0]} steps, 'actions' has {n}")
-    expected = (len(cameras), 3, *features[f"{layout.IMAGES}.{cameras[0]}"]["shape"][:2])
-    if arrays["image"].shape[1:] != expected or arrays["image"].dtype != np.uint8:
-        raise CapvectorError(f"{where}: array 'image' is {arrays['image'].dtype} {arrays['image'].shape[1:]} per "
-                             f"step, the first episode's is uint8 {expected}")
-    for key, feature_key in (("proprio", layout.STATE), ("actions", layout.ACTION), ("state", layout.ENV_STATE)):
-        if list(arrays[key].shape[1:]) != features[feature_key]["shape"]:
-            raise CapvectorError(f"{where}: array {key!r} has shape {list(arrays[key].shape[1:])} per step, "
-                                 f"the first episode's is {features[feature_key]['shape']}")
+        shape, expected = (a.shape, b.shape) if key == "intrinsics" else (a.shape[1:], b.shape[1:])
+        if shape != expected or a.dtype != b.dtype:
+            raise CapvectorError(f"{where}: array {key!r} is {a.dtype} {shape} per step, the first episode's is "
+                                 f"{b.dtype} {expected}")
 
 
-def _write(source: Path, entries: list[dict[str, Any]], out: Path, features: dict[str, dict[str, Any]],
-           cameras: list[str], instructions: list[str], fps: int) -> dict[str, Any]:
+def _write(source: Path, entries: list[dict[str, Any]], first: dict[str, np.ndarray], out: Path,
+           features: dict[str, dict[str, Any]], cameras: list[str], instructions: list[str], fps: int
+           ) -> dict[str, Any]:
     h, w = features[f"{layout.IMAGES}.{cameras[0]}"]["shape"][:2]
     location = {"chunk_index": 0, "file_index": 0}
     data_path = out / layout.DATA_PATH.format(**location)
@@ -124,7 +121,7 @@ def _write(source: Path, entries: list[dict[str, Any]], out: Path, features: dic
             stack.callback(writer.close)
         for e, entry in enumerate(entries):
             arrays = load_episode(source, entry)
-            _check_episode(arrays, features, cameras, f"dataset {source}: {entry['file']}")
+            _check_episode(arrays, first, f"dataset {source}: {entry['file']}")
             n = arrays["actions"].shape[0]
             columns = _frame_columns(arrays, cameras)
             columns |= {"timestamp": (np.arange(n) / fps).astype(np.float32),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from capvector.data.dataset import EpisodeDataset
@@ -101,7 +102,7 @@ class LeRobotDemoDataset(EpisodeDataset):
                 "cam_to_world": per_camera[layout.CAM_TO_WORLD]}
 
 
-def _read_table(root: Path, path: Path, columns: list[str]):
+def _read_table(root: Path, path: Path, columns: list[str]) -> dict[str, list]:
     if not path.is_file():
         raise CapvectorError(f"dataset {root}: {path.relative_to(root)} is missing")
     try:
@@ -110,7 +111,7 @@ def _read_table(root: Path, path: Path, columns: list[str]):
         raise CapvectorError(f"dataset {path}: cannot read columns {columns} ({e})") from None
 
 
-def _read_rows(path: Path, start: int, count: int, columns: list[str]):
+def _read_rows(path: Path, start: int, count: int, columns: list[str]) -> pa.Table:
     """Rows [start, start+count) of a parquet file, reading only the row groups that hold them."""
     try:
         f = pq.ParquetFile(path)

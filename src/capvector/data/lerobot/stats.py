@@ -1,7 +1,7 @@
 """meta/stats.json: per-feature min, max, mean, std and count, accumulated episode by episode in float64.
 
-LeRobot normalises with these (mean/std or min/max). Quantiles are left out: they need all values at once
-(or an approximation), and the demo's features are small enough that min/max bounds serve the same purpose.
+LeRobot normalises with these (mean/std or min/max). Quantiles are left out: exact ones need every value at
+once, which a streamed export does not hold.
 """
 
 from __future__ import annotations
