@@ -155,6 +155,17 @@ def test_bad_or_missing_metadata_is_one_line_naming_the_file(exported, tmp_path)
     with pytest.raises(CapvectorError, match=r"meta/tasks.parquet is missing"):
         open_dataset(copy)
 
+    fresh()
+    (copy / "meta/episodes/chunk-000/file-000.parquet").write_bytes(b"not parquet")
+    with pytest.raises(CapvectorError, match=r"meta/episodes/chunk-000/file-000.parquet: cannot read"):
+        open_dataset(copy)
+
+    fresh()
+    video = copy / "videos/observation.images.corner3/chunk-000/file-000.mp4"
+    video.write_bytes(video.read_bytes()[:200])
+    with pytest.raises(CapvectorError, match=r"observation.images.corner3/chunk-000/file-000.mp4: cannot decode"):
+        open_dataset(copy)[0]
+
     info = fresh()
     info["features"]["observation.cam_to_world.corner3"]["shape"] = [2, 8]
     write_info(info)

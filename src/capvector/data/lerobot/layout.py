@@ -41,7 +41,7 @@ def feature(dtype: str, shape: list[int], names: list[str] | None = None) -> dic
 def camera_keys(info: dict[str, Any]) -> list[str]:
     """Camera names in the order of their video features (the order of the image axis V)."""
     return [k.removeprefix(IMAGES + ".") for k, f in info["features"].items()
-            if k.startswith(IMAGES + ".") and f.get("dtype") == "video"]
+            if k.startswith(IMAGES + ".") and isinstance(f, dict) and f.get("dtype") == "video"]
 
 
 def read_info(root: Path) -> dict[str, Any]:

@@ -38,10 +38,13 @@ class LeRobotDemoDataset(EpisodeDataset):
         files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
         if not files:
             raise CapvectorError(f"dataset {self.root}: no meta/episodes/chunk-*/file-*.parquet")
-        entries = [row | {"meta_file": f} for f in files for row in pq.read_table(f).to_pylist()]
+        entries = [row | {"meta_file": f} for f in files for row in _read_rows_of(f)]
+        for row in entries:
+            if not isinstance(row.get("episode_index"), int):
+                raise CapvectorError(f"dataset {row['meta_file']}: column 'episode_index' missing or not integer")
         entries.sort(key=lambda r: r["episode_index"])
         for row in entries:
-            where = f"dataset {row['meta_file']}: episode {row.get('episode_index')}"
+            where = f"dataset {row['meta_file']}: episode {row['episode_index']}"
             for key in ("tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index"):
                 if row.get(key) is None:
                     raise CapvectorError(f"{where}: column {key!r} missing")
@@ -109,6 +112,13 @@ def _read_table(root: Path, path: Path, columns: list[str]) -> dict[str, list]:
         return pq.read_table(path, columns=columns).to_pydict()
     except (OSError, KeyError, ValueError) as e:
         raise CapvectorError(f"dataset {path}: cannot read columns {columns} ({e})") from None
+
+
+def _read_rows_of(path: Path) -> list[dict[str, Any]]:
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise CapvectorError(f"dataset {path}: cannot read ({e})") from None
 
 
 def _read_rows(path: Path, start: int, count: int, columns: list[str]) -> pa.Table:
