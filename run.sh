@@ -35,8 +35,9 @@ ensure_venv() {
     if ! "$PY" -c "import torch" 2>/dev/null; then
         pip_install "torch==2.13.0"   # the CPU build; a bare `torch` would pull a multi-GB CUDA build
     fi
-    # [sim]: the simulator and the MiniLM instruction embedder; [plot]: the report's figures; [dev]: the tests.
-    pip_install -e ".[sim,plot,dev]"
+    # [sim]: the simulator and the MiniLM instruction embedder; [plot]: the report's figures; [lerobot-data]: the
+    # LeRobotDataset v3 export/import and its tests; [dev]: the tests.
+    pip_install -e ".[sim,plot,lerobot-data,dev]"
     echo "$want" > "$STAMP"
 }
 

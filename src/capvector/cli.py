@@ -301,6 +301,7 @@ def inspect(
 
 def _register_subsystem_commands() -> None:
     """Commands whose implementation lives with their subsystem (each module stays importable alone)."""
+    from capvector.data.commands import export_command
     from capvector.pipeline.commands import (
         demo_command,
         pipeline_command,
@@ -315,6 +316,9 @@ def _register_subsystem_commands() -> None:
                      ("collect", collect_command), ("train", train_command), ("eval", eval_command),
                      ("pretrain", pretrain_command), ("teacher-pretrain", teacher_pretrain_command)):
         app.command(name)(user_errors(fn))
+    data = PlainHelpTyper(no_args_is_help=True, help="Demo datasets in other formats (LeRobotDataset v3.0).")
+    data.command("export")(user_errors(export_command))
+    app.add_typer(data, name="data")
 
 
 _register_subsystem_commands()

@@ -145,10 +145,11 @@ def test_core_install_names_the_missing_extra(core_venv, tmp_path):
         ("sim", [cli, "eval", "--policy", "expert", "--split", "cap", "--episodes", "1"]),
         ("sim", [cli, "demo", "--quick", "--run-dir", tmp_path / "run"]),
         ("plot", [cli, "inspect", tmp_path, "--plot", tmp_path / "layers.png"]),
+        ("lerobot-data", [cli, "data", "export", "--input", tmp_path, "--output", tmp_path / "lr"]),
     ]
     for extra, argv in cases:
         r = run(core_venv, *argv, cwd=tmp_path)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1, r.stderr
         assert f"pip install 'capvector[{extra}]'" in lines[0], lines[0]
-    assert not (tmp_path / "layers.png").exists() and not (tmp_path / "run").exists()
+    assert not any((tmp_path / name).exists() for name in ("layers.png", "run", "lr"))

@@ -22,8 +22,6 @@ from capvector.extras import EXTRA_OF_MODULE
 ROOT = Path(__file__).resolve().parents[2]
 # Declared although nothing imports them, each for a stated reason.
 NOT_IMPORTED = {
-    "pyarrow": "[lerobot-data]: declared for the LeRobotDataset v3 reader/writer (issue 19, item 3)",
-    "av": "[lerobot-data]: declared for the LeRobotDataset v3 reader/writer (issue 19, item 3)",
     "ruff": "[dev]: a tool run as a command, never imported",
 }
 

@@ -51,6 +51,11 @@ def train_command(
     snapshot_step: Annotated[list[int] | None, typer.Option(
         metavar="<int>", help="Also export the policy at this step to snapshots/step_N/ (repeatable).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    log_with: Annotated[list[str] | None, typer.Option(
+        metavar="<name>", help="Also log metrics to this accelerate tracker: tensorboard, wandb, trackio, ... or all "
+                               "(repeatable; metrics.jsonl is always written).")] = None,
+    logging_dir: Annotated[Path | None, typer.Option(
+        help="Where file-based trackers write (default: OUTPUT/logs).")] = None,
     width: Annotated[int | None, typer.Option(help="Fresh policy: trunk width.")] = None,
     depth: Annotated[int | None, typer.Option(help="Fresh policy: trunk layers.")] = None,
     cameras: Annotated[int | None, typer.Option(help="Fresh policy: cameras (1 or 2).")] = None,
@@ -67,7 +72,8 @@ def train_command(
                  "also_train": also_train, "aux_weight": aux_weight, "aux_layer": aux_layer, "teacher": teacher,
                  "teacher_path": str(teacher_path) if teacher_path else None, "checkpoint_every": checkpoint_every,
                  "snapshot_steps": snapshot_step,
-                 "threads": threads, "init": str(init) if init else None}
+                 "threads": threads, "init": str(init) if init else None, "log_with": log_with,
+                 "logging_dir": str(logging_dir) if logging_dir else None}
     fields.update({k: v for k, v in overrides.items() if v is not None})
     fields["output_dir"] = str(output)
     fields.setdefault("progress", sys.stderr.isatty())

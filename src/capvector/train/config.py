@@ -10,7 +10,7 @@ from capvector.policy.presets import LORA_TARGETS
 TUNERS = ("full", "lora", "gse", "peft")
 # Fields that may differ between a run and its resumption; everything else must match.
 RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "threads",
-                     "num_workers", "snapshot_steps")
+                     "num_workers", "snapshot_steps", "log_with", "logging_dir")
 
 
 @dataclass
@@ -22,6 +22,9 @@ class TrainConfig:
     (any PEFT config object passed to the Trainer).
     `also_train`: globs of base-model parameter names kept trainable beside the adapters (e.g. "action_expert.*").
     `aux_weight` > 0 turns on spatial alignment at trunk layer `aux_layer` (default ≈ 3/4 of the depth).
+    `log_with`: accelerate trackers that also get the metrics ("tensorboard", "wandb", "trackio", ..., or "all"
+    installed); metrics.jsonl is written either way. File-based trackers write under `logging_dir`
+    (default: `<output_dir>/logs`).
     """
 
     output_dir: str = "runs/train"
@@ -57,6 +60,8 @@ class TrainConfig:
     num_workers: int = 0
     threads: int | None = None
     progress: bool = True
+    log_with: str | list[str] | None = None
+    logging_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.tuner not in TUNERS:
@@ -70,6 +75,10 @@ class TrainConfig:
             raise CapvectorError(f"train config: aux_weight must be >= 0, found {self.aux_weight}")
         if any(s <= 0 for s in self.snapshot_steps):
             raise CapvectorError(f"train config: snapshot_steps must be positive, found {self.snapshot_steps}")
+        if not (self.log_with is None or isinstance(self.log_with, str) or
+                (isinstance(self.log_with, list) and all(isinstance(n, str) for n in self.log_with))):
+            raise CapvectorError(f"train config: log_with must be a tracker name or a list of them, "
+                                 f"found {self.log_with!r}")
         if self.checkpoint_every < 0 or self.warmup_steps < 0:
             raise CapvectorError("train config: checkpoint_every and warmup_steps must be >= 0")
 

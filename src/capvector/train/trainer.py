@@ -36,6 +36,7 @@ from capvector.policy.files import atomic_save_safetensors, atomic_write_text
 from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
 from capvector.train.order import StepBatchSampler
 from capvector.train.state import PROJECTOR, TRAINED, latest_checkpoint, prune_checkpoints, read_state, write_state
+from capvector.train.tracking import log_metrics, make_accelerator, tracking
 
 Regularizer = Callable[..., torch.Tensor]  # reg() or reg(model) → scalar added to the loss
 REQUIRED_KEYS = ("image", "proprio", "instruction", "actions")
@@ -135,11 +136,12 @@ class Trainer:
         self.cfg = config
         self.dataset = dataset
         self.regularizers = dict(regularizers or {})
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.run_dir = Path(config.output_dir)
+        self.accelerator = accelerator or make_accelerator(
+            not torch.cuda.is_available(), config.log_with, Path(config.logging_dir or self.run_dir / "logs"))
         engines.check_requested_engine(str(self.accelerator.distributed_type))
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.run_dir = Path(config.output_dir)
         self.policy = self._build_policy(policy, policy_config)
         # Tuners that cannot be merged into dense weights (GSE's routed experts) ship base + adapter instead.
         self._base_state = ({k: v.detach().clone() for k, v in self.policy.state_dict().items()}
@@ -364,7 +366,7 @@ class Trainer:
         t_last, samples = time.perf_counter(), 0
         last_loss = float("nan")
         self.loss_module.train()
-        with progress:
+        with progress, tracking(acc, self.run_dir.name, cfg.to_dict()):
             for batch in self._loader(self.step, end):
                 for group in self.optimizer.param_groups:
                     group["lr"] = group["base_lr"] * lr_factor(self.step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
@@ -396,6 +398,7 @@ class Trainer:
                     if acc.is_main_process:
                         with open(metrics_path, "a") as f:
                             f.write(json.dumps(record) + "\n")
+                    log_metrics(acc, record)
                     progress.update(self.step, record)
                 else:
                     progress.update(self.step, None)
