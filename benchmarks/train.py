@@ -40,7 +40,7 @@ def _vector(config, directory: str) -> str:
     import torch
 
     from capvector.policy import TinyVLA, save_policy
-    from capvector.vectors import extract
+    from capvector.vectors.extract import extract
 
     torch.manual_seed(0)
     policy = TinyVLA(config)

@@ -157,7 +157,7 @@ def extract(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """τ_cap = θ_aux − θ_sft, in fp32, streamed one tensor at a time; writes a model card (README.md) too."""
-    from capvector.vectors import extract as run
+    from capvector.vectors.extract import extract as run
 
     _load_families()
     options = dict(include=include, exclude=exclude, dtype=dtype, lora_storage=lora_storage,
@@ -204,8 +204,8 @@ def merge(
     as_json: Annotated[bool, typer.Option("--json", help="Print the recipe as JSON.")] = False,
 ) -> None:
     """θ_meta = θ_pre + Σ λ_i·τ_i, written with the base's layout, config and tokenizer files."""
-    from capvector.vectors import VectorWeight, load_weights_file
-    from capvector.vectors import merge as run
+    from capvector.vectors.merge import VectorWeight, load_weights_file
+    from capvector.vectors.merge import merge as run
     from capvector.vectors.rename import parse_prefix_rule
 
     if weight and weights:
@@ -266,9 +266,8 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
 ) -> None:
     """Per-tensor / per-layer norms, relative size, cosine between vectors, sparsity, largest modules."""
-    from capvector.vectors import inspect as run
-    from capvector.vectors import plot_layers
-    from capvector.vectors.inspect import check_plot_path
+    from capvector.vectors.inspect import check_plot_path, plot_layers
+    from capvector.vectors.inspect import inspect as run
 
     if plot:
         check_plot_path(plot)

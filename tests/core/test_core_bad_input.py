@@ -15,8 +15,8 @@ import torch
 from conftest import write_st
 from safetensors.torch import save_file
 
+from capvector import extract, merge
 from capvector.errors import CapvectorError
-from capvector.vectors import extract, merge
 
 CLI = [sys.executable, "-m", "capvector.cli"]
 

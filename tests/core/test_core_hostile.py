@@ -448,7 +448,7 @@ def big_merge(tmp_path_factory):
     """A base and a zero vector of ~100 MB each: a merge takes long enough to be interrupted mid-write."""
     from safetensors.torch import save_file
 
-    from capvector.vectors import extract
+    from capvector import extract
 
     root = tmp_path_factory.mktemp("big")
     gen = torch.Generator().manual_seed(0)

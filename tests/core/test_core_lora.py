@@ -10,8 +10,8 @@ from conftest import tiny_llama
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
+from capvector import CapabilityVector, VectorWeight, export_peft_adapter, extract, merge
 from capvector.errors import CapvectorError
-from capvector.vectors import CapabilityVector, VectorWeight, export_peft_adapter, extract, merge
 
 TARGETS = ["q_proj", "v_proj", "down_proj", "embed_tokens"]
 

@@ -98,7 +98,7 @@ class Extract:
         return {"kind": "extract", "preset": self.preset}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
-        from capvector.vectors import extract
+        from capvector.vectors.extract import extract
 
         out = directory / "vector"
         result = extract(self.sft, self.aux, out, pretrained=self.pretrained, preset=self.preset, progress=False)
@@ -115,7 +115,7 @@ class Merge:
         return {"kind": "merge", "weight": self.weight}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
-        from capvector.vectors import VectorWeight, merge
+        from capvector.vectors.merge import VectorWeight, merge
 
         recipe = merge(self.base, [VectorWeight(self.vector, self.weight)], directory / "policy", progress=False)
         return {"merged_tensors": recipe["merged_tensors"], "total_tensors": recipe["total_tensors"]}
