@@ -326,8 +326,7 @@ def _modes(root):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_outputs_get_umask_permissions(tmp_path, umask):
-    from capvector.io.atomic import atomic_write_json
-    from capvector.policy.files import atomic_save_safetensors, atomic_write_text
+    from capvector.io.atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text
 
     base = write_st(tmp_path / "base", {"w": torch.zeros(2, 2)})
     old = os.umask(umask)

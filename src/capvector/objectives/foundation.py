@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from capvector.errors import CapvectorError
-from capvector.policy.files import atomic_save_safetensors, atomic_write_text
+from capvector.io.atomic import atomic_save_safetensors, atomic_write_text
 
 CONFIG_NAME = "teacher_config.json"
 WEIGHTS_NAME = "teacher.safetensors"

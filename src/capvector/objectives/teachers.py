@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from capvector.errors import CapvectorError
-from capvector.policy.files import atomic_save_safetensors
+from capvector.io.atomic import atomic_save_safetensors
 
 
 class Teacher(Protocol):

@@ -208,11 +208,11 @@ class CopyPolicy:
                 "config": (self.source / "config.json").read_text()}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
-        from capvector.policy import load_policy
+        from capvector.policy import count_parameters, load_policy
 
         shutil.copytree(self.source, directory / "policy", ignore=shutil.ignore_patterns("README.md"))
         model = load_policy(directory / "policy")  # validates the copy
-        return {"source": str(self.source), "parameters": sum(p.numel() for p in model.parameters())}
+        return {"source": str(self.source), "parameters": count_parameters(model)}
 
 
 def resolve_pretrained(path: str | None) -> Path:

@@ -56,6 +56,7 @@ class Train:
         import torch
 
         from capvector.data import open_dataset
+        from capvector.policy import count_parameters
         from capvector.train import TrainConfig, Trainer
 
         cfg = TrainConfig(**{**self.train, "output_dir": str(directory), "init": self.init,
@@ -71,7 +72,7 @@ class Train:
         torch.set_num_threads(threads)
         shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # resume state: not needed once done
         return {"steps": result.steps, "final_loss": result.final_loss,
-                "trainable_parameters": sum(p.numel() for _, p in trainer.trainable), **_speed(result.history)}
+                "trainable_parameters": count_parameters(trainer.model, trainable_only=True), **_speed(result.history)}
 
 
 def _speed(history: list[dict]) -> dict[str, float]:
@@ -138,8 +139,9 @@ class Evaluate:
         return {"kind": "eval", **{k: v for k, v in self.__dict__.items() if k not in ("policy", "workers")}}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
+        from capvector.io.atomic import atomic_write_json
         from capvector.sim.env import SimConfig
-        from capvector.sim.evaluate import EvalConfig, evaluate, write_json
+        from capvector.sim.evaluate import EvalConfig, evaluate
         from capvector.sim.perturb import parse_perturbation
         from capvector.sim.tasks import split_tasks
         from capvector.train import load_trained
@@ -150,7 +152,7 @@ class Evaluate:
                          workers=self.workers, sim=SimConfig(max_steps=self.max_steps), videos=self.videos,
                          video_dir=str(directory / "videos") if self.videos else None)
         result = evaluate(policy, cfg).summary()
-        write_json(result, directory / "eval.json")
+        atomic_write_json(directory / "eval.json", result)
         return {"pc_success": result["overall"]["pc_success"], "n_episodes": result["overall"]["n_episodes"],
                 "per_variant": {k: v["pc_success"] for k, v in result["per_variant"].items()}}
 

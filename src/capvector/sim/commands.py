@@ -113,10 +113,10 @@ def eval_command(
 def report_eval(result: dict, output: Path | None, as_json: bool, row_label: Callable[[dict], str],
                 overall_label: str) -> None:
     """Write an eval summary to `output` (JSON) and print it: one JSON line, or a line per task and a total."""
-    from capvector.sim.evaluate import write_json
+    from capvector.io.atomic import atomic_write_json
 
     if output:
-        write_json(result, output)
+        atomic_write_json(output, result)
     if as_json:
         typer.echo(json.dumps(result))
         return

@@ -4,7 +4,7 @@ The `capvector train` command lives in `capvector.train.cli`; importing this lib
 """
 
 from capvector.train.config import TrainConfig
-from capvector.train.datasets import open_dataset
+from capvector.train.datasets import training_dataset
 from capvector.train.order import global_batch
 from capvector.train.synthetic import SyntheticDemoDataset
 from capvector.train.trainer import (
@@ -24,8 +24,8 @@ __all__ = [
     "global_batch",
     "load_trained",
     "lr_factor",
-    "open_dataset",
     "snapshot_dir",
+    "training_dataset",
     "tuner_aux_loss",
 ]
 

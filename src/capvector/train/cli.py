@@ -17,7 +17,7 @@ import typer
 from capvector.errors import CapvectorError
 from capvector.policy import PolicyConfig
 from capvector.train.config import TrainConfig
-from capvector.train.datasets import open_dataset
+from capvector.train.datasets import training_dataset
 from capvector.train.trainer import Trainer
 
 
@@ -84,7 +84,7 @@ def train_command(
         if policy_fields.get("width") and "heads" not in policy_fields:
             policy_fields["heads"] = max(1, policy_fields["width"] // 32)
         policy_cfg = PolicyConfig(**policy_fields)
-    dataset = open_dataset(data, policy_cfg, cfg.seed)
+    dataset = training_dataset(data, policy_cfg, cfg.seed)
     trainer = Trainer(cfg, dataset, policy_config=policy_cfg)
     if orth_vector is not None:
         try:
