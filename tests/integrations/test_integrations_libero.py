@@ -21,10 +21,10 @@ from capvector.integrations.libero import (
     LiberoTask,
     evaluate_libero,
     load_init_states,
-    load_policy,
     policy_observation,
     quat_to_axis_angle,
 )
+from capvector.train import open_policy
 
 LIBERO_INSTALLED = importlib.util.find_spec("libero") is not None
 NOT_INSTALLED = "the optional `libero` package is not installed (pip install 'capvector[libero]')"
@@ -180,9 +180,9 @@ def test_errors_are_clear():
     with pytest.raises(CapvectorError, match="suite 'libero_100' unknown"):
         LiberoConfig(suite="libero_100")
     with pytest.raises(CapvectorError, match="not of the form module:callable"):
-        load_policy("no-such-dir")
+        open_policy("no-such-dir")
     with pytest.raises(CapvectorError, match="no act"):
-        load_policy("builtins:dict")
+        open_policy("builtins:dict")
 
 
 def test_init_states_load_with_weights_only(tmp_path):

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from capvector.commands.train import train_command
 from capvector.policy import load_policy
-from capvector.train.cli import train_command
 
 
 def test_train_on_collected_demos(tmp_path):

@@ -1,6 +1,4 @@
-"""`capvector train`: a typer-ready command over `Trainer` (the lead registers it in capvector.cli).
-
-    app.command("train")(user_errors(train_command))
+"""`capvector train`: the command over `Trainer`.
 
 Run it on several processes or a GPU with `accelerate launch -m capvector.cli train ...`.
 """
