@@ -16,7 +16,7 @@ from capvector.errors import CapvectorError
 from capvector.policy import PolicyConfig
 from capvector.train.config import TrainConfig
 from capvector.train.datasets import training_dataset
-from capvector.train.trainer import Trainer
+from capvector.train.run import OrthSettings, run_training
 
 
 def train_command(
@@ -82,17 +82,9 @@ def train_command(
         if policy_fields.get("width") and "heads" not in policy_fields:
             policy_fields["heads"] = max(1, policy_fields["width"] // 32)
         policy_cfg = PolicyConfig(**policy_fields)
-    dataset = training_dataset(data, policy_cfg, cfg.seed)
-    trainer = Trainer(cfg, dataset, policy_config=policy_cfg)
-    if orth_vector is not None:
-        try:
-            from capvector.orth import OrthogonalRegularizer
-        except ImportError as e:
-            raise CapvectorError("--orth-vector needs capvector.orth (the orthogonal regulariser)") from e
-        trainer.add_regularizer("orth", OrthogonalRegularizer.from_vector(trainer.model, orth_vector,
-                                                                          weight=orth_weight, mode=orth_mode,
-                                                                          rank=orth_rank))
-    result = trainer.train(resume=not no_resume)
+    orth = OrthSettings(orth_vector, orth_weight, orth_mode, orth_rank) if orth_vector is not None else None
+    result = run_training(cfg, training_dataset(data, policy_cfg, cfg.seed), orth=orth, policy_config=policy_cfg,
+                          resume=not no_resume)
     summary = {"run_dir": str(result.run_dir), "policy": str(result.policy_dir), "steps": result.steps,
                "final_loss": result.final_loss}
     if as_json:

@@ -7,6 +7,7 @@ from capvector.train.config import TrainConfig
 from capvector.train.datasets import training_dataset
 from capvector.train.order import global_batch
 from capvector.train.policies import open_policy
+from capvector.train.run import OrthSettings, run_training
 from capvector.train.synthetic import SyntheticDemoDataset
 from capvector.train.trainer import (
     Trainer,
@@ -18,6 +19,7 @@ from capvector.train.trainer import (
 )
 
 __all__ = [
+    "OrthSettings",
     "SyntheticDemoDataset",
     "TrainConfig",
     "TrainResult",
@@ -26,6 +28,7 @@ __all__ = [
     "load_trained",
     "lr_factor",
     "open_policy",
+    "run_training",
     "snapshot_dir",
     "training_dataset",
     "tuner_aux_loss",

@@ -136,8 +136,6 @@ class Trainer:
         self.regularizers = dict(regularizers or {})
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         engines.check_requested_engine(str(self.accelerator.distributed_type))
-        if config.threads:
-            torch.set_num_threads(config.threads)
         self.run_dir = Path(config.output_dir)
         self.policy = self._build_policy(policy, policy_config)
         # Tuners that cannot be merged into dense weights (GSE's routed experts) ship base + adapter instead.
