@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_st
 from safetensors.torch import save_file
 
 from capvector import extract, merge
 from capvector.errors import CapvectorError
+from testing_common import write_st
 
 CLI = [sys.executable, "-m", "capvector.cli"]
 

@@ -14,9 +14,10 @@ import time
 
 import pytest
 import torch
-from conftest import write_st
 from hostile import assert_user_error, cli, leftovers, raw_safetensors, tree_digest
 from safetensors.torch import load_file
+
+from testing_common import write_st
 
 
 def _vector(tmp, base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor], name: str = "v"):

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
-from conftest import write_st
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from capvector import CapabilityVector, VectorWeight, extract, inspect, merge
 from capvector.vectors.merge import RECIPE_FILE
+from testing_common import write_st
 
 
 def load_dir(path) -> dict[str, torch.Tensor]:
