@@ -120,7 +120,7 @@ def eval_libero_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Roll out a policy on a LIBERO suite (needs the libero extra); success rates with 95% Wilson intervals."""
-    from capvector.integrations.libero import LiberoConfig, evaluate_libero
+    from capvector.sim.libero import LiberoConfig, evaluate_libero
 
     model = open_policy(policy, tuple(policy_arg or ()))
     size = image_size or getattr(getattr(model, "config", None), "image_size", None) or 256
