@@ -39,10 +39,9 @@ class CliResult:
     stderr: str
 
 
-def run_cli(*args: object, env: dict[str, str] | None = None) -> CliResult:
-    """One `capvector` call in this process (with `env` set for it); an uncaught exception is re-raised, so a
-    traceback fails the test."""
+def run_cli(*args: object) -> CliResult:
+    """One `capvector` call in this process; an uncaught exception is re-raised, so a traceback fails the test."""
     from capvector.cli import app
 
-    r = CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     return CliResult(r.exit_code, r.stdout, r.stderr)
