@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from capvector.errors import CapvectorError
 from capvector.geometry import backproject_world
-from capvector.io.atomic import atomic_save_safetensors
+from capvector.objectives.features import feature_key
 
 
 class Teacher(Protocol):
@@ -158,15 +158,6 @@ class PrecomputedTeacher:
             key = feature_key(e, s)
             rows.append(self._to_tokens(self._read(key), key, grid, views))
         return torch.stack(rows)
-
-
-def feature_key(episode: int, step: int) -> str:
-    return f"{int(episode)}/{int(step)}"
-
-
-def write_teacher_features(path: str | Path, features: Mapping[str, torch.Tensor]) -> Path:
-    """Write a feature file for `PrecomputedTeacher` atomically (temp file, then rename)."""
-    return atomic_save_safetensors({k: v.float() for k, v in features.items()}, path)
 
 
 TEACHERS = ("foundation", "geometry", "geometry-residual", "precomputed", "subgoal")
