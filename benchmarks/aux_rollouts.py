@@ -26,7 +26,7 @@ from capvector.sim.evaluate import EvalConfig, evaluate
 from capvector.sim.perturb import parse_perturbation
 from capvector.sim.tasks import split_tasks
 from capvector.stats import newcombe_difference, seed_difference, wilson_interval
-from capvector.train import TrainConfig, Trainer, load_trained, snapshot_dir
+from capvector.train import TrainConfig, load_trained, run_training, snapshot_dir
 
 
 def main() -> None:
@@ -82,7 +82,7 @@ def main() -> None:
                               teacher=args.teacher, teacher_path=args.teacher_path, threads=args.threads,
                               snapshot_steps=[args.snapshot], progress=False, log_every=50)
             t0 = time.perf_counter()
-            Trainer(cfg, dataset).train()
+            run_training(cfg, dataset)
             row = {"train_s": time.perf_counter() - t0,
                    f"step{args.snapshot}": rollouts(snapshot_dir(run, args.snapshot), "none"),
                    f"step{args.steps}": rollouts(run, "none")}

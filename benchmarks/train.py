@@ -40,7 +40,7 @@ def _vector(config, directory: str) -> str:
     import torch
 
     from capvector.policy import TinyVLA, save_policy
-    from capvector.vectors import extract
+    from capvector.vectors.extract import extract
 
     torch.manual_seed(0)
     policy = TinyVLA(config)
@@ -62,7 +62,7 @@ def _child(mode: str, threads: int, batch: int, steps: int, width: int, depth: i
     torch.set_num_threads(threads)
     from torch.utils.data import Dataset
 
-    from capvector.policy import PolicyConfig
+    from capvector.policy import PolicyConfig, count_parameters
     from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
 
 
@@ -94,7 +94,7 @@ def _child(mode: str, threads: int, batch: int, steps: int, width: int, depth: i
         t = time.perf_counter()
         result = trainer.train()
         wall = time.perf_counter() - t
-        trainable = sum(p.numel() for _, p in trainer.trainable)
+        trainable = count_parameters(trainer.model, trainable_only=True)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     act_ms = None
     if mode == "full":  # batch-1 inference latency of the trained policy, as rollouts call it

@@ -1,17 +1,12 @@
 """capvector: capability vectors and VLA-GSE for Vision-Language-Action models."""
 
-__version__ = "0.1.0"
-
-from capvector.errors import CapvectorError  # noqa: E402
-from capvector.selection import register_preset  # noqa: E402
-from capvector.vectors import (  # noqa: E402
-    CapabilityVector,
-    VectorWeight,
-    export_peft_adapter,
-    extract,
-    inspect,
-    merge,
-)
+from capvector._version import __version__
+from capvector.errors import CapvectorError
+from capvector.selection import register_preset
+from capvector.vectors import CapabilityVector, VectorWeight, export_peft_adapter
+from capvector.vectors.extract import extract
+from capvector.vectors.inspect import inspect
+from capvector.vectors.merge import merge
 
 __all__ = [
     "CapabilityVector",

@@ -8,6 +8,8 @@ exports) asks this module what it holds instead of assuming a whole tensor.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -123,3 +125,17 @@ def check_requested_engine(distributed_type: str) -> None:
             raise CapvectorError(f"the accelerate config asks for {engine} ({env}=true) but accelerate set up "
                                  f"{distributed_type}: {engine} needs GPUs (accelerate runs it on no CPU-only "
                                  "machine); launch without that config (DDP) or on GPUs")
+
+
+@contextmanager
+def gathered_weight(weight: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The whole of `weight` for reading (GSE's SVD initialisation), whatever holds it: an FSDP2 DTensor is
+    gathered, a DeepSpeed ZeRO-3 partition is gathered for the block (PEFT's `gather_params_ctx`, as its
+    PiSSA/OLoRA initialisations do), a plain tensor is yielded as it is. Read-only: changes are not written back."""
+    if is_dtensor(weight):
+        yield weight.detach().full_tensor()
+        return
+    from peft.utils.integrations import gather_params_ctx
+
+    with gather_params_ctx(weight, modifier_rank=None):
+        yield weight

@@ -6,18 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+
+from testing_common import tiny_llama
 
 torch.set_num_threads(1)
-
-
-def tiny_llama(seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
-    return LlamaForCausalLM(cfg)
 
 
 def perturbed(seed: int, scale: float, base_seed: int = 0):
@@ -39,9 +31,3 @@ def llama_trio(tmp_path_factory) -> dict[str, Path]:
         model.save_pretrained(root / role, max_shard_size="40KB")
         out[role] = root / role
     return out
-
-
-def write_st(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, path / "model.safetensors", metadata=metadata)
-    return path

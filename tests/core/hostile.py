@@ -1,30 +1,14 @@
-"""Helpers for hostile-input tests: run the CLI in-process and check the promised failure contract."""
+"""Helpers for hostile-input tests: the promised failure contract, untouched inputs, crafted safetensors files."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from capvector.cli import app
+from testing_common import CliResult
 
 
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def cli(*args: object) -> Result:
-    """One CLI call in this process; an uncaught exception is re-raised so a traceback fails the test."""
-    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    return Result(r.exit_code, r.stdout, r.stderr)
-
-
-def assert_user_error(r: Result, *fragments: str) -> None:
+def assert_user_error(r: CliResult, *fragments: str) -> None:
     """Exit 2 with exactly one line on stderr that mentions every fragment."""
     assert r.code == 2, (r.code, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()

@@ -12,17 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_st
 from safetensors.torch import save_file
 
+from capvector import extract, merge
 from capvector.errors import CapvectorError
-from capvector.vectors import extract, merge
+from testing_common import run_cli, write_st
 
 CLI = [sys.executable, "-m", "capvector.cli"]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def assert_nothing_written(out: Path) -> None:
@@ -43,7 +39,7 @@ def test_key_sets_differ_needs_allow_missing(pair):
     tensors = {"a.weight": torch.ones(4, 4), "b.weight": torch.ones(3), "projector.0.weight": torch.ones(2, 2)}
     write_st(tmp / "aux2", tensors)
     r = run_cli("extract", "--sft", sft, "--aux", tmp / "aux2", "-o", tmp / "v")
-    assert r.returncode == 2
+    assert r.code == 2
     assert "1 tensors only in aux" in r.stderr and "projector.0.weight" in r.stderr and "--allow-missing" in r.stderr
     assert_nothing_written(tmp / "v")
     res = extract(sft, tmp / "aux2", tmp / "v", allow_missing=True, progress=False)
@@ -86,7 +82,7 @@ def test_truncated_input_gives_clean_error(pair):
     f = aux / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-8])
     r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "v")
-    assert r.returncode == 2 and "truncated" in r.stderr and "Traceback" not in r.stderr
+    assert r.code == 2 and "truncated" in r.stderr and "Traceback" not in r.stderr
     assert_nothing_written(tmp / "v")
 
 
@@ -95,10 +91,10 @@ def test_output_exists_and_overwrite(pair):
     (tmp / "v").mkdir()
     (tmp / "v" / "keep").write_text("x")
     r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "v")
-    assert r.returncode == 2 and "already exists" in r.stderr and "--overwrite" in r.stderr
+    assert r.code == 2 and "already exists" in r.stderr and "--overwrite" in r.stderr
     assert (tmp / "v" / "keep").exists()
     r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "v", "--overwrite")
-    assert r.returncode == 0, r.stderr
+    assert r.code == 0, r.stderr
     assert not (tmp / "v" / "keep").exists() and (tmp / "v" / "capvector.json").exists()
 
 
@@ -106,7 +102,7 @@ def test_output_equal_to_an_input(pair):
     sft, aux, tmp = pair
     for target in (aux, aux / "sub"):
         r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", target, "--overwrite")
-        assert r.returncode == 2 and "overlaps input" in r.stderr
+        assert r.code == 2 and "overlaps input" in r.stderr
     assert sorted(p.name for p in aux.iterdir()) == ["model.safetensors"]
 
 
@@ -116,7 +112,7 @@ def test_vector_from_other_architecture(llama_trio, tmp_path):
     write_st(other, {"encoder.weight": torch.ones(2, 2)})
     (other / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
     r = run_cli("merge", "--base", other, "--vector", tmp_path / "v", "-o", tmp_path / "m")
-    assert r.returncode == 2 and "LlamaForCausalLM" in r.stderr and "BertModel" in r.stderr
+    assert r.code == 2 and "LlamaForCausalLM" in r.stderr and "BertModel" in r.stderr
     (other / "config.json").unlink()
     with pytest.raises(CapvectorError, match="none of its .* tensors exist in base"):
         merge(other, [tmp_path / "v"], tmp_path / "m", progress=False)

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import capvector
+from capvector import VectorWeight, extract, inspect, merge
 from capvector.cli import app
 from capvector.errors import CapvectorError
-from capvector.vectors import VectorWeight, extract, inspect, merge
 
 
 def front_matter(text: str) -> tuple[dict, str]:

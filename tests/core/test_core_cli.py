@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import torch
 from safetensors.torch import load_file
 
-CLI = [sys.executable, "-m", "capvector.cli"]
+from testing_common import CliResult, run_cli
 
 
-def run(*args) -> subprocess.CompletedProcess:
-    r = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+def run(*args) -> CliResult:
+    r = run_cli(*args)
+    assert r.code == 0, r.stderr
     return r
 
 
@@ -45,5 +43,5 @@ def test_cli_round_trip(llama_trio, tmp_path):
 
 def test_cli_help_everywhere():
     for cmd in ([], ["merge"]):
-        r = subprocess.run([*CLI, *cmd, "--help"], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0 and "Usage" in r.stdout
+        r = run_cli(*cmd, "--help")
+        assert r.code == 0 and "Usage" in r.stdout

@@ -22,10 +22,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hostile import cli, tree_digest
+from hostile import tree_digest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
+
+from testing_common import run_cli
 
 settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -144,7 +146,7 @@ def test_fuzz_inspect_safetensors(blob):
     with tempfile.TemporaryDirectory() as t:
         ckpt = _write(Path(t) / "c", blob)
         before = tree_digest(ckpt)
-        r = cli("inspect", ckpt, "--json")
+        r = run_cli("inspect", ckpt, "--json")
         check_failure_contract(r, Path(t) / "none")
         assert tree_digest(ckpt) == before
         if r.code == 0:
@@ -164,7 +166,7 @@ def test_fuzz_extract_then_merge(sft, aux, dtype):
         s, a = _write(root / "sft", sft), _write(root / "aux", aux)
         before = tree_digest(s, a)
         out = root / "v"
-        r = cli("extract", "--sft", s, "--aux", a, "-o", out, "--no-hash", "--allow-missing", "--dtype", dtype)
+        r = run_cli("extract", "--sft", s, "--aux", a, "-o", out, "--no-hash", "--allow-missing", "--dtype", dtype)
         check_failure_contract(r, out)
         assert tree_digest(s, a) == before
         if r.code != 0:
@@ -179,7 +181,7 @@ def test_fuzz_extract_then_merge(sft, aux, dtype):
         # merging the vector back into sft gives aux (in sft's dtype) wherever τ exists
         m = root / "m"
         before = tree_digest(s, out)
-        r = cli("merge", "--base", s, "--vector", out, "-o", m, "--no-hash")
+        r = run_cli("merge", "--base", s, "--vector", out, "-o", m, "--no-hash")
         check_failure_contract(r, m)
         assert tree_digest(s, out) == before
         if r.code == 0:
@@ -197,7 +199,7 @@ def valid_vector(tmp_path_factory) -> Path:
     save_file({"w": torch.zeros(3, 2), "b": torch.zeros(2)}, _dir(root / "sft") / "model.safetensors")
     save_file({"w": torch.ones(3, 2), "b": torch.ones(2)}, _dir(root / "aux") / "model.safetensors")
     save_file({"w": torch.zeros(3, 2), "b": torch.zeros(2)}, _dir(root / "base") / "model.safetensors")
-    assert cli("extract", "--sft", root / "sft", "--aux", root / "aux", "-o", root / "v", "--no-hash").code == 0
+    assert run_cli("extract", "--sft", root / "sft", "--aux", root / "aux", "-o", root / "v", "--no-hash").code == 0
     return root
 
 
@@ -236,7 +238,7 @@ def test_fuzz_tampered_capvector_json(valid_vector, path, value):
                           (("merge", "--base", valid_vector / "base", "--vector", vec, "-o", root / "m", "--no-hash"),
                            root / "m"),
                           (("export-lora", vec, "-o", root / "e"), root / "e")):
-            r = cli(*args)
+            r = run_cli(*args)
             check_failure_contract(r, out)
             if r.code == 0 and args[0] == "merge":
                 merged = official_dir(root / "m")
@@ -263,7 +265,7 @@ def test_fuzz_adapter_config(key, value, rank):
             (d / "adapter_config.json").write_text(json.dumps(config))
         before = tree_digest(root / "sft", root / "aux")
         out = root / "v"
-        r = cli("extract", "--sft", root / "sft", "--aux", root / "aux", "-o", out, "--no-hash")
+        r = run_cli("extract", "--sft", root / "sft", "--aux", root / "aux", "-o", out, "--no-hash")
         check_failure_contract(r, out)
         assert tree_digest(root / "sft", root / "aux") == before
         if r.code == 0:
@@ -279,7 +281,7 @@ def test_fuzz_index_file(weight_map):
         save_file({"w": torch.ones(2)}, d / "model-00001-of-00001.safetensors")
         (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
         before = tree_digest(d)
-        r = cli("inspect", d, "--json")
+        r = run_cli("inspect", d, "--json")
         check_failure_contract(r, Path(t) / "none")
         assert tree_digest(d) == before
         if r.code == 0:

@@ -14,15 +14,16 @@ import time
 
 import pytest
 import torch
-from conftest import write_st
-from hostile import assert_user_error, cli, leftovers, raw_safetensors, tree_digest
+from hostile import assert_user_error, leftovers, raw_safetensors, tree_digest
 from safetensors.torch import load_file
+
+from testing_common import run_cli, write_st
 
 
 def _vector(tmp, base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor], name: str = "v"):
     sft = write_st(tmp / f"{name}_sft", base)
     aux = write_st(tmp / f"{name}_aux", {k: v + delta[k] for k, v in base.items()})
-    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / name, "--no-hash")
+    r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / name, "--no-hash")
     assert r.code == 0, r.stderr
     return tmp / name
 
@@ -32,7 +33,7 @@ def test_merge_to_fp16_overflow_is_an_error(tmp_path):
     base = write_st(tmp_path / "base", {"w": torch.full((4, 4), 7e4, dtype=torch.bfloat16)})
     vec = _vector(tmp_path, {"w": torch.zeros(4, 4)}, {"w": torch.full((4, 4), 0.5)})
     before = tree_digest(base, vec)
-    r = cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--dtype", "fp16", "--no-hash")
+    r = run_cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--dtype", "fp16", "--no-hash")
     assert_user_error(r, "'w'", "float16", "7")
     assert leftovers(tmp_path / "m") == [] and tree_digest(base, vec) == before
 
@@ -40,7 +41,7 @@ def test_merge_to_fp16_overflow_is_an_error(tmp_path):
 def test_merge_copying_an_untouched_tensor_to_fp16_checks_overflow(tmp_path):
     base = write_st(tmp_path / "base", {"w": torch.zeros(2, 2), "big": torch.full((3,), 1e5, dtype=torch.bfloat16)})
     vec = _vector(tmp_path, {"w": torch.zeros(2, 2)}, {"w": torch.ones(2, 2)})
-    r = cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--dtype", "fp16", "--no-hash")
+    r = run_cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--dtype", "fp16", "--no-hash")
     assert_user_error(r, "'big'", "float16")
 
 
@@ -49,7 +50,7 @@ def test_extract_overflow_after_cast_is_an_error(tmp_path, dtype):
     big = 7e4 if dtype == "fp16" else 3.4e38  # above bf16's largest finite 3.39e38
     sft = write_st(tmp_path / "sft", {"w": torch.zeros(2, 2)})
     aux = write_st(tmp_path / "aux", {"w": torch.full((2, 2), big)})
-    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--dtype", dtype, "--no-hash")
+    r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--dtype", dtype, "--no-hash")
     assert_user_error(r, "'w'", "overflows")
     assert leftovers(tmp_path / "v") == []
 
@@ -57,7 +58,7 @@ def test_extract_overflow_after_cast_is_an_error(tmp_path, dtype):
 def test_merge_within_range_still_works(tmp_path):
     base = write_st(tmp_path / "base", {"w": torch.full((4, 4), 6e4, dtype=torch.bfloat16)})
     vec = _vector(tmp_path, {"w": torch.zeros(4, 4)}, {"w": torch.full((4, 4), 0.5)})
-    r = cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--dtype", "fp16", "--no-hash")
+    r = run_cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--dtype", "fp16", "--no-hash")
     assert r.code == 0, r.stderr
     out = load_file(tmp_path / "m" / "model.safetensors")["w"]
     expected = torch.tensor(float(torch.tensor(6e4, dtype=torch.bfloat16)) + 0.5).to(torch.float16)
@@ -69,7 +70,7 @@ def test_norm_of_large_finite_values_is_finite(tmp_path):
     """Found while testing class 1: ‖τ‖ of values near the fp32 limit was reported as inf (fp32 sum of squares)."""
     sft = write_st(tmp_path / "sft", {"w": torch.zeros(2, 2)})
     aux = write_st(tmp_path / "aux", {"w": torch.full((2, 2), 1e30)})
-    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash", "--json")
+    r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash", "--json")
     assert r.code == 0, r.stderr
     assert json.loads(r.stdout)["norm"] == pytest.approx(2e30, rel=1e-6)
 
@@ -80,7 +81,7 @@ def test_norm_of_large_finite_values_is_finite(tmp_path):
 def test_bad_shard_sizes_are_refused(tmp_path, text):
     sft = write_st(tmp_path / "sft", {"w": torch.zeros(2, 2)})
     aux = write_st(tmp_path / "aux", {"w": torch.ones(2, 2)})
-    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--max-shard-size", text, "--no-hash")
+    r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--max-shard-size", text, "--no-hash")
     assert_user_error(r, "size")
     assert leftovers(tmp_path / "v") == []
 
@@ -106,7 +107,7 @@ def small(tmp_path):
 def test_weight_rule_that_selects_nothing_is_an_error(small, rules):
     base, vec, tmp = small
     (tmp / "w.json").write_text(json.dumps(rules))
-    r = cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash")
+    r = run_cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash")
     assert_user_error(r, "select nothing")
     assert leftovers(tmp / "m") == []
 
@@ -114,7 +115,7 @@ def test_weight_rule_that_selects_nothing_is_an_error(small, rules):
 def test_weight_rule_that_selects_nothing_allowed_with_a_warning(small):
     base, vec, tmp = small
     (tmp / "w.json").write_text(json.dumps({"a.*": 0.5, "*tpyo*": 0.5}))
-    r = cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash",
+    r = run_cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash",
             "--allow-missing", "--json")
     assert r.code == 0, r.stderr
     assert json.loads(r.stdout)["merged_tensors"] == 1 and "*tpyo*" in r.stderr
@@ -123,7 +124,7 @@ def test_weight_rule_that_selects_nothing_allowed_with_a_warning(small):
 def test_nothing_merged_is_an_error(small):
     base, vec, tmp = small
     (tmp / "w.json").write_text(json.dumps({"*typo*": 1.0}))
-    r = cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash",
+    r = run_cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash",
             "--allow-missing")
     assert_user_error(r, "output would equal the base")
     assert leftovers(tmp / "m") == []
@@ -133,20 +134,20 @@ def test_nothing_merged_is_an_error(small):
 def test_weights_file_values_must_be_finite_numbers(small, value):
     base, vec, tmp = small
     (tmp / "w.json").write_text(f'{{"*": {value}}}')
-    r = cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash")
+    r = run_cli("merge", "--base", base, "--vector", vec, "--weights", tmp / "w.json", "-o", tmp / "m", "--no-hash")
     assert_user_error(r, "w.json")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_scalar_weight_must_be_finite(small, value):
     base, vec, tmp = small
-    r = cli("merge", "--base", base, "--vector", vec, "--weight", value, "-o", tmp / "m", "--no-hash")
+    r = run_cli("merge", "--base", base, "--vector", vec, "--weight", value, "-o", tmp / "m", "--no-hash")
     assert_user_error(r, "finite")
 
 
 def test_same_vector_twice_is_an_error(small):
     base, vec, tmp = small
-    r = cli("merge", "--base", base, "--vector", vec, "--vector", tmp / "." / "v", "-o", tmp / "m", "--no-hash")
+    r = run_cli("merge", "--base", base, "--vector", vec, "--vector", tmp / "." / "v", "-o", tmp / "m", "--no-hash")
     assert_user_error(r, "given twice")
     assert leftovers(tmp / "m") == []
 
@@ -155,9 +156,9 @@ def test_include_that_matches_nothing(small):
     _, _, tmp = small
     args = ["extract", "--sft", tmp / "v_sft", "--aux", tmp / "v_aux", "-o", tmp / "v2", "--no-hash",
             "--include", "a.*", "--include", "*tpyo*"]
-    assert_user_error(cli(*args), "'*tpyo*'", "matches no tensor")
+    assert_user_error(run_cli(*args), "'*tpyo*'", "matches no tensor")
     assert leftovers(tmp / "v2") == []
-    r = cli(*args, "--allow-missing", "--json")
+    r = run_cli(*args, "--allow-missing", "--json")
     assert r.code == 0, r.stderr
     assert json.loads(r.stdout)["tensors"] == 1
     assert json.loads((tmp / "v2" / "capvector.json").read_text())["skipped"] == {"unmatched_include": ["*tpyo*"]}
@@ -189,9 +190,9 @@ def test_malformed_safetensors_headers(tmp_path, header, fragment):
     raw_safetensors(tmp_path / "sft" / "model.safetensors", header, bytes(16))
     aux = write_st(tmp_path / "aux", {"w": torch.ones(2, 2)})
     before = tree_digest(tmp_path / "sft")
-    assert_user_error(cli("extract", "--sft", tmp_path / "sft", "--aux", aux, "-o", tmp_path / "v", "--no-hash"),
+    assert_user_error(run_cli("extract", "--sft", tmp_path / "sft", "--aux", aux, "-o", tmp_path / "v", "--no-hash"),
                       "model.safetensors", fragment)
-    assert_user_error(cli("inspect", tmp_path / "sft"), fragment)
+    assert_user_error(run_cli("inspect", tmp_path / "sft"), fragment)
     assert leftovers(tmp_path / "v") == [] and tree_digest(tmp_path / "sft") == before
 
 
@@ -199,7 +200,7 @@ def test_duplicate_header_keys(tmp_path):
     raw = (b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
            b'"w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}')
     raw_safetensors(tmp_path / "x" / "model.safetensors", None, bytes(16), header_bytes=raw)
-    assert_user_error(cli("inspect", tmp_path / "x"), "duplicate key 'w'")
+    assert_user_error(run_cli("inspect", tmp_path / "x"), "duplicate key 'w'")
 
 
 def test_tensors_listed_out_of_file_order_are_fine(tmp_path):
@@ -207,7 +208,7 @@ def test_tensors_listed_out_of_file_order_are_fine(tmp_path):
     header = {"b": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]},
               "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}
     raw_safetensors(tmp_path / "x" / "model.safetensors", header, data)
-    r = cli("inspect", tmp_path / "x", "--json")
+    r = run_cli("inspect", tmp_path / "x", "--json")
     assert r.code == 0, r.stderr
     norms = {t["name"]: t["norm"] for t in json.loads(r.stdout)["tensors"]}
     assert norms == pytest.approx({"a": math.sqrt(14), "b": 2.0})
@@ -236,9 +237,9 @@ def test_tampered_capvector_json(tmp_path, edit, fragment):
     base = write_st(tmp_path / "base", {"w": torch.zeros(2, 2)})
     vec = _vector(tmp_path, {"w": torch.zeros(2, 2)}, {"w": torch.ones(2, 2)})
     (vec / "capvector.json").write_text(json.dumps(edit(_meta(vec))))
-    r = cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash")
+    r = run_cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash")
     assert_user_error(r, "capvector" if "stored" not in fragment and "::B" not in fragment else "v", fragment)
-    assert_user_error(cli("inspect", vec), fragment)
+    assert_user_error(run_cli("inspect", vec), fragment)
     assert leftovers(tmp_path / "m") == []
 
 
@@ -259,15 +260,15 @@ def _lora_vector(tmp, ranks=(2, 3)):
 def test_factored_rank_mismatch_is_an_error(tmp_path):
     vec = _lora_vector(tmp_path)
     base = write_st(tmp_path / "base", {"w.weight": torch.zeros(4, 5)})
-    assert_user_error(cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash"),
+    assert_user_error(run_cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash"),
                       "B [4, 2] and A [3, 5]")
-    assert_user_error(cli("export-lora", vec, "-o", tmp_path / "peft"), "same rank")
+    assert_user_error(run_cli("export-lora", vec, "-o", tmp_path / "peft"), "same rank")
     assert leftovers(tmp_path / "m") == [] and leftovers(tmp_path / "peft") == []
 
 
 def test_factored_vector_exports_when_consistent(tmp_path):
     vec = _lora_vector(tmp_path, ranks=(3, 3))
-    r = cli("export-lora", vec, "-o", tmp_path / "peft")
+    r = run_cli("export-lora", vec, "-o", tmp_path / "peft")
     assert r.code == 0, r.stderr
 
 
@@ -293,7 +294,7 @@ def _adapter(path, config: dict, rank: int = 2):
 def test_bad_adapter_config(tmp_path, config, fragment):
     sft = _adapter(tmp_path / "sft", config)
     aux = _adapter(tmp_path / "aux", {})
-    assert_user_error(cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash"),
+    assert_user_error(run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash"),
                       "adapter", fragment)
     assert leftovers(tmp_path / "v") == []
 
@@ -301,14 +302,14 @@ def test_bad_adapter_config(tmp_path, config, fragment):
 def test_adapter_with_zero_rank(tmp_path):
     sft = _adapter(tmp_path / "sft", {"r": 1}, rank=0)
     aux = _adapter(tmp_path / "aux", {})
-    assert_user_error(cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash"), "same rank")
+    assert_user_error(run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash"), "same rank")
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", '"x"', '{"weight_map": {"w": 3}}', '{"weight_map": []}'])
 def test_bad_index_json(tmp_path, content):
     d = write_st(tmp_path / "x", {"w": torch.ones(2)})
     (d / "model.safetensors.index.json").write_text(content)
-    assert_user_error(cli("inspect", d), "index")
+    assert_user_error(run_cli("inspect", d), "index")
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", '"x"', "3"])
@@ -316,7 +317,8 @@ def test_config_json_that_is_not_an_object(tmp_path, content):
     base = write_st(tmp_path / "base", {"w": torch.zeros(2)})
     (base / "config.json").write_text(content)
     vec = _vector(tmp_path, {"w": torch.zeros(2)}, {"w": torch.ones(2)})
-    assert_user_error(cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash"), "config.json")
+    assert_user_error(run_cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash"),
+                      "config.json")
 
 
 # ---------------------------------------------------------------- 2. permissions follow the umask
@@ -326,14 +328,13 @@ def _modes(root):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_outputs_get_umask_permissions(tmp_path, umask):
-    from capvector.io.atomic import atomic_write_json
-    from capvector.policy.files import atomic_save_safetensors, atomic_write_text
+    from capvector.io.atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text
 
     base = write_st(tmp_path / "base", {"w": torch.zeros(2, 2)})
     old = os.umask(umask)
     try:
         vec = _vector(tmp_path, {"w": torch.zeros(2, 2)}, {"w": torch.ones(2, 2)})
-        assert cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash").code == 0
+        assert run_cli("merge", "--base", base, "--vector", vec, "-o", tmp_path / "m", "--no-hash").code == 0
         atomic_write_text(tmp_path / "report.md", "x")
         atomic_write_json(tmp_path / "sub" / "results.json", {})
         atomic_save_safetensors({"w": torch.ones(1)}, tmp_path / "w.safetensors")
@@ -372,7 +373,7 @@ def pair(tmp_path):
 def test_output_parent_is_a_file(pair):
     sft, aux, tmp = pair
     (tmp / "afile").write_text("x")
-    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "afile" / "sub" / "v", "--no-hash")
+    r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "afile" / "sub" / "v", "--no-hash")
     assert_user_error(r, "afile", "is a file")
     assert (tmp / "afile").read_text() == "x"
 
@@ -387,7 +388,7 @@ def test_read_only_output_parent(pair, monkeypatch, error):
 
     sft, aux, tmp = pair
     monkeypatch.setattr(atomic.os, "mkdir", refuse)
-    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "v", "--no-hash")
+    r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "v", "--no-hash")
     assert_user_error(r, str(tmp), error[1])
 
 
@@ -396,7 +397,7 @@ def test_read_only_output_parent_for_real(pair):
     sft, aux, tmp = pair
     (tmp / "ro").mkdir()
     (tmp / "ro").chmod(0o555)
-    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "ro" / "v", "--no-hash")
+    r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "ro" / "v", "--no-hash")
     assert_user_error(r, "Permission denied")
 
 
@@ -404,16 +405,16 @@ def test_read_only_output_parent_for_real(pair):
 def test_bad_plot_paths(pair, plot):
     sft, aux, tmp = pair
     vec = tmp / "v"
-    assert cli("extract", "--sft", sft, "--aux", aux, "-o", vec, "--no-hash").code == 0
-    r = cli("inspect", vec, "--plot", tmp / plot)
+    assert run_cli("extract", "--sft", sft, "--aux", aux, "-o", vec, "--no-hash").code == 0
+    r = run_cli("inspect", vec, "--plot", tmp / plot)
     assert_user_error(r, "plot")
     assert not (tmp / "missing").exists() and not (tmp / "plot.txt").exists()
 
 
 def test_plot_with_other_image_suffixes(pair):
     sft, aux, tmp = pair
-    assert cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "v", "--no-hash").code == 0
-    assert cli("inspect", tmp / "v", "--plot", tmp / "p.svg").code == 0
+    assert run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp / "v", "--no-hash").code == 0
+    assert run_cli("inspect", tmp / "v", "--plot", tmp / "p.svg").code == 0
     assert (tmp / "p.svg").read_text().lstrip().startswith("<?xml")
     assert leftovers(tmp / "p.svg") == ["p.svg"]
 
@@ -448,7 +449,7 @@ def big_merge(tmp_path_factory):
     """A base and a zero vector of ~100 MB each: a merge takes long enough to be interrupted mid-write."""
     from safetensors.torch import save_file
 
-    from capvector.vectors import extract
+    from capvector import extract
 
     root = tmp_path_factory.mktemp("big")
     gen = torch.Generator().manual_seed(0)
@@ -489,7 +490,7 @@ def test_stale_partial_of_a_killed_run_is_removed_by_the_next_run(big_merge, tmp
     stale = [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.partial-")]
     assert stale and f".m.partial-{proc.pid}-" in stale[0]
     (tmp_path / ".other.partial-1-0123abcd").mkdir()  # another target's: not ours to remove
-    r = cli("merge", "--base", big_merge / "base", "--vector", big_merge / "v", "-o", out, "--no-hash")
+    r = run_cli("merge", "--base", big_merge / "base", "--vector", big_merge / "v", "-o", out, "--no-hash")
     assert r.code == 0, r.stderr
     assert stale[0] in r.stderr and f"process {proc.pid}" in r.stderr
     assert leftovers(out) == ["m"] and (tmp_path / ".other.partial-1-0123abcd").exists()
@@ -500,7 +501,7 @@ def test_partial_of_a_live_process_is_left_alone(tmp_path):
     live.mkdir()
     sft = write_st(tmp_path / "sft", {"w": torch.zeros(2)})
     aux = write_st(tmp_path / "aux", {"w": torch.ones(2)})
-    assert cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash").code == 0
+    assert run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash").code == 0
     assert live.exists()
 
 
@@ -508,7 +509,7 @@ def test_overwrite_onto_a_file_leaves_no_old_copy(tmp_path):
     sft = write_st(tmp_path / "sft", {"w": torch.zeros(2)})
     aux = write_st(tmp_path / "aux", {"w": torch.ones(2)})
     (tmp_path / "v").write_text("an old file")
-    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash", "--overwrite")
+    r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash", "--overwrite")
     assert r.code == 0, r.stderr
     assert leftovers(tmp_path / "v") == ["v"] and (tmp_path / "v" / "capvector.json").is_file()
 
@@ -535,9 +536,9 @@ def test_merge_skips_training_state_and_writes_its_own_card(tmp_path):
     save_file({"observation.state.mean": torch.ones(3)}, base / PROCESSOR)
     sft = write_st(tmp_path / "sft", {"w": torch.zeros(2, 2)})
     aux = write_st(tmp_path / "aux", {"w": torch.ones(2, 2)})
-    assert cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash",
+    assert run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash",
                "--base-model", "org/base-7b").code == 0
-    r = cli("merge", "--base", base, "--vector", tmp_path / "v", "-o", tmp_path / "m", "--no-hash", "--json")
+    r = run_cli("merge", "--base", base, "--vector", tmp_path / "v", "-o", tmp_path / "m", "--no-hash", "--json")
     assert r.code == 0, r.stderr
     out = tmp_path / "m"
     for rel, text in model_files.items():
@@ -565,11 +566,11 @@ def test_every_float8_dtype_extracts_and_merges(tmp_path, name, dtype):
         stored[role] = t.float()
         header = {"w": {"dtype": name, "shape": [4], "data_offsets": [0, 4]}}
         raw_safetensors(tmp_path / role / "model.safetensors", header, t.view(torch.uint8).numpy().tobytes())
-    r = cli("extract", "--sft", tmp_path / "sft", "--aux", tmp_path / "aux", "-o", tmp_path / "v", "--no-hash")
+    r = run_cli("extract", "--sft", tmp_path / "sft", "--aux", tmp_path / "aux", "-o", tmp_path / "v", "--no-hash")
     assert r.code == 0, r.stderr
     tau = load_file(tmp_path / "v" / "vector.safetensors")["w"]
     assert torch.equal(tau, stored["aux"] - stored["sft"])
-    r = cli("merge", "--base", tmp_path / "sft", "--vector", tmp_path / "v", "-o", tmp_path / "m", "--no-hash",
+    r = run_cli("merge", "--base", tmp_path / "sft", "--vector", tmp_path / "v", "-o", tmp_path / "m", "--no-hash",
             "--weight", "0.0", "--allow-missing")
     assert r.code == 0, r.stderr
     merged = (tmp_path / "m" / "model.safetensors").read_bytes()[-4:]
@@ -580,11 +581,11 @@ def test_complex_tensors_are_read_and_refused_in_arithmetic(tmp_path):
     c = torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex64)
     sft = write_st(tmp_path / "sft", {"w": torch.zeros(2), "freqs": c})
     aux = write_st(tmp_path / "aux", {"w": torch.ones(2), "freqs": c})
-    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash", "--json")
+    r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash", "--json")
     assert r.code == 0, r.stderr
     assert json.loads(r.stdout)["skipped"] == {"non_float_equal": 1}
     aux2 = write_st(tmp_path / "aux2", {"w": torch.ones(2), "freqs": c * 2})
-    r = cli("extract", "--sft", sft, "--aux", aux2, "-o", tmp_path / "v2", "--no-hash")
+    r = run_cli("extract", "--sft", sft, "--aux", aux2, "-o", tmp_path / "v2", "--no-hash")
     assert_user_error(r, "'freqs'", "complex64")
 
 
@@ -597,10 +598,10 @@ def test_lerobot_processor_state_is_never_read_as_weights(tmp_path):
         save_file({"observation.state.mean": torch.full((3,), mean)}, d / PROCESSOR)
         post = "policy_postprocessor_step_0_unnormalizer_processor.safetensors"
         save_file({"action.std": torch.full((3,), mean)}, d / post)
-    r = cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash")
+    r = run_cli("extract", "--sft", sft, "--aux", aux, "-o", tmp_path / "v", "--no-hash")
     assert r.code == 0, r.stderr
     assert set(load_file(tmp_path / "v" / "vector.safetensors")) == {"model.w"}
-    r = cli("inspect", sft, "--json")
+    r = run_cli("inspect", sft, "--json")
     assert [t["name"] for t in json.loads(r.stdout)["tensors"]] == ["model.w"]
 
 
@@ -608,14 +609,14 @@ def test_lerobot_processor_state_is_never_read_as_weights(tmp_path):
 def test_inspect_base_of_other_shapes_is_an_error(tmp_path):
     vec = _vector(tmp_path, {"w": torch.zeros(4, 4), "b": torch.zeros(4)}, {"w": torch.ones(4, 4), "b": torch.ones(4)})
     other = write_st(tmp_path / "other", {"w": torch.ones(8, 4), "b": torch.ones(4)})
-    assert_user_error(cli("inspect", vec, "--base", other), "'w'", "[8, 4]", "[4, 4]")
-    assert_user_error(cli("inspect", vec, "--other", other), "'w'")
+    assert_user_error(run_cli("inspect", vec, "--base", other), "'w'", "[8, 4]", "[4, 4]")
+    assert_user_error(run_cli("inspect", vec, "--other", other), "'w'")
 
 
 def test_inspect_negative_top(tmp_path):
     vec = _vector(tmp_path, {"w": torch.zeros(2)}, {"w": torch.ones(2)})
-    assert_user_error(cli("inspect", vec, "--top", "-5"), "--top", "-5")
-    r = cli("inspect", vec, "--top", "0", "--json")
+    assert_user_error(run_cli("inspect", vec, "--top", "-5"), "--top", "-5")
+    r = run_cli("inspect", vec, "--top", "0", "--json")
     assert r.code == 0 and json.loads(r.stdout)["largest"] == []
 
 
@@ -625,6 +626,6 @@ def test_empty_output_path(tmp_path, out, monkeypatch):
     sft = write_st(tmp_path / "sft", {"w": torch.zeros(2)})
     aux = write_st(tmp_path / "aux", {"w": torch.ones(2)})
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert_user_error(cli("extract", "--sft", sft, "--aux", aux, "-o", out, "--no-hash", "--overwrite"),
+    assert_user_error(run_cli("extract", "--sft", sft, "--aux", aux, "-o", out, "--no-hash", "--overwrite"),
                       "names no new directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_llama
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
+from capvector import CapabilityVector, VectorWeight, export_peft_adapter, extract, merge
 from capvector.errors import CapvectorError
-from capvector.vectors import CapabilityVector, VectorWeight, export_peft_adapter, extract, merge
+from testing_common import tiny_llama
 
 TARGETS = ["q_proj", "v_proj", "down_proj", "embed_tokens"]
 

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
-from conftest import write_st
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from capvector.vectors import CapabilityVector, VectorWeight, extract, inspect, merge
+from capvector import CapabilityVector, VectorWeight, extract, inspect, merge
 from capvector.vectors.merge import RECIPE_FILE
+from testing_common import write_st
 
 
 def load_dir(path) -> dict[str, torch.Tensor]:
@@ -188,3 +188,18 @@ def test_property_merge_extract_is_linear(tmp_path_factory, rows, cols, lam, see
     merged = load_file(tmp / "m" / "model.safetensors")
     torch.testing.assert_close(merged["w"], p.float() + lam * (a.float() - s.float()), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(merged["b"], bias.float(), rtol=0, atol=0)  # b identical in s and a
+
+
+def test_operation_modules_are_not_shadowed_by_their_functions():
+    """`import capvector.vectors.merge as m` must give the module (patching by dotted path depends on it), while the
+    package root keeps the public functions."""
+    import types
+
+    import capvector
+    import capvector.vectors.extract as extract_module
+    import capvector.vectors.inspect as inspect_module
+    import capvector.vectors.merge as merge_module
+
+    for module, name in ((extract_module, "extract"), (merge_module, "merge"), (inspect_module, "inspect")):
+        assert isinstance(module, types.ModuleType), name
+        assert getattr(capvector, name) is getattr(module, name)

@@ -15,9 +15,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from capvector import engines
+from capvector.engines import gathered_weight
 from capvector.errors import CapvectorError
 from capvector.gse import GSEConfig
-from capvector.gse.distributed import aux_loss_across_ranks, gathered_weight, gse_fsdp_auto_wrap_policy, save_adapter
+from capvector.gse.distributed import aux_loss_across_ranks, gse_fsdp_auto_wrap_policy, save_adapter
 
 STEPS, LR = 3, 0.05
 pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")

@@ -8,17 +8,13 @@ import pytest
 import torch
 
 import capvector
+from testing_common import SMALL_LLAMA, tiny_llama
 
 torch.set_num_threads(1)
 
 
 def _llama(seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
-    return LlamaForCausalLM(cfg)
+    return tiny_llama(seed, **SMALL_LLAMA)
 
 
 @pytest.fixture(scope="session")

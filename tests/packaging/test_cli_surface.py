@@ -16,7 +16,7 @@ def python(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_library_imports_load_no_simulator_and_no_cli():
-    r = python("-c", "import sys, capvector.stats, capvector.sim.commands; "
+    r = python("-c", "import sys, capvector.stats, capvector.sim, capvector.commands.sim; "
                      "print(sorted({'mujoco', 'metaworld'} & set(sys.modules)))")
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
     r = python("-c", "import sys, capvector.train; print('typer' in sys.modules)")

@@ -57,8 +57,8 @@ def test_synthetic_samples_carry_the_state_ahead_clamped_at_the_episode_end():
 
 
 def test_collected_demos_carry_the_state_ahead(tmp_path):
-    collect = pytest.importorskip("capvector.data.collect", reason="the simulator is not installed")
-    from capvector.data import open_dataset
+    pytest.importorskip("metaworld", reason="the simulator extra (capvector[sim]) is not installed")
+    from capvector.data import collect, open_dataset
     from capvector.data.format import load_episode, read_manifest
 
     collect.collect(tmp_path / "demos", tasks=["reach-v3"], episodes=1, seed=0, progress=False)

@@ -8,9 +8,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from capvector.commands.train import train_command
 from capvector.errors import CapvectorError
 from capvector.policy import load_policy
-from capvector.train.cli import train_command
 
 
 def _app() -> typer.Typer:

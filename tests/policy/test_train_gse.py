@@ -3,7 +3,6 @@ frozen, the tuner's aux loss is logged, and the exported base + adapter reload t
 
 from __future__ import annotations
 
-import pytest
 import torch
 from policy_helpers import small_config
 
@@ -12,7 +11,6 @@ from capvector.train import TrainConfig, Trainer, load_trained
 
 
 def test_gse_attaches_to_trunk_and_trains_only_adapters(tmp_path, tiny_ds):
-    pytest.importorskip("capvector.gse", reason="the VLA-GSE tuner has not landed yet")
     cfg = TrainConfig(output_dir=str(tmp_path / "gse"), steps=3, batch_size=8, lr=3e-3, warmup_steps=0,
                       log_every=1, progress=False, tuner="gse")
     trainer = Trainer(cfg, tiny_ds, policy_config=small_config())

@@ -10,9 +10,9 @@ import torch
 from policy_helpers import small_config
 
 import capvector
+from capvector.commands.train import train_command
 from capvector.policy import TinyVLA, save_policy
 from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
-from capvector.train.cli import train_command
 
 
 def test_train_command_with_orthogonal_regulariser(tmp_path):

@@ -7,12 +7,14 @@ import json
 
 import pytest
 
+from capvector.commands.train import train_command
 from capvector.policy import load_policy
-from capvector.train.cli import train_command
 
 
 def test_train_on_collected_demos(tmp_path):
-    collect = pytest.importorskip("capvector.data.collect", reason="the demo dataset package is not available")
+    pytest.importorskip("metaworld", reason="the simulator extra (capvector[sim]) is not installed")
+    from capvector.data import collect
+
     collect.collect(tmp_path / "demos", tasks=["reach-v3"], episodes=1, seed=0, progress=False)
     train_command(output=tmp_path / "run", data=str(tmp_path / "demos"), steps=2, batch_size=8, width=32, depth=2,
                   embedder="hash", aux_weight=0.5, aux_layer=1, threads=1)

@@ -2,12 +2,13 @@
 
 import json
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
+from capvector.commands.sim import collect_command, eval_command
 from capvector.data import open_dataset
 from capvector.errors import CapvectorError
-from capvector.sim.commands import collect_command, eval_command
 
 
 def _app() -> typer.Typer:
@@ -36,3 +37,13 @@ def test_collect_then_eval_expert(tmp_path):
 def test_bad_policy_path_is_a_user_error(tmp_path):
     res = CliRunner().invoke(_app(), ["eval", "--policy", str(tmp_path / "missing"), "--split", "down"])
     assert isinstance(res.exception, CapvectorError) and "no such directory" in str(res.exception)
+
+
+def test_policy_spec_names_the_experts_only_where_they_apply():
+    """`capvector eval` may name the scripted experts; other commands (eval-libero) may not."""
+    from capvector.sim.experts import ScriptedExpert
+    from capvector.train import open_policy
+
+    assert isinstance(open_policy("expert", experts=True), ScriptedExpert)
+    with pytest.raises(CapvectorError, match="no such directory and not of the form module:callable"):
+        open_policy("expert")

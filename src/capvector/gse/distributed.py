@@ -10,8 +10,7 @@ of two batch means, so the mean of per-rank losses is not the loss of the global
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -19,6 +18,8 @@ from torch import nn
 
 from capvector import engines
 from capvector.errors import CapvectorError
+
+from .layer import GSELayer
 
 WrapPolicy = Callable[[nn.Module, bool, int], bool]
 
@@ -30,8 +31,6 @@ def gse_fsdp_auto_wrap_policy(model: nn.Module, layer_classes: Iterable[type[nn.
     module of `layer_classes` (e.g. the decoder layer class; default: the model's `_no_split_modules`, as
     transformers names them). Use with `use_orig_params=False` as well as True.
     """
-    from .layer import GSELayer  # here, not at the top: the layer imports `gathered_weight` from this module
-
     gse_layers = [m for m in model.modules() if isinstance(m, GSELayer)]
     bases = {id(m.get_base_layer()) for m in gse_layers}
     names = set(_no_split_modules(model))
@@ -51,20 +50,6 @@ def _no_split_modules(model: nn.Module) -> list[str]:
         if names:
             return list(names)
     return []
-
-
-@contextmanager
-def gathered_weight(weight: torch.Tensor) -> Iterator[torch.Tensor]:
-    """The whole of `weight` for reading (GSE's SVD initialisation), whatever holds it: an FSDP2 DTensor is
-    gathered, a DeepSpeed ZeRO-3 partition is gathered for the block (PEFT's `gather_params_ctx`, as its
-    PiSSA/OLoRA initialisations do), a plain tensor is yielded as it is. Read-only: changes are not written back."""
-    if engines.is_dtensor(weight):
-        yield weight.detach().full_tensor()
-        return
-    from peft.utils.integrations import gather_params_ctx
-
-    with gather_params_ctx(weight, modifier_rank=None):
-        yield weight
 
 
 def save_adapter(model: nn.Module, directory: str | Path) -> Path | None:
@@ -100,8 +85,6 @@ def aux_loss_across_ranks(model: nn.Module, adapter: str | None = None, group: o
     global loss's gradient. With one process it equals `model.gse_aux_loss()`.
     """
     import torch.distributed as dist
-
-    from .layer import GSELayer
 
     adapter = adapter or model.active_adapters[0]
     weight = float(model.peft_config[adapter].aux_loss_weight)

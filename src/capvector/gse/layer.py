@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
+from capvector.engines import gathered_weight
 from capvector.errors import CapvectorError
 
 from ._peft_compat import BufferDict
 from .config import GSEConfig
-from .distributed import gathered_weight
 
 
 def top_singular(weight: torch.Tensor, r: int, niter: int, seed: int) -> tuple[torch.Tensor, ...]:

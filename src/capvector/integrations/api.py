@@ -37,7 +37,7 @@ def extract_family(
     preset: str | None = None, pretrained: str | Path | None = None, **kwargs: Any,
 ):
     """`capvector.extract` on the weights `family.locate` finds; `preset` is short (`vlm`) or prefixed."""
-    from capvector.vectors import extract
+    from capvector.vectors.extract import extract
 
     fam = get_family(family)
     pre = fam.locate(resolve_input(pretrained)).main if pretrained is not None else None
@@ -49,6 +49,6 @@ def merge_family(
     family: str | Family, base: str | Path, vectors: Sequence, output: str | Path, **kwargs: Any
 ) -> dict:
     """`capvector.merge` into the weights `family.locate` finds in `base` (its other files are copied)."""
-    from capvector.vectors import merge
+    from capvector.vectors.merge import merge
 
     return merge(get_family(family).locate(resolve_input(base)).main, vectors, output, **kwargs)

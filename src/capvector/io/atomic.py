@@ -21,6 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
+import torch
+from safetensors.torch import save_file
+
 from capvector.errors import CapvectorError
 
 log = logging.getLogger("capvector")
@@ -170,6 +173,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, data: object) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
+    """Write CPU-contiguous copies of `tensors` as safetensors at `path`, atomically."""
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return Path(path)
 
 
 def check_output_path(target: Path, inputs: Sequence[Path], overwrite: bool) -> None:

@@ -3,16 +3,15 @@ targets."""
 
 from capvector.objectives.alignment import AlignmentProjector, SpatialAlignment, cosine_alignment_loss
 from capvector.objectives.capture import LayerCapture
+from capvector.objectives.features import feature_key, write_teacher_features
 from capvector.objectives.subgoal import SubgoalPrediction, SubgoalTeacher
 from capvector.objectives.teachers import (
     DepthGeometryTeacher,
     PrecomputedTeacher,
     Teacher,
     backproject_world,
-    feature_key,
     make_teacher,
     objective_name,
-    write_teacher_features,
 )
 
 __all__ = [

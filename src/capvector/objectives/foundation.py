@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from capvector.errors import CapvectorError
-from capvector.policy.files import atomic_save_safetensors, atomic_write_text
+from capvector.io.atomic import atomic_save_safetensors, atomic_write_text
+from capvector.objectives.features import feature_key, write_teacher_features
 
 CONFIG_NAME = "teacher_config.json"
 WEIGHTS_NAME = "teacher.safetensors"
@@ -150,8 +151,6 @@ def precompute_features(net: SceneNet, dataset: Any, output: str | Path, batch_s
     instead of once per batch: the same targets (up to float rounding of batched convolutions) at a fraction of the
     training cost. That is how a user with a real foundation teacher (VGGT) trains; the per-batch teacher is what
     the demo runs, so that aux-SFT's step-time cost shows."""
-    from capvector.objectives.teachers import feature_key, write_teacher_features
-
     feats: dict[str, torch.Tensor] = {}
     keys: list[str] = []
     images: list[torch.Tensor] = []

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from capvector.errors import CapvectorError
-from capvector.policy.files import atomic_save_safetensors
+from capvector.geometry import backproject_world
+from capvector.objectives.features import feature_key
 
 
 class Teacher(Protocol):
@@ -38,20 +39,6 @@ def _require(batch: Mapping[str, Any], key: str, dims: int) -> torch.Tensor:
     if t.dim() != dims:
         raise CapvectorError(f"teacher: batch[{key!r}] should have {dims} dims, found shape {tuple(t.shape)}")
     return t
-
-
-def backproject_world(depth: torch.Tensor, intrinsics: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:
-    """(B,V,H,W) depth, (B,V,3,3) K, (B,V,4,4) pose → (B,V,H,W,3) world points of pixel centres."""
-    b, v, h, w = depth.shape
-    dev = depth.device
-    vs, us = torch.meshgrid(torch.arange(h, device=dev) + 0.5, torch.arange(w, device=dev) + 0.5, indexing="ij")
-    fx, fy = intrinsics[..., 0, 0], intrinsics[..., 1, 1]
-    cx, cy = intrinsics[..., 0, 2], intrinsics[..., 1, 2]
-    x = (us - cx[..., None, None]) / fx[..., None, None] * depth
-    y = (vs - cy[..., None, None]) / fy[..., None, None] * depth
-    cam = torch.stack([x, y, depth], dim=-1)  # (B,V,H,W,3)
-    rot, trans = cam_to_world[..., :3, :3], cam_to_world[..., :3, 3]
-    return torch.einsum("bvij,bvhwj->bvhwi", rot, cam) + trans[:, :, None, None, :]
 
 
 class DepthGeometryTeacher:
@@ -171,15 +158,6 @@ class PrecomputedTeacher:
             key = feature_key(e, s)
             rows.append(self._to_tokens(self._read(key), key, grid, views))
         return torch.stack(rows)
-
-
-def feature_key(episode: int, step: int) -> str:
-    return f"{int(episode)}/{int(step)}"
-
-
-def write_teacher_features(path: str | Path, features: Mapping[str, torch.Tensor]) -> Path:
-    """Write a feature file for `PrecomputedTeacher` atomically (temp file, then rename)."""
-    return atomic_save_safetensors({k: v.float() for k, v in features.items()}, path)
 
 
 TEACHERS = ("foundation", "geometry", "geometry-residual", "precomputed", "subgoal")

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError
+from capvector.io.atomic import atomic_write_text
 from capvector.pipeline.config import MODES, PipelineConfig
 from capvector.pipeline.recipe import DemoGraph
 from capvector.pipeline.report import write_report
 from capvector.pipeline.results import ResultsBuilder, write_results
 from capvector.pipeline.stages import Stage, StageRunner
-from capvector.policy.files import atomic_write_text
 
 CONFIG_FILE = "pipeline.json"
 

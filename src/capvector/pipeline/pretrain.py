@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError
 from capvector.io.atomic import AtomicOutputDir
 from capvector.pipeline.stages import Stage, StageRunner
-from capvector.pipeline.work import DATASET, Collect, Evaluate, Train, read_eval, stderr_is_tty
+from capvector.pipeline.work import DATASET, Collect, Evaluate, Train, TrainSettings, read_eval, stderr_is_tty
+from capvector.policy import PolicyConfig
+from capvector.train import run_training
 
 
 @dataclass(frozen=True)
@@ -38,22 +40,24 @@ class PretrainConfig:
     threads: int = 2
 
 
+@dataclass(frozen=True)
 class _FreshTrain(Train):
     """Train from a fresh policy of the given shape (the pretraining run has no `init`)."""
 
+    policy: dict[str, Any] = field(default_factory=dict)  # PolicyConfig fields, as `PretrainConfig` names them
+
+    def __post_init__(self) -> None:
+        PolicyConfig.from_dict(self.policy, source="pretrain policy")  # a wrong field fails before any stage runs
+
+    def params(self) -> dict[str, Any]:
+        params = super().params()
+        return {**params, "train": {**params["train"], "policy": self.policy}}
+
     def __call__(self, directory: Path) -> dict[str, Any]:
-        import torch
-
         from capvector.data import open_dataset
-        from capvector.policy import PolicyConfig
-        from capvector.train import TrainConfig, Trainer
 
-        fields = dict(self.train)
-        policy_cfg = PolicyConfig(**fields.pop("policy"))
-        cfg = TrainConfig(**{**fields, "output_dir": str(directory), "progress": stderr_is_tty()})
-        threads = torch.get_num_threads()
-        result = Trainer(cfg, open_dataset(self.data), policy_config=policy_cfg).train()
-        torch.set_num_threads(threads)
+        cfg = replace(self.train.config, output_dir=str(directory), progress=stderr_is_tty())
+        result = run_training(cfg, open_dataset(self.data), policy_config=PolicyConfig(**self.policy))
         shutil.rmtree(directory / "checkpoints", ignore_errors=True)
         return {"steps": result.steps, "final_loss": result.final_loss}
 
@@ -66,16 +70,15 @@ def pretrain(output: str | Path, cfg: PretrainConfig, run_dir: str | Path = "run
         raise CapvectorError(f"{output} exists; pass --overwrite to replace it")
     runner = StageRunner(run_dir, log=log)
     data = Collect("pretrain", cfg.episodes, cfg.collect_seed, cfg.noise)
-    train_fields = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps,
-                    "seed": cfg.seed, "threads": cfg.threads, "log_every": 50, "checkpoint_every": 500,
-                    "policy": dict(cfg.policy)}
-    train = _FreshTrain("", str(runner.directory("data/pretrain") / DATASET), train_fields)
+    settings = TrainSettings.of(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                                seed=cfg.seed, threads=cfg.threads, log_every=50, checkpoint_every=500)
+    train = _FreshTrain("", str(runner.directory("data/pretrain") / DATASET), settings,
+                        policy=dict(cfg.policy))
     evaluate = Evaluate(str(runner.directory("train")), "pretrain", cfg.eval_episodes, cfg.eval_seed,
                         cfg.max_steps, ("none",), cfg.workers)
     stages = [
         Stage("data/pretrain", data, data.params(), (), True, "collect pretraining demos"),
-        Stage("train", train, {**train.params(), "train": json.loads(json.dumps(train_fields))}, ("data/pretrain",),
-              True, "pretrain the tiny VLA"),
+        Stage("train", train, train.params(), ("data/pretrain",), True, "pretrain the tiny VLA"),
         Stage("eval/pretrain", evaluate, evaluate.params(), ("train",), False, "rollouts on the pretraining tasks"),
     ]
     runner.run(stages)

@@ -20,8 +20,8 @@ from typing import Any
 from capvector.errors import CapvectorError
 from capvector.pipeline.config import PipelineConfig
 from capvector.pipeline.stages import Stage
-from capvector.pipeline.work import DATASET, Collect, Evaluate, Extract, Merge, Train
-from capvector.train import snapshot_dir
+from capvector.pipeline.work import DATASET, Collect, Evaluate, Extract, Merge, Train, TrainSettings
+from capvector.train import OrthSettings, snapshot_dir
 
 MAIN_METHODS = ("sft", "aux", "capvector", "capvector_no_orth")
 METHOD_LABELS = {
@@ -71,10 +71,10 @@ class DemoGraph:
     def _data(self, stage: str) -> str:
         return str(self.dir(stage) / DATASET)
 
-    def _train_fields(self, steps: int, seed: int, lr: float, **extra: Any) -> dict[str, Any]:
+    def _train_settings(self, steps: int, seed: int, lr: float, **extra: Any) -> TrainSettings:
         c = self.cfg
-        return {"steps": steps, "batch_size": c.batch_size, "lr": lr, "seed": seed, "threads": c.threads,
-                "log_every": 25, "checkpoint_every": max(50, steps // 4), **extra}
+        return TrainSettings.of(steps=steps, batch_size=c.batch_size, lr=lr, seed=seed, threads=c.threads,
+                                log_every=25, checkpoint_every=max(50, steps // 4), **extra)
 
     def _eval(self, policy: str, split: str, deps: tuple[str, ...], name: str, perturbations: tuple[str, ...] = (),
               videos: int = 0) -> str:
@@ -98,9 +98,9 @@ class DemoGraph:
         cap_seed = c.seeds[0]
         cap_runs = {}
         for name, aux in (("sft", 0.0), ("aux", c.aux_weight)):
-            fields = self._train_fields(c.cap_steps, cap_seed, c.cap_lr, aux_weight=aux, aux_layer=c.aux_layer,
-                                        teacher=c.teacher)
-            cap_runs[name] = self._add(f"cap/{name}", Train(self._policy(pre), self._data(cap_data), fields),
+            settings = self._train_settings(c.cap_steps, cap_seed, c.cap_lr, aux_weight=aux, aux_layer=c.aux_layer,
+                                            teacher=c.teacher)
+            cap_runs[name] = self._add(f"cap/{name}", Train(self._policy(pre), self._data(cap_data), settings),
                                        (pre, cap_data), resumable=True, label=f"θ_{name}: {name} on D_cap")
         for who, stage in (("pretrained", pre), ("sft", cap_runs["sft"]), ("aux", cap_runs["aux"])):
             self._eval(self._policy(stage), c.split_spec("cap"), (stage,), f"eval/cap/{who}")
@@ -174,14 +174,13 @@ class DemoGraph:
         if tuner == "gse":
             extra["gse_options"] = {"r": c.gse_r}
         deps = (init, data)
-        orth_vector, orth_opts = None, {}
+        orth_settings = None
         if orth is not None:
-            orth_vector = str(self.dir(orth[0]) / "vector")
-            orth_opts = {"weight": orth[1], "mode": c.orth_mode, "rank": c.orth_rank}
+            orth_settings = OrthSettings(str(self.dir(orth[0]) / "vector"), orth[1], c.orth_mode, c.orth_rank)
             deps = (*deps, orth[0])
         name = f"down/{method}/seed{seed}"
-        work = Train(self._policy(init), self._data(data), self._train_fields(steps, seed, lr, **extra),
-                     orth_vector, orth_opts)
+        work = Train(self._policy(init), self._data(data), self._train_settings(steps, seed, lr, **extra),
+                     orth_settings)
         self._add(name, work, deps, resumable=True, label=f"{METHOD_LABELS.get(method, method)}, seed {seed}")
         self.runs.append(Run(method, seed, name, budgets))
         videos = c.videos if seed == c.seeds[0] and method in ("sft", "capvector") else 0
@@ -208,11 +207,11 @@ class CopyPolicy:
                 "config": (self.source / "config.json").read_text()}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
-        from capvector.policy import load_policy
+        from capvector.policy import count_parameters, load_policy
 
         shutil.copytree(self.source, directory / "policy", ignore=shutil.ignore_patterns("README.md"))
         model = load_policy(directory / "policy")  # validates the copy
-        return {"source": str(self.source), "parameters": sum(p.numel() for p in model.parameters())}
+        return {"source": str(self.source), "parameters": count_parameters(model)}
 
 
 def resolve_pretrained(path: str | None) -> Path:

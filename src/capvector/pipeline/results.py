@@ -186,6 +186,6 @@ def machine() -> dict[str, Any]:
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:
-    from capvector.policy.files import atomic_write_text
+    from capvector.io.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(results, indent=1) + "\n")

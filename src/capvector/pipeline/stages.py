@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError
+from capvector.io.atomic import atomic_write_text
 from capvector.io.hashing import file_sha256
-from capvector.policy.files import atomic_write_text
 
 MARKER = ".stage.json"
 STARTED = ".stage-started.json"

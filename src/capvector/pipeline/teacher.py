@@ -173,6 +173,8 @@ def teacher_pretrain(output: str | Path, cfg: TeacherConfig, run_dir: str | Path
     import torch
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
+    from capvector.policy import count_parameters
+
     output, run_dir = Path(output), Path(run_dir)
     if output.exists() and not overwrite:
         raise CapvectorError(f"{output} exists; pass --overwrite to replace it")
@@ -190,7 +192,7 @@ def teacher_pretrain(output: str | Path, cfg: TeacherConfig, run_dir: str | Path
         train_s = time.perf_counter() - start
         quality = measure(net, held)
         log(f"[teacher] held-out tasks: {quality}")
-        params = sum(p.numel() for p in net.parameters())
+        params = count_parameters(net)
         recipe = {"teacher_config": asdict(cfg),
                   "frames": {"train": len(train["image"]), "held_out": len(held["image"])},
                   "train_tasks": len(train_tasks), "held_out_tasks": list(HELD_OUT_TASKS), "parameters": params,

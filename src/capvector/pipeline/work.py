@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError
+from capvector.train.config import TrainConfig
+from capvector.train.run import OrthSettings, run_training
 
 DATASET = "dataset"  # sub-directory of a collect stage
 
@@ -39,39 +41,43 @@ class Collect:
 
 
 @dataclass(frozen=True)
+class TrainSettings:
+    """A stage's training settings: a `TrainConfig` built when the recipe is (a misspelt or invalid field fails
+    there, before any stage runs), and the names of the fields the recipe chose, which fingerprint the stage."""
+
+    config: TrainConfig
+    chosen: tuple[str, ...]
+
+    @classmethod
+    def of(cls, **fields: Any) -> TrainSettings:
+        return cls(TrainConfig.from_dict(fields, source="pipeline train settings"), tuple(sorted(fields)))
+
+    def params(self) -> dict[str, Any]:
+        return {name: getattr(self.config, name) for name in self.chosen}
+
+
+@dataclass(frozen=True)
 class Train:
-    """One `capvector.train` run; `init` and `data` are directories of earlier stages (or shipped weights)."""
+    """One training run; `init` and `data` are directories of earlier stages (or shipped weights)."""
 
     init: str
     data: str
-    train: dict[str, Any]  # TrainConfig fields (output_dir, init and progress are set here)
-    orth_vector: str | None = None
-    orth: dict[str, Any] = field(default_factory=dict)  # OrthogonalRegularizer.from_vector options
+    train: TrainSettings  # output_dir, init and progress are set when the stage runs
+    orth: OrthSettings | None = None
 
     def params(self) -> dict[str, Any]:
         # Paths are fingerprinted through the stage's dependencies, not as strings.
-        return {"kind": "train", "train": self.train, "orth": self.orth if self.orth_vector else None}
+        return {"kind": "train", "train": self.train.params(), "orth": self.orth.options() if self.orth else None}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
-        import torch
-
         from capvector.data import open_dataset
-        from capvector.train import TrainConfig, Trainer
 
-        cfg = TrainConfig(**{**self.train, "output_dir": str(directory), "init": self.init,
-                             "progress": stderr_is_tty()})
-        trainer = Trainer(cfg, open_dataset(self.data))
-        if self.orth_vector:
-            from capvector.orth import OrthogonalRegularizer
-
-            trainer.add_regularizer("orth", OrthogonalRegularizer.from_vector(trainer.model, self.orth_vector,
-                                                                              **self.orth))
-        threads = torch.get_num_threads()
-        result = trainer.train()
-        torch.set_num_threads(threads)
+        cfg = replace(self.train.config, output_dir=str(directory), init=self.init, progress=stderr_is_tty())
+        result = run_training(cfg, open_dataset(self.data), orth=self.orth)
         shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # resume state: not needed once done
+        resolved = json.loads((directory / "config.json").read_text())  # the run's record of what it trained
         return {"steps": result.steps, "final_loss": result.final_loss,
-                "trainable_parameters": sum(p.numel() for _, p in trainer.trainable), **_speed(result.history)}
+                "trainable_parameters": resolved["trainable_parameters"], **_speed(result.history)}
 
 
 def _speed(history: list[dict]) -> dict[str, float]:
@@ -98,7 +104,7 @@ class Extract:
         return {"kind": "extract", "preset": self.preset}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
-        from capvector.vectors import extract
+        from capvector.vectors.extract import extract
 
         out = directory / "vector"
         result = extract(self.sft, self.aux, out, pretrained=self.pretrained, preset=self.preset, progress=False)
@@ -115,7 +121,7 @@ class Merge:
         return {"kind": "merge", "weight": self.weight}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
-        from capvector.vectors import VectorWeight, merge
+        from capvector.vectors.merge import VectorWeight, merge
 
         recipe = merge(self.base, [VectorWeight(self.vector, self.weight)], directory / "policy", progress=False)
         return {"merged_tensors": recipe["merged_tensors"], "total_tensors": recipe["total_tensors"]}
@@ -138,8 +144,9 @@ class Evaluate:
         return {"kind": "eval", **{k: v for k, v in self.__dict__.items() if k not in ("policy", "workers")}}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
+        from capvector.io.atomic import atomic_write_json
         from capvector.sim.env import SimConfig
-        from capvector.sim.evaluate import EvalConfig, evaluate, write_json
+        from capvector.sim.evaluate import EvalConfig, evaluate
         from capvector.sim.perturb import parse_perturbation
         from capvector.sim.tasks import split_tasks
         from capvector.train import load_trained
@@ -150,7 +157,7 @@ class Evaluate:
                          workers=self.workers, sim=SimConfig(max_steps=self.max_steps), videos=self.videos,
                          video_dir=str(directory / "videos") if self.videos else None)
         result = evaluate(policy, cfg).summary()
-        write_json(result, directory / "eval.json")
+        atomic_write_json(directory / "eval.json", result)
         return {"pc_success": result["overall"]["pc_success"], "n_episodes": result["overall"]["n_episodes"],
                 "per_variant": {k: v["pc_success"] for k, v in result["per_variant"].items()}}
 

@@ -28,8 +28,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from capvector.errors import CapvectorError
+from capvector.io.atomic import atomic_save_safetensors, atomic_write_text
 from capvector.policy.config import PolicyConfig
-from capvector.policy.files import atomic_save_safetensors, atomic_write_text
 from capvector.policy.text import InstructionEmbedder, get_embedder
 
 CONFIG_NAME = "config.json"
@@ -333,6 +333,7 @@ def action_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """The number of scalars in `model` (only those that train, if asked): the figure runs and reports record."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 

@@ -1,6 +1,7 @@
-"""Embedded simulated benchmark: MetaWorld tasks, fast off-screen rendering, experts, perturbations, evaluation.
+"""Embedded simulated benchmark: MetaWorld tasks, fast off-screen rendering, experts, perturbations, evaluation;
+and the LIBERO evaluator (`libero.py`, the [libero] extra) beside it, with the same policy interface and results.
 
-The names below load on first use, so submodules that need no simulator (`tasks`, `perturb`, `commands`) import
+The names below load on first use, so submodules that need no simulator (`tasks`, `perturb`, `policy_api`) import
 without the [sim] extra.
 """
 

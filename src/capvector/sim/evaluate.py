@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from capvector.errors import CapvectorError
-from capvector.io.atomic import atomic_file, atomic_write_json
+from capvector.io.atomic import atomic_file
 from capvector.sim.env import SimConfig, SimEnv
 from capvector.sim.perturb import Perturbation
 from capvector.sim.policy_api import Policy
@@ -214,8 +214,3 @@ def write_video(frames: list[np.ndarray], path: Path) -> Path:
         else:
             imageio.mimwrite(tmp, frames, duration=50, loop=0)
     return path
-
-
-def write_json(data: dict[str, Any], path: Path) -> None:
-    """Atomic JSON write."""
-    atomic_write_json(path, data)

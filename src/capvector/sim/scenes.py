@@ -67,7 +67,7 @@ def render_frame(env: SimEnv, lookup: np.ndarray) -> SceneFrame:
     """Image, depth, per-pixel world points and segmentation of the first camera, from one scene state."""
     import torch
 
-    from capvector.objectives.teachers import backproject_world
+    from capvector.geometry import backproject_world
 
     image, depth = env.rig.rgb_depth(env.data)
     # Distractor pixels come out as what lies behind them: almost always table, class 0, where they belong too.

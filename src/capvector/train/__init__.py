@@ -1,11 +1,13 @@
 """Training: one trainer for full / LoRA / PEFT-tuner fine-tuning with optional spatial alignment and regularisers.
 
-The `capvector train` command lives in `capvector.train.cli`; importing this library does not load typer.
+The `capvector train` command lives in `capvector.commands.train`; importing this library does not load typer.
 """
 
 from capvector.train.config import TrainConfig
-from capvector.train.datasets import open_dataset
+from capvector.train.datasets import training_dataset
 from capvector.train.order import global_batch
+from capvector.train.policies import open_policy
+from capvector.train.run import OrthSettings, run_training
 from capvector.train.synthetic import SyntheticDemoDataset
 from capvector.train.trainer import (
     Trainer,
@@ -17,6 +19,7 @@ from capvector.train.trainer import (
 )
 
 __all__ = [
+    "OrthSettings",
     "SyntheticDemoDataset",
     "TrainConfig",
     "TrainResult",
@@ -24,8 +27,10 @@ __all__ = [
     "global_batch",
     "load_trained",
     "lr_factor",
-    "open_dataset",
+    "open_policy",
+    "run_training",
     "snapshot_dir",
+    "training_dataset",
     "tuner_aux_loss",
 ]
 

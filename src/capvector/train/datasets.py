@@ -11,7 +11,7 @@ from capvector.policy import PolicyConfig
 from capvector.train.synthetic import SyntheticDemoDataset
 
 
-def open_dataset(spec: str, policy: PolicyConfig, seed: int = 0) -> Dataset:
+def training_dataset(spec: str, policy: PolicyConfig, seed: int = 0) -> Dataset:
     """"synthetic" / "synthetic:N" → the built-in contract dataset; a path → `capvector.data.open_dataset(path)`."""
     if spec == "synthetic" or spec.startswith("synthetic:"):
         n = int(spec.split(":", 1)[1]) if ":" in spec else 2048

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from capvector.errors import CapvectorError
-from capvector.policy.files import atomic_write_text
+from capvector.io.atomic import atomic_write_text
 
 PROJECTOR = "aux_projector.safetensors"
 TRAINED = "trained.safetensors"  # the trained tensors under whole-weight engines (not frozen ones)

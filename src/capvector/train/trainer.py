@@ -29,10 +29,9 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from capvector import engines
 from capvector.errors import CapvectorError
-from capvector.io.atomic import AtomicOutputDir, publish_dir
+from capvector.io.atomic import AtomicOutputDir, atomic_save_safetensors, atomic_write_text, publish_dir
 from capvector.objectives import SpatialAlignment, SubgoalPrediction, Teacher, make_teacher
-from capvector.policy import PolicyConfig, TinyVLA, action_l1, load_policy, save_policy
-from capvector.policy.files import atomic_save_safetensors, atomic_write_text
+from capvector.policy import PolicyConfig, TinyVLA, action_l1, count_parameters, load_policy, save_policy
 from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
 from capvector.train.order import StepBatchSampler
 from capvector.train.state import PROJECTOR, TRAINED, latest_checkpoint, prune_checkpoints, read_state, write_state
@@ -140,8 +139,6 @@ class Trainer:
         self.accelerator = accelerator or make_accelerator(
             not torch.cuda.is_available(), config.log_with, Path(config.logging_dir or self.run_dir / "logs"))
         engines.check_requested_engine(str(self.accelerator.distributed_type))
-        if config.threads:
-            torch.set_num_threads(config.threads)
         self.policy = self._build_policy(policy, policy_config)
         # Tuners that cannot be merged into dense weights (GSE's routed experts) ship base + adapter instead.
         self._base_state = ({k: v.detach().clone() for k, v in self.policy.state_dict().items()}
@@ -347,7 +344,7 @@ class Trainer:
                     "tuner": type(self.model).__name__, "processes": self.accelerator.num_processes,
                     "regularizers": sorted(self.regularizers),
                     "aux_layer": self.alignment.layer if self.alignment is not None else None,
-                    "trainable_parameters": sum(p.numel() for _, p in self.trainable)}
+                    "trainable_parameters": count_parameters(self.model, trainable_only=True)}
         atomic_write_text(self.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
 
     # ---- training -----------------------------------------------------------------------------

@@ -1,9 +1,14 @@
-"""Capability vectors: extract τ = θ_aux − θ_sft, merge θ_pre + λ·τ, inspect, export as LoRA."""
+"""Capability vectors: extract τ = θ_aux − θ_sft, merge θ_pre + λ·τ, inspect, export as LoRA.
 
-from capvector.vectors.extract import ExtractResult, extract
+The operations live in their modules (``capvector.vectors.merge.merge`` and so on) and are not re-bound here, so
+``capvector.vectors.merge`` stays the module (importable and patchable by its dotted path); the package root re-exports
+the functions as ``capvector.extract``, ``capvector.merge`` and ``capvector.inspect``.
+"""
+
+from capvector.vectors.extract import ExtractResult
 from capvector.vectors.format import CapabilityVector
-from capvector.vectors.inspect import inspect, plot_layers
-from capvector.vectors.merge import VectorWeight, load_weights_file, merge
+from capvector.vectors.inspect import plot_layers
+from capvector.vectors.merge import VectorWeight, load_weights_file
 from capvector.vectors.peft_export import export_peft_adapter
 
 __all__ = [
@@ -11,9 +16,6 @@ __all__ = [
     "ExtractResult",
     "VectorWeight",
     "export_peft_adapter",
-    "extract",
-    "inspect",
     "load_weights_file",
-    "merge",
     "plot_layers",
 ]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from capvector import __version__
-from capvector.errors import CapvectorError
+from capvector._version import __version__
+from capvector.errors import CapvectorError, first_names
 from capvector.io import (
     AtomicOutputDir,
     BackgroundWriter,
@@ -31,11 +31,7 @@ from capvector.progress import ByteProgress
 from capvector.selection import Selection, make_selection
 from capvector.vectors.card import CARD_FILE, hub_id, render_card
 from capvector.vectors.format import FACTOR_A, FACTOR_B, FORMAT, FORMAT_VERSION, META_FILE
-from capvector.vectors.stats import RunningStats, check_cast_tensor, row_chunks
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-
+from capvector.vectors.stats import RunningStats, check_cast_tensor, parse_dtype, row_chunks
 
 # dtypes torch promotes to fp32 inside an in-place op; float8 types must be converted first
 _PROMOTES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -47,18 +43,6 @@ class ExtractResult:
     tensors: int
     norm: float
     skipped: dict[str, list[str]] = field(default_factory=dict)
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name.lower()]
-    except KeyError:
-        raise CapvectorError(f"unsupported dtype {name!r}; choose one of {sorted(DTYPES)}") from None
-
-
-def _first(names: Sequence[str], n: int = 5) -> str:
-    shown = ", ".join(repr(x) for x in list(names)[:n])
-    return shown + (", ..." if len(names) > n else "")
 
 
 def _architecture(ckpt: Checkpoint) -> dict | None:
@@ -174,7 +158,7 @@ def _unmatched_includes(user: Selection, names: list[str], allow_missing: bool) 
     if unmatched and not allow_missing:
         raise CapvectorError(
             f"--include {', '.join(map(repr, unmatched))} matches no tensor of the inputs (they have e.g. "
-            f"{_first(names, 3)}); fix the glob or pass --allow-missing"
+            f"{first_names(names, 3)}); fix the glob or pass --allow-missing"
         )
     return unmatched
 
@@ -195,7 +179,7 @@ def _check_against_pretrained(
         if not allow_missing:
             raise CapvectorError(
                 f"{pre.path}: {len(missing)} vector tensors are missing from the pretrained checkpoint "
-                f"(first: {_first(missing)}); pass --allow-missing to record them anyway"
+                f"(first: {first_names(missing)}); pass --allow-missing to record them anyway"
             )
         skipped["missing_in_pretrained"] = missing
     for name, shape in shapes.items():
@@ -221,8 +205,9 @@ class _DenseBuilder:
         sft_only = [n for n in s_names if n not in self.aux]
         if (aux_only or sft_only) and not allow_missing:
             raise CapvectorError(
-                f"key sets differ: {len(aux_only)} tensors only in aux {self.aux.path} (first: {_first(aux_only)}), "
-                f"{len(sft_only)} only in sft {self.sft.path} (first: {_first(sft_only)}). Auxiliary-only "
+                f"key sets differ: {len(aux_only)} tensors only in aux {self.aux.path} "
+                f"(first: {first_names(aux_only)}), "
+                f"{len(sft_only)} only in sft {self.sft.path} (first: {first_names(sft_only)}). Auxiliary-only "
                 "modules such as alignment projectors are never part of a vector: pass --allow-missing to skip "
                 "and report them, or --exclude their names"
             )
@@ -329,8 +314,8 @@ class _LoraBuilder:
         sft_only = [n for n in s_names if n not in a_names]
         if (aux_only or sft_only) and not allow_missing:
             raise CapvectorError(
-                f"adapters target different parameters: {len(aux_only)} only in aux (first: {_first(aux_only)}), "
-                f"{len(sft_only)} only in sft (first: {_first(sft_only)}); pass --allow-missing to treat a "
+                f"adapters target different parameters: {len(aux_only)} only in aux (first: {first_names(aux_only)}), "
+                f"{len(sft_only)} only in sft (first: {first_names(sft_only)}); pass --allow-missing to treat a "
                 "missing update as zero"
             )
         skipped: dict[str, list[str]] = {}

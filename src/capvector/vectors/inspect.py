@@ -7,8 +7,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from capvector.errors import CapvectorError
 from capvector.io import Checkpoint
 from capvector.io.atomic import atomic_file
@@ -211,14 +209,3 @@ def plot_layers(report: dict, path: str | Path) -> Path:
         plt.close(fig)
     return out
 
-
-def dense_tensor(path: str | Path, name: str) -> torch.Tensor:
-    """One tensor of a vector (densified) or checkpoint, fp32: for notebooks and tests."""
-    t = _Tensors(path)
-    try:
-        if name not in t.names:
-            raise CapvectorError(f"{path}: no tensor named {name!r}")
-        shape = t.shape(name)
-        return t.read(name, 0, math.prod(shape)).reshape(shape)
-    finally:
-        t.close()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from capvector import __version__
-from capvector.errors import CapvectorError
+from capvector._version import __version__
+from capvector.errors import CapvectorError, first_names
 from capvector.io import (
     AtomicOutputDir,
     BackgroundWriter,
@@ -32,11 +32,10 @@ from capvector.io.hub import resolve_input
 from capvector.io.prefetch import Prefetcher
 from capvector.progress import ByteProgress
 from capvector.vectors.card import CARD_FILE
-from capvector.vectors.extract import _first, parse_dtype
 from capvector.vectors.format import CapabilityVector
 from capvector.vectors.merge_files import render_merge_card, split_base_files
 from capvector.vectors.rename import PrefixMap
-from capvector.vectors.stats import check_cast, check_cast_tensor, row_chunks
+from capvector.vectors.stats import check_cast, check_cast_tensor, parse_dtype, row_chunks
 
 RECIPE_FILE = "capvector-merge.json"
 WeightSpec = float | Mapping[str, float]
@@ -231,7 +230,7 @@ def _key_maps(vectors: list[CapabilityVector], names: PrefixMap, allow_missing: 
         mapped, unmatched = names.map_names(vec.names())
         if unmatched:
             msg = (f"{vec.path}: {len(unmatched)} of {len(vec.names())} vector tensors start with no prefix of the "
-                   f"prefix map {names.to_json()} (first: {_first(unmatched)})")
+                   f"prefix map {names.to_json()} (first: {first_names(unmatched)})")
             if not allow_missing or not mapped:
                 raise CapvectorError(msg + "; extract a vector that selects only the mapped part (e.g. "
                                      "preset qwen-vla:vlm), add a rule for them, or pass --allow-missing to skip them")
@@ -258,7 +257,7 @@ def _validate(base: Checkpoint, vectors: list[CapabilityVector], keymaps: list[d
               allow_missing: bool) -> list[str]:
     warnings = []
     base_arch = (base.config() or {}).get("architectures")
-    sample = _first(list(base.keys()), 3)
+    sample = first_names(list(base.keys()), 3)
     for vec, keys in zip(vectors, keymaps, strict=True):
         vec_arch = (vec.meta.get("architecture") or {}).get("architectures")
         # a prefix map says the layouts differ on purpose (framework file vs. its backbone's own directory)
@@ -267,8 +266,8 @@ def _validate(base: Checkpoint, vectors: list[CapabilityVector], keymaps: list[d
                 f"{vec.path}: vector was extracted from architecture {vec_arch}, base {base.path} is {base_arch}"
             )
         missing = [n for n in keys if n not in base]
-        shown = (_first([f"{keys[n]} -> {n}" for n in missing]) + f" by prefix map {names.to_json()}" if names
-                 else _first(missing))
+        shown = (first_names([f"{keys[n]} -> {n}" for n in missing]) + f" by prefix map {names.to_json()}" if names
+                 else first_names(missing))
         if missing and len(missing) == len(keys):
             raise CapvectorError(
                 f"{vec.path}: none of its {len(keys)} tensors exist in base {base.path} (first: {shown}; "

@@ -10,6 +10,9 @@ import torch
 
 from capvector.errors import CapvectorError
 
+# the output dtypes a vector or merged checkpoint may be written in (names as the CLI accepts them)
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
 CHUNK_ELEMENTS = 1 << 23  # 8M elements: 32 MiB per fp32 buffer; large enough for full-speed IO
 
 
@@ -69,6 +72,14 @@ class RunningStats:
             "zero_fraction": self.zeros / self.numel if self.numel else 0.0,
             "numel": self.numel,
         }
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a CLI name such as ``bf16``, or a one-line error naming the choices."""
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise CapvectorError(f"unsupported dtype {name!r}; choose one of {sorted(DTYPES)}") from None
 
 
 def check_cast(name: str, lo: float, hi: float, dtype: torch.dtype) -> None:

@@ -28,7 +28,7 @@ import contextlib
 import importlib.util
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -327,25 +327,3 @@ def evaluate_libero(policy: Any, cfg: LiberoConfig, suite: Suite | None = None,
                             "instructions": [suite.tasks[i].instruction for i in indices]}
     return EvalResult(config=config, episodes=episodes, seconds=time.perf_counter() - start)
 
-
-def load_policy(spec: str, args: Sequence[str] = ()) -> Any:
-    """A trained capvector policy directory, or `module:callable` returning a policy (user models)."""
-    path = Path(spec)
-    if path.exists():
-        from capvector.train import load_trained
-
-        return load_trained(path)
-    if ":" not in spec:
-        raise CapvectorError(f"--policy {spec!r}: no such directory, and not of the form module:callable")
-    module_name, attr = spec.split(":", 1)
-    import importlib
-
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise CapvectorError(f"--policy {spec!r}: cannot load {attr!r} from module {module_name!r} ({e})") from e
-    policy = factory(*args)
-    if not (callable(getattr(policy, "act", None)) and callable(getattr(policy, "reset", None))):
-        raise CapvectorError(f"--policy {spec!r}: {attr}() returned {type(policy).__name__}, which has no "
-                             "act(observation) and reset() methods")
-    return policy

@@ -1,4 +1,4 @@
-"""Typer-ready functions for `capvector data ...` (cli.py registers them under the `data` group).
+"""`capvector data ...`: dataset format conversion (cli.py registers it under the `data` group).
 
 The [lerobot-data] extra (pyarrow, av) loads inside the command, so registering it costs nothing without it.
 """

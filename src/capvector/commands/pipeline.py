@@ -1,4 +1,4 @@
-"""Typer functions behind `capvector demo`, `capvector pipeline`, `capvector report` and `capvector pretrain`."""
+"""The demo-pipeline commands: `capvector demo`, `pipeline`, `report`, `pretrain` and `teacher-pretrain`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""`capvector train`: a typer-ready command over `Trainer` (the lead registers it in capvector.cli).
-
-    app.command("train")(user_errors(train_command))
+"""`capvector train`: the command over `Trainer`.
 
 Run it on several processes or a GPU with `accelerate launch -m capvector.cli train ...`.
 """
@@ -17,8 +15,8 @@ import typer
 from capvector.errors import CapvectorError
 from capvector.policy import PolicyConfig
 from capvector.train.config import TrainConfig
-from capvector.train.datasets import open_dataset
-from capvector.train.trainer import Trainer
+from capvector.train.datasets import training_dataset
+from capvector.train.run import OrthSettings, run_training
 
 
 def train_command(
@@ -90,17 +88,9 @@ def train_command(
         if policy_fields.get("width") and "heads" not in policy_fields:
             policy_fields["heads"] = max(1, policy_fields["width"] // 32)
         policy_cfg = PolicyConfig(**policy_fields)
-    dataset = open_dataset(data, policy_cfg, cfg.seed)
-    trainer = Trainer(cfg, dataset, policy_config=policy_cfg)
-    if orth_vector is not None:
-        try:
-            from capvector.orth import OrthogonalRegularizer
-        except ImportError as e:
-            raise CapvectorError("--orth-vector needs capvector.orth (the orthogonal regulariser)") from e
-        trainer.add_regularizer("orth", OrthogonalRegularizer.from_vector(trainer.model, orth_vector,
-                                                                          weight=orth_weight, mode=orth_mode,
-                                                                          rank=orth_rank))
-    result = trainer.train(resume=not no_resume)
+    orth = OrthSettings(orth_vector, orth_weight, orth_mode, orth_rank) if orth_vector is not None else None
+    result = run_training(cfg, training_dataset(data, policy_cfg, cfg.seed), orth=orth, policy_config=policy_cfg,
+                          resume=not no_resume)
     summary = {"run_dir": str(result.run_dir), "policy": str(result.policy_dir), "steps": result.steps,
                "final_loss": result.final_loss}
     if as_json:

@@ -15,16 +15,16 @@ from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
 from capvector.errors import CapvectorError
-from capvector.integrations.libero import (
+from capvector.sim.libero import (
     STILL_ACTION,
     LiberoConfig,
     LiberoTask,
     evaluate_libero,
     load_init_states,
-    load_policy,
     policy_observation,
     quat_to_axis_angle,
 )
+from capvector.train import open_policy
 
 LIBERO_INSTALLED = importlib.util.find_spec("libero") is not None
 NOT_INSTALLED = "the optional `libero` package is not installed (pip install 'capvector[libero]')"
@@ -180,9 +180,9 @@ def test_errors_are_clear():
     with pytest.raises(CapvectorError, match="suite 'libero_100' unknown"):
         LiberoConfig(suite="libero_100")
     with pytest.raises(CapvectorError, match="not of the form module:callable"):
-        load_policy("no-such-dir")
+        open_policy("no-such-dir")
     with pytest.raises(CapvectorError, match="no act"):
-        load_policy("builtins:dict")
+        open_policy("builtins:dict")
 
 
 def test_init_states_load_with_weights_only(tmp_path):
@@ -206,7 +206,7 @@ def make_push_right() -> PushRight:
 def test_cli_says_how_to_install_the_extra():
     from capvector.cli import app
 
-    r = CliRunner().invoke(app, ["eval-libero", "--policy", "test_integrations_libero:make_push_right",
+    r = CliRunner().invoke(app, ["eval-libero", "--policy", "test_sim_libero:make_push_right",
                                  "--episodes", "1"])
     assert r.exit_code == 2 and "pip install 'capvector[libero]'" in r.output
 
@@ -215,7 +215,7 @@ def test_libero_package_suites_and_init_states():
     """The PyPI package ships every suite's BDDL files and fixed initial states."""
     if not LIBERO_INSTALLED:
         pytest.skip(NOT_INSTALLED)
-    from capvector.integrations.libero import SUITES, LiberoSuite
+    from capvector.sim.libero import SUITES, LiberoSuite
 
     for name in SUITES:
         suite = LiberoSuite(name)
@@ -229,7 +229,7 @@ def test_smoke_real_libero_env():
     """One real environment, a few steps of a still policy, rendered off-screen."""
     if not LIBERO_INSTALLED:
         pytest.skip(NOT_INSTALLED)
-    from capvector.integrations.libero import LiberoSuite, assets_status
+    from capvector.sim.libero import LiberoSuite, assets_status
 
     assets, why = assets_status()
     if assets is None:
@@ -253,7 +253,7 @@ def test_libero_config_is_written_once_with_the_package_defaults(tmp_path, monke
     """Without a config file `import libero.libero` prompts on stdin; the adapter writes the defaults first."""
     import yaml
 
-    from capvector.integrations.libero import _ensure_config
+    from capvector.sim.libero import _ensure_config
 
     package = tmp_path / "site" / "libero" / "libero"
     monkeypatch.setenv("LIBERO_CONFIG_PATH", str(tmp_path / "cfg"))

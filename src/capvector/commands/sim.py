@@ -1,6 +1,7 @@
-"""Typer-ready functions for `capvector collect` and `capvector eval` (the lead wires them into cli.py).
+"""The simulator commands: `capvector collect`, `capvector eval` (embedded MetaWorld) and `capvector eval-libero`.
 
-The simulator (the [sim] extra) loads inside the commands, so registering them costs nothing without it.
+The simulator (the [sim] extra) and LIBERO (the [libero] extra) load inside the commands, so registering them
+costs nothing without them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 from capvector.errors import CapvectorError
 from capvector.sim.perturb import parse_perturbation
 from capvector.sim.tasks import split_tasks
+from capvector.train.policies import open_policy
 
 if TYPE_CHECKING:
     from capvector.sim.env import SimConfig
@@ -58,22 +60,10 @@ def collect_command(
                f"{summary['bytes'] / 1e6:.1f} MB in {summary['collect_s']:.1f} s")
 
 
-def load_policy_for_eval(spec: str):
-    """'expert' → the scripted experts; otherwise a trained policy/run directory (capvector.train.load_trained)."""
-    if spec == "expert":
-        from capvector.sim.experts import ScriptedExpert
-
-        return ScriptedExpert()
-    path = Path(spec)
-    if not path.exists():
-        raise CapvectorError(f"--policy {spec!r}: no such directory (or use 'expert')")
-    from capvector.train import load_trained
-
-    return load_trained(path)
-
-
 def eval_command(
-    policy: Annotated[str, typer.Option(help="Trained policy or run directory, or 'expert'.")],
+    policy: Annotated[str, typer.Option(
+        help="Trained policy or run directory, 'expert', or module:callable returning an object with act() and "
+             "reset().")],
     split: Annotated[str, typer.Option(help="pretrain | cap | down | ood, or comma-separated task names.")],
     episodes: Annotated[int, typer.Option(help="Episodes per task and variant.")] = 10,
     seed: Annotated[int, typer.Option(help="Base seed (episode layouts and perturbations).")] = 1000,
@@ -99,7 +89,7 @@ def eval_command(
     cfg = EvalConfig(tasks=tuple(split_tasks(split)), episodes=episodes, seed=seed, perturbations=perts,
                      execute=execute, workers=workers, sim=_sim_config(image_size, cameras, max_steps),
                      videos=videos, video_dir=str(video_dir) if video_dir else None)
-    model = load_policy_for_eval(policy)
+    model = open_policy(policy, experts=True)
     pcfg = getattr(model, "config", None)
     for field, want in (("image_size", cfg.sim.image_size), ("num_cameras", len(cfg.sim.cameras))):
         have = getattr(pcfg, field, None)
@@ -110,13 +100,47 @@ def eval_command(
                 row_label=lambda row: f"{row['task']:<26} {row['variant']:<16}", overall_label="overall")
 
 
+def eval_libero_command(
+    policy: Annotated[str, typer.Option(
+        help="Trained capvector policy directory, or module:callable returning an object with act() and reset().")],
+    suite: Annotated[str, typer.Option(
+        help="libero_spatial, libero_object, libero_goal, libero_10 or libero_90.")] = "libero_spatial",
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated task indices (default: all).")] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per task, from the suite's fixed initial states.")] = 50,
+    image_size: Annotated[int | None, typer.Option(
+        help="Rendered image side (default: the policy config's image_size, else 256).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Policy steps per episode (default: the suite's).")] = None,
+    wait_steps: Annotated[int, typer.Option(help="Still steps while objects settle.")] = 10,
+    execute: Annotated[int | None, typer.Option(help="Actions run per chunk before re-querying (default all).")] = None,
+    seed: Annotated[int, typer.Option(help="Environment seed.")] = 0,
+    rotate: Annotated[bool, typer.Option(help="Rotate camera images 180° (as OpenVLA-OFT/openpi data).")] = True,
+    policy_arg: Annotated[list[str] | None, typer.Option(
+        metavar="<str>", help="Argument for a module:callable policy (repeatable).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the eval JSON here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Roll out a policy on a LIBERO suite (needs the libero extra); success rates with 95% Wilson intervals."""
+    from capvector.sim.libero import LiberoConfig, evaluate_libero
+
+    model = open_policy(policy, tuple(policy_arg or ()))
+    size = image_size or getattr(getattr(model, "config", None), "image_size", None) or 256
+    try:
+        indices = tuple(int(t) for t in tasks.split(",")) if tasks else None
+    except ValueError:
+        raise CapvectorError(f"--tasks {tasks!r}: expected comma-separated integers, e.g. 0,3,7") from None
+    cfg = LiberoConfig(suite=suite, tasks=indices, episodes=episodes, image_size=size, max_steps=max_steps,
+                       wait_steps=wait_steps, execute=execute, seed=seed, rotate_images=rotate)
+    report_eval(evaluate_libero(model, cfg).summary(), output, as_json,
+                row_label=lambda row: f"{row['task'][:60]:<60}", overall_label=f"{suite}:")
+
+
 def report_eval(result: dict, output: Path | None, as_json: bool, row_label: Callable[[dict], str],
                 overall_label: str) -> None:
     """Write an eval summary to `output` (JSON) and print it: one JSON line, or a line per task and a total."""
-    from capvector.sim.evaluate import write_json
+    from capvector.io.atomic import atomic_write_json
 
     if output:
-        write_json(result, output)
+        atomic_write_json(output, result)
     if as_json:
         typer.echo(json.dumps(result))
         return

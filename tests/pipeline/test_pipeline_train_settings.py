@@ -1,0 +1,37 @@
+"""Pipeline training stages carry a typed TrainConfig, built with the recipe: a wrong setting fails before any
+stage runs, and the stage fingerprint is the recipe's chosen fields (so cached runs stay valid)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from capvector.errors import CapvectorError
+from capvector.pipeline.config import PipelineConfig
+from capvector.pipeline.recipe import DemoGraph
+from capvector.pipeline.work import Train, TrainSettings
+from capvector.train import TrainConfig
+
+
+def test_a_misspelt_training_field_fails_when_the_settings_are_built():
+    with pytest.raises(CapvectorError, match=r"unknown keys \['stpes'\]"):
+        TrainSettings.of(stpes=10, lr=1e-3)
+
+
+def test_a_bad_training_setting_fails_when_the_recipe_is_built(tmp_path):
+    cfg = replace(PipelineConfig.for_mode("quick"), cap_lr=-1.0)
+    with pytest.raises(CapvectorError, match="lr must be positive, found -1.0"):
+        DemoGraph(cfg, tmp_path)
+
+
+def test_training_stages_carry_a_config_and_fingerprint_the_chosen_fields(tmp_path):
+    graph = DemoGraph(PipelineConfig.for_mode("quick"), tmp_path)
+    trains = [s for s in graph.stages if isinstance(s.run, Train)]
+    assert trains
+    for stage in trains:
+        settings = stage.run.train
+        assert isinstance(settings.config, TrainConfig)
+        chosen = stage.params["train"]
+        assert {"steps", "batch_size", "lr", "seed"} <= set(chosen)
+        assert all(chosen[k] == getattr(settings.config, k) for k in chosen)

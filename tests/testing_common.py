@@ -1,0 +1,47 @@
+"""Helpers shared across the test folders, in a uniquely named module (no test imports a conftest, whose name every
+folder shares): tiny random Llama models, safetensors checkpoints written by the real libraries, and the CLI run
+in this process (a subprocess only where a test is about signals or the real entry point)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+# the capability-vector core's Llama, and a smaller one for the regulariser's math
+CORE_LLAMA = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=32)
+SMALL_LLAMA = dict(CORE_LLAMA, vocab_size=64, hidden_size=16, intermediate_size=32, max_position_embeddings=16)
+
+
+def tiny_llama(seed: int, **sizes: int):
+    """A randomly initialised `LlamaForCausalLM` of `CORE_LLAMA`'s sizes (or those given), seeded."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**CORE_LLAMA, **sizes}))
+
+
+def write_st(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+    """A checkpoint directory holding one `model.safetensors` with `tensors`."""
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path / "model.safetensors", metadata=metadata)
+    return path
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: object) -> CliResult:
+    """One `capvector` call in this process; an uncaught exception is re-raised, so a traceback fails the test."""
+    from capvector.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return CliResult(r.exit_code, r.stdout, r.stderr)
