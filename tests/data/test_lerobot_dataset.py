@@ -184,7 +184,7 @@ def test_bad_or_missing_metadata_is_one_line_naming_the_file(exported, tmp_path)
 
 def test_cli_exports_and_the_trainer_reads_the_result(demo_dataset, tmp_path):
     from capvector.policy import PolicyConfig
-    from capvector.train.datasets import open_dataset as open_training_dataset
+    from capvector.train.datasets import training_dataset
 
     out = tmp_path / "lr"
     r = CliRunner().invoke(app, ["data", "export", "--input", str(demo_dataset), "--output", str(out), "--json"])
@@ -192,5 +192,5 @@ def test_cli_exports_and_the_trainer_reads_the_result(demo_dataset, tmp_path):
     assert json.loads(r.output) == {"output": str(out), "episodes": 3, "frames": 17, "tasks": 2, "fps": 80}
     r = CliRunner().invoke(app, ["data", "export", "--input", str(demo_dataset), "--output", str(out)])
     assert r.exit_code == 2 and "already exists" in r.output
-    ds = open_training_dataset(str(out), PolicyConfig(chunk=3))
+    ds = training_dataset(str(out), PolicyConfig(chunk=3))
     assert isinstance(ds, LeRobotDemoDataset) and ds[0]["actions"].shape == (3, 4)

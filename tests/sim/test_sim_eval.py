@@ -129,3 +129,21 @@ def test_eval_info_has_lerobots_shape_and_metaworlds_rewards(tmp_path):
     assert first["avg_sum_reward"] == pytest.approx(np.mean(first["metrics"]["sum_rewards"]))
     all_sums = [s for t in res["per_task"] for s in t["metrics"]["sum_rewards"]]
     assert overall["avg_sum_reward"] == pytest.approx(np.mean(all_sums))
+
+
+def test_rollout_workers_die_on_sigterm_whatever_the_command_installed():
+    """Pool.terminate() stops workers with SIGTERM; the command's unwinding handler, inherited by fork, could leave
+    a worker blocked on the task queue forever (a hung demo), so workers reset SIGTERM to its default."""
+    import signal
+
+    from capvector.sim.evaluate import _worker_init
+
+    def unwinding_handler(signum, frame):  # what `capvector` installs while a command runs
+        raise RuntimeError("unwind")
+
+    previous = signal.signal(signal.SIGTERM, unwinding_handler)
+    try:
+        _worker_init(1)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -9,6 +9,7 @@ chunked policies cheap to evaluate.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -156,6 +157,11 @@ def _job(cfg: EvalConfig, job: tuple[str, Perturbation, int]) -> EpisodeResult:
 
 
 def _worker_init(threads: int) -> None:
+    # A forked worker inherits the command's SIGTERM handler, which only raises in the main thread once the
+    # signal lands there. Pool.terminate() (every `with Pool` exit) stops workers with SIGTERM; when the kernel
+    # delivered it to a worker's other thread (a torch/OpenMP one), a worker blocked on the task queue never woke
+    # and the run hung. Workers have nothing to clean up: the default action, die, is right.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         import torch
 

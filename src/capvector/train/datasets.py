@@ -20,8 +20,6 @@ def training_dataset(spec: str, policy: PolicyConfig, seed: int = 0) -> Dataset:
     path = Path(spec)
     if not path.exists():
         raise CapvectorError(f"dataset {spec!r}: no such path (or use 'synthetic[:N]')")
-    try:
-        from capvector.data import open_dataset as open_demo_dataset  # built by the simulator/dataset issue
-    except ImportError as e:
-        raise CapvectorError(f"dataset {path}: reading demo datasets needs capvector.data (not available)") from e
+    from capvector.data import open_dataset as open_demo_dataset  # either format: capvector's or LeRobot v3.0
+
     return open_demo_dataset(path, chunk=policy.chunk)
