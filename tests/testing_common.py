@@ -4,10 +4,17 @@ in this process (a subprocess only where a test is about signals or the real ent
 
 from __future__ import annotations
 
+import faulthandler
+import gc
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -30,6 +37,28 @@ def write_st(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, path / "model.safetensors", metadata=metadata)
     return path
+
+
+def _gloo_rank(rank: int, fn: Callable, init_file: str, args: tuple) -> None:
+    faulthandler.enable()  # a C++ abort then prints every thread's Python stack instead of a bare SIGABRT
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        fn(rank, *args)
+        dist.barrier()  # neither rank tears down while its peer still has a collective in flight
+    finally:
+        dist.destroy_process_group()
+    gc.collect()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter finalisation: gloo's worker threads can still own tensors then, and destroying them without
+    # a live interpreter aborts the process (pytorch/pytorch#179291), failing a run whose results are written.
+    os._exit(0)
+
+
+def spawn_gloo(fn: Callable, *args: object, rendezvous: Path) -> None:
+    """Run `fn(rank, *args)` in 2 CPU processes joined by gloo through a rendezvous file (no race for a TCP port)."""
+    mp.spawn(_gloo_rank, args=(fn, str(rendezvous), args), nprocs=2, join=True)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from capvector import engines
@@ -19,6 +18,7 @@ from capvector.engines import gathered_weight
 from capvector.errors import CapvectorError
 from capvector.gse import GSEConfig
 from capvector.gse.distributed import aux_loss_across_ranks, gse_fsdp_auto_wrap_policy, save_adapter
+from testing_common import spawn_gloo
 
 STEPS, LR = 3, 0.05
 pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
@@ -69,50 +69,45 @@ def _decoder_layers(model) -> list:
     return [m for m in model.modules() if isinstance(m, LlamaDecoderLayer)]
 
 
-def _worker(rank: int, out: str, init_file: str) -> None:
+def _worker(rank: int, out: str) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    ids = _batch()[rank * 2 : rank * 2 + 2]
+    results = {}
+    # FSDP1, flat parameters: every unit must be all-trainable or all-frozen.
+    model = _gse(_base())
+    wrapped = FullyShardedDataParallel(model, auto_wrap_policy=gse_fsdp_auto_wrap_policy(model),
+                                       use_orig_params=False, device_id=torch.device("cpu"))
+    results["fsdp1"] = _train(wrapped, ids, distributed=True)
     try:
-        ids = _batch()[rank * 2 : rank * 2 + 2]
-        results = {}
-        # FSDP1, flat parameters: every unit must be all-trainable or all-frozen.
-        model = _gse(_base())
-        wrapped = FullyShardedDataParallel(model, auto_wrap_policy=gse_fsdp_auto_wrap_policy(model),
-                                           use_orig_params=False, device_id=torch.device("cpu"))
-        results["fsdp1"] = _train(wrapped, ids, distributed=True)
-        try:
-            save_adapter(wrapped, Path(out, "refused"))
-        except CapvectorError as e:
-            results["fsdp1_save_error"] = str(e)
-        state = engines.full_state_dict(wrapped)  # the documented FSDP1 recipe: an unwrapped copy on rank 0
-        if rank == 0:
-            copy = _gse(_base())
-            copy.load_state_dict(state)
-            copy.save_pretrained(str(Path(out, "fsdp1")))
-        # FSDP2.
-        model = _gse(_base())
-        for layer in _decoder_layers(model):
-            fully_shard(layer)
-        fully_shard(model)
-        results["fsdp2"] = _train(model, ids, distributed=True)
-        save_adapter(model, Path(out, "fsdp2"))
-        # The SVD initialisation's view of a sharded frozen weight is the whole weight.
-        sharded = _base()
-        fully_shard(sharded.model.layers[0])
-        with gathered_weight(sharded.model.layers[0].self_attn.q_proj.weight) as w:
-            results["gathered_sum"] = w.double().sum().item()
-            results["gathered_shape"] = list(w.shape)
-        Path(out, f"{rank}.json").write_text(json.dumps(results))
-    finally:
-        dist.destroy_process_group()
+        save_adapter(wrapped, Path(out, "refused"))
+    except CapvectorError as e:
+        results["fsdp1_save_error"] = str(e)
+    state = engines.full_state_dict(wrapped)  # the documented FSDP1 recipe: an unwrapped copy on rank 0
+    if rank == 0:
+        copy = _gse(_base())
+        copy.load_state_dict(state)
+        copy.save_pretrained(str(Path(out, "fsdp1")))
+    # FSDP2.
+    model = _gse(_base())
+    for layer in _decoder_layers(model):
+        fully_shard(layer)
+    fully_shard(model)
+    results["fsdp2"] = _train(model, ids, distributed=True)
+    save_adapter(model, Path(out, "fsdp2"))
+    # The SVD initialisation's view of a sharded frozen weight is the whole weight.
+    sharded = _base()
+    fully_shard(sharded.model.layers[0])
+    with gathered_weight(sharded.model.layers[0].self_attn.q_proj.weight) as w:
+        results["gathered_sum"] = w.double().sum().item()
+        results["gathered_shape"] = list(w.shape)
+    Path(out, f"{rank}.json").write_text(json.dumps(results))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("gse_engines")
-    mp.spawn(_worker, args=(str(out), str(out / "rdzv")), nprocs=2, join=True)
+    spawn_gloo(_worker, str(out), rendezvous=out / "rdzv")
     ranks = [json.loads((out / f"{r}.json").read_text()) for r in (0, 1)]
     model = _gse(_base())
     single = _train(model, _batch(), distributed=False)

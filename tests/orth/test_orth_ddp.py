@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from capvector.orth import OrthogonalRegularizer
+from testing_common import spawn_gloo
 
 
 def _model():
@@ -41,22 +41,16 @@ def _train(model, module, vec_dir: str, ids: torch.Tensor) -> dict:
     return {"reg": values, "w": w.detach().double().sum().item()}
 
 
-def _worker(rank: int, vec_dir: str, out: str, init_file: str) -> None:
-    torch.set_num_threads(1)
-    # A rendezvous file, not a TCP port: no race with other jobs for a free port.
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        module = _model()
-        ddp = torch.nn.parallel.DistributedDataParallel(module)
-        result = _train(ddp, module, vec_dir, _batch()[rank * 2 : rank * 2 + 2])  # equal halves of the batch
-        Path(out, f"{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, vec_dir: str, out: str) -> None:
+    module = _model()
+    ddp = torch.nn.parallel.DistributedDataParallel(module)
+    result = _train(ddp, module, vec_dir, _batch()[rank * 2 : rank * 2 + 2])  # equal halves of the batch
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
 
 
 @pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
 def test_ddp_two_processes_match_one(dense_vector, tmp_path):
-    mp.spawn(_worker, args=(str(dense_vector), str(tmp_path), str(tmp_path / "rdzv")), nprocs=2, join=True)
+    spawn_gloo(_worker, str(dense_vector), str(tmp_path), rendezvous=tmp_path / "rdzv")
     ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
     module = _model()
     single = _train(module, module, str(dense_vector), _batch())

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from capvector.errors import CapvectorError
 from capvector.orth import OrthogonalRegularizer
+from testing_common import spawn_gloo
 
 STEPS, LR = 3, 0.05
 pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
@@ -146,27 +146,22 @@ SCENARIOS = {"fsdp2": "dense", "fsdp2_built_before": "dense", "fsdp1": "dense", 
              "fsdp1_lora": "lora"}
 
 
-def _worker(rank: int, vectors: dict[str, str], out: str, init_file: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        ids = _batch()[rank * 2 : rank * 2 + 2]  # equal halves of the batch
-        results = {}
-        for name, vec in SCENARIOS.items():
-            results[name], state = _scenario(name, vectors[vec], ids)
-            if rank == 0:
-                save_file(state, str(Path(out, f"{name}.safetensors")))
-        results["errors"] = _errors(vectors["dense"], ids)
-        Path(out, f"{rank}.json").write_text(json.dumps(results))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, vectors: dict[str, str], out: str) -> None:
+    ids = _batch()[rank * 2 : rank * 2 + 2]  # equal halves of the batch
+    results = {}
+    for name, vec in SCENARIOS.items():
+        results[name], state = _scenario(name, vectors[vec], ids)
+        if rank == 0:
+            save_file(state, str(Path(out, f"{name}.safetensors")))
+    results["errors"] = _errors(vectors["dense"], ids)
+    Path(out, f"{rank}.json").write_text(json.dumps(results))
 
 
 @pytest.fixture(scope="module")
 def runs(dense_vector, factored_vector, tmp_path_factory):
     out = tmp_path_factory.mktemp("engines")
     vectors = {"dense": str(dense_vector), "lora": str(factored_vector)}
-    mp.spawn(_worker, args=(vectors, str(out), str(out / "rdzv")), nprocs=2, join=True)
+    spawn_gloo(_worker, vectors, str(out), rendezvous=out / "rdzv")
     ranks = [json.loads((out / f"{r}.json").read_text()) for r in (0, 1)]
     single = {}
     for kind, vec in vectors.items():
