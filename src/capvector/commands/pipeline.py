@@ -70,6 +70,9 @@ def pretrain_command(
         "runs/pretrain"),
     steps: Annotated[int | None, typer.Option(help="Training steps (default: the shipped recipe's).")] = None,
     episodes: Annotated[int | None, typer.Option(help="Demos per pretraining task.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Rendered image side in pixels (default 64); demos, policy "
+                                                        "and rollouts all use it.")] = None,
+    patch_size: Annotated[int | None, typer.Option(help="Patch side in pixels (default 8).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
     """Pretrain the tiny VLA on the pretraining split (the recipe behind the shipped θ_pre). Reruns resume."""
@@ -81,6 +84,9 @@ def pretrain_command(
         cfg = replace(cfg, steps=steps)
     if episodes is not None:
         cfg = replace(cfg, episodes=episodes)
+    shape = {k: v for k, v in (("image_size", image_size), ("patch_size", patch_size)) if v is not None}
+    if shape:
+        cfg = replace(cfg, policy={**cfg.policy, **shape})
     recipe = pretrain(output, cfg, run_dir, overwrite=overwrite, log=typer.echo)
     o = recipe["eval"]["overall"]
     typer.echo(f"wrote {output}: {o['pc_success']:.1f}% success on the pretraining tasks "

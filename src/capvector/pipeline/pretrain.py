@@ -68,8 +68,9 @@ def pretrain(output: str | Path, cfg: PretrainConfig, run_dir: str | Path = "run
     output, run_dir = Path(output), Path(run_dir)
     if output.exists() and not overwrite:
         raise CapvectorError(f"{output} exists; pass --overwrite to replace it")
+    image_size = PolicyConfig.from_dict(dict(cfg.policy), source="pretrain policy").image_size
     runner = StageRunner(run_dir, log=log)
-    data = Collect("pretrain", cfg.episodes, cfg.collect_seed, cfg.noise)
+    data = Collect("pretrain", cfg.episodes, cfg.collect_seed, cfg.noise, image_size)
     settings = TrainSettings.of(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                                 seed=cfg.seed, threads=cfg.threads, log_every=50, checkpoint_every=500)
     train = _FreshTrain("", str(runner.directory("data/pretrain") / DATASET), settings,

@@ -21,6 +21,7 @@ from capvector.errors import CapvectorError
 from capvector.pipeline.config import PipelineConfig
 from capvector.pipeline.stages import Stage
 from capvector.pipeline.work import DATASET, Collect, Evaluate, Extract, Merge, Train, TrainSettings
+from capvector.policy import read_policy_config
 from capvector.train import OrthSettings, snapshot_dir
 
 MAIN_METHODS = ("sft", "aux", "capvector", "capvector_no_orth")
@@ -88,11 +89,14 @@ class DemoGraph:
     # ---- the graph ----------------------------------------------------------------------------
     def _build(self) -> None:
         c = self.cfg
-        pre = self._add("pretrained", CopyPolicy(resolve_pretrained(c.pretrained)), label="pretrained policy θ_pre")
-        cap_data = self._add("data/cap", Collect(c.split_spec("cap"), c.cap_episodes, c.collect_seed_cap, c.noise),
+        pretrained = resolve_pretrained(c.pretrained)
+        pre = self._add("pretrained", CopyPolicy(pretrained), label="pretrained policy θ_pre")
+        size = read_policy_config(pretrained).image_size  # demos are rendered at θ_pre's resolution
+        cap_data = self._add("data/cap",
+                             Collect(c.split_spec("cap"), c.cap_episodes, c.collect_seed_cap, c.noise, size),
                              resumable=True, label="collect D_cap demos")
         down_data = self._add("data/down",
-                              Collect(c.split_spec("down"), c.down_episodes, c.collect_seed_down, c.noise),
+                              Collect(c.split_spec("down"), c.down_episodes, c.collect_seed_down, c.noise, size),
                               resumable=True, label="collect D_down demos")
         # Capability extraction: identical runs but for the auxiliary loss (same data, order, seed, steps).
         cap_seed = c.seeds[0]

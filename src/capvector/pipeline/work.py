@@ -154,7 +154,9 @@ class Evaluate:
         policy = load_trained(self.policy)
         cfg = EvalConfig(tasks=tuple(split_tasks(self.split)), episodes=self.episodes, seed=self.seed,
                          perturbations=tuple(parse_perturbation(p) for p in self.perturbations),
-                         workers=self.workers, sim=SimConfig(max_steps=self.max_steps), videos=self.videos,
+                         workers=self.workers, videos=self.videos,
+                         # render at the resolution the policy was trained for
+                         sim=SimConfig(max_steps=self.max_steps, image_size=policy.config.image_size),
                          video_dir=str(directory / "videos") if self.videos else None)
         result = evaluate(policy, cfg).summary()
         atomic_write_json(directory / "eval.json", result)

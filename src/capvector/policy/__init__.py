@@ -7,6 +7,7 @@ from capvector.policy.model import (
     action_l1,
     count_parameters,
     load_policy,
+    read_policy_config,
     save_policy,
 )
 from capvector.policy.presets import LORA_TARGETS, POLICY_PRESETS, register_policy_presets
@@ -20,6 +21,7 @@ __all__ = [
     "action_l1",
     "count_parameters",
     "load_policy",
+    "read_policy_config",
     "register_policy_presets",
     "save_policy",
 ]

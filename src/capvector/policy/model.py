@@ -284,13 +284,11 @@ def save_policy(model: TinyVLA, directory: str | Path) -> Path:
     return directory
 
 
-def load_policy(directory: str | Path, map_location: str = "cpu") -> TinyVLA:
-    """Read a policy directory strictly: every key present, no extra keys, shapes as the config says."""
-    directory = Path(directory)
-    cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise CapvectorError(f"policy directory {directory}: missing {p.name}")
+def read_policy_config(directory: str | Path) -> PolicyConfig:
+    """A policy directory's `config.json`, validated (the shape a run must render and collect for)."""
+    cfg_path = Path(directory) / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise CapvectorError(f"policy directory {directory}: missing {CONFIG_NAME}")
     try:
         raw = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
@@ -298,7 +296,17 @@ def load_policy(directory: str | Path, map_location: str = "cpu") -> TinyVLA:
     cfg_dict = raw.get("config", raw) if isinstance(raw, dict) else None
     if not isinstance(cfg_dict, dict):
         raise CapvectorError(f"{cfg_path}: expected a JSON object with the policy config")
-    model = TinyVLA(PolicyConfig.from_dict(cfg_dict, source=str(cfg_path)))
+    return PolicyConfig.from_dict(cfg_dict, source=str(cfg_path))
+
+
+def load_policy(directory: str | Path, map_location: str = "cpu") -> TinyVLA:
+    """Read a policy directory strictly: every key present, no extra keys, shapes as the config says."""
+    directory = Path(directory)
+    w_path = directory / WEIGHTS_NAME
+    for p in (directory / CONFIG_NAME, w_path):
+        if not p.is_file():
+            raise CapvectorError(f"policy directory {directory}: missing {p.name}")
+    model = TinyVLA(read_policy_config(directory))
     state = load_file(str(w_path), device=map_location)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
