@@ -63,17 +63,21 @@ def _finish_fabricated(graph: DemoGraph, run_dir) -> None:
         (d / MARKER).write_text(json.dumps({"fingerprint": fp, "seconds": 1.0, "summary": summary, "files": files}))
 
 
-@pytest.fixture(params=["default"])
-def finished_run(tmp_path, request):
-    """A fabricated finished run with quick mode's small graph, five seeds, judged as `request.param` mode."""
+def _fabricated_run(tmp_path, mode: str, **overrides) -> tuple:
+    """A fabricated finished run with quick mode's small graph (every study), five seeds, judged as `mode`."""
     pre = save_policy(TinyVLA(PolicyConfig(embedder="hash", width=32, depth=1, heads=1)), tmp_path / "pre")
-    cfg = PipelineConfig.for_mode(request.param, **{**MODE_SETTINGS["quick"], "pretrained": str(pre),
-                                                    "seeds": SEEDS})
+    cfg = PipelineConfig.for_mode(mode, **{**MODE_SETTINGS["quick"], "pretrained": str(pre), "seeds": SEEDS,
+                                           **overrides})
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict()))
     _finish_fabricated(DemoGraph(cfg, run_dir), run_dir)
     return run_dir, cfg
+
+
+@pytest.fixture(params=["default"])
+def finished_run(tmp_path, request):
+    return _fabricated_run(tmp_path, request.param)
 
 
 def test_results_pool_seeds_and_judge_findings(finished_run):
@@ -134,6 +138,31 @@ def test_report_has_tables_plots_and_config(finished_run):
     for name in PLOTS:
         assert (run_dir / name).stat().st_size > 1000, name
     assert (run_dir / "success_vs_steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_mode_runs_the_capvector_question_only(tmp_path):
+    """The 45-minute default: SFT, aux-SFT and CapVector (+ L_orth) on every seed; the studies are `--extended`."""
+    graph = DemoGraph(PipelineConfig.for_mode("default"), tmp_path / "graph")
+    assert {r.method for r in graph.runs} == {"sft", "aux", "capvector"}
+    extended = DemoGraph(PipelineConfig.for_mode("extended"), tmp_path / "ext")
+    assert {"capvector_no_orth", "tuner-gse", "tuner-lora", "capvector@weight=0.5", "capvector@orth=1e-05",
+            "capvector@tiny-vla-vlm"} <= {r.method for r in extended.runs}
+    run_dir, _ = _fabricated_run(tmp_path, "default", weight_sweep=(), preset_sweep=(), orth_control=False,
+                                 tuners=())
+    res = regenerate_report(run_dir)
+    assert not any(f["key"].startswith(("orth_keeps_gain", "gse_")) for f in res["findings"])
+    assert res["tuners"] == [] and len(res["orth_sweep"]) == len(res["merge_choices"]) == 1
+    text = (run_dir / "report.md").read_text()
+    assert text.count("run `capvector demo --extended`") == 3 and "![tuners]" not in text
+    assert not any((run_dir / name).exists() for name in ("tuners.png", "orth_sweep.png", "merge_choices.png"))
+
+
+def test_a_run_recorded_before_orth_control_keeps_its_control(tmp_path):
+    run_dir, _ = _fabricated_run(tmp_path, "default")
+    data = json.loads((run_dir / CONFIG_FILE).read_text())
+    del data["orth_control"]
+    (run_dir / CONFIG_FILE).write_text(json.dumps(data))
+    assert "capvector_no_orth" in regenerate_report(run_dir)["methods"]
 
 
 def test_unfinished_run_is_refused(finished_run):

@@ -24,7 +24,8 @@ def _finish(results: dict, run_dir: Path, started: float) -> None:
 def demo_command(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (≈2 min): checks the pipeline, not effects.")]
     = False,
-    extended: Annotated[bool, typer.Option("--extended", help="Adds λ, selection and λ_orth sweeps.")] = False,
+    extended: Annotated[bool, typer.Option("--extended", help="Adds the studies: L_orth control and sweep, merge "
+                                                              "choices, GSE vs LoRA, 1500 steps.")] = False,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/demo-<mode>).")] = None,
     pretrained: Annotated[Path | None, typer.Option(help="θ_pre policy dir (default: the shipped weights).")] = None,
 ) -> None:

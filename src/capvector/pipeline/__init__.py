@@ -51,6 +51,7 @@ def regenerate_report(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CapvectorError(f"{run_dir}: not a demo run directory (no {CONFIG_FILE})")
     data = json.loads(path.read_text())
+    data.setdefault("orth_control", True)  # runs recorded before the field existed always ran the control
     cfg = PipelineConfig.for_mode(data.pop("mode"), **data)
     graph = DemoGraph(cfg, run_dir)
     runner = StageRunner(run_dir)

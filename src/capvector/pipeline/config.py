@@ -50,8 +50,10 @@ class PipelineConfig:
     # merge
     vector_weight: float = 1.0
     vector_preset: str = "tiny-vla:vlm+expert"
-    weight_sweep: tuple[float, ...] = (0.5, 1.5)  # extra λ values for the merge-choice experiment
-    preset_sweep: tuple[str, ...] = ("tiny-vla:vlm",)  # extra selections for the merge-choice experiment
+    # The default demo answers the CapVector question within 45 minutes on 2 cores; the studies beside it (merge
+    # choices, the L_orth control and sweep, the tuner comparison) are `--extended` (docs/demo.md, Time).
+    weight_sweep: tuple[float, ...] = ()  # extra λ values for the merge-choice experiment
+    preset_sweep: tuple[str, ...] = ()  # extra selections for the merge-choice experiment
     # downstream
     down_budgets: tuple[int, ...] = (150, 400)
     down_lr: float = 3e-4
@@ -59,10 +61,11 @@ class PipelineConfig:
     orth_weight: float = 1e-4
     orth_mode: str = "factored"
     orth_rank: int = 16
-    orth_sweep: tuple[float, ...] = ()  # extra λ_orth values (0 is the no-orth method, always run)
+    orth_control: bool = False  # also run CapVector without L_orth (the control of the L_orth claims)
+    orth_sweep: tuple[float, ...] = ()  # extra λ_orth values
     # VLA-GSE vs LoRA vs full fine-tuning, from θ_pre on D_down
     tuner_steps: int = 400
-    tuners: tuple[str, ...] = ("full", "lora", "gse")
+    tuners: tuple[str, ...] = ()  # any of "full", "lora", "gse"
     lora_r: int = 16
     gse_r: int = 16
     tuner_lr: float = 1e-3  # adapters want a larger step than full fine-tuning
@@ -162,13 +165,14 @@ class PipelineConfig:
 
 
 MODE_SETTINGS: dict[str, dict[str, Any]] = {
-    # CI smoke test of the whole pipeline: tiny budgets, one seed, effect sizes meaningless.
+    # CI smoke test of the whole pipeline, every study included: tiny budgets, one seed, effect sizes meaningless.
     "quick": dict(seeds=(0,), cap_episodes=2, down_episodes=2, cap_steps=40, down_budgets=(20, 40), tuner_steps=40,
-                  weight_sweep=(0.5,), eval_episodes=2, ood_episodes=1, max_steps=60,
+                  weight_sweep=(0.5,), preset_sweep=("tiny-vla:vlm",), orth_control=True,
+                  tuners=("full", "lora", "gse"), eval_episodes=2, ood_episodes=1, max_steps=60,
                   ood_perturbations=("camera:0.5",)),
     "default": {},
-    "extended": dict(weight_sweep=(0.5, 1.5, 2.0), orth_sweep=(1e-5, 1e-3),
-                     down_budgets=(150, 400, 1500)),
+    "extended": dict(weight_sweep=(0.5, 1.5, 2.0), preset_sweep=("tiny-vla:vlm",), orth_control=True,
+                     orth_sweep=(1e-5, 1e-3), tuners=("full", "lora", "gse"), down_budgets=(150, 400, 1500)),
 }
 
 

@@ -122,8 +122,9 @@ class DemoGraph:
         methods: dict[str, dict[str, Any]] = {
             "sft": dict(init=pre), "aux": dict(init=pre, aux=True),
             "capvector": dict(init=meta, orth=(vectors[c.vector_preset], c.orth_weight)),
-            "capvector_no_orth": dict(init=meta),
         }
+        if c.orth_control:
+            methods["capvector_no_orth"] = dict(init=meta)
         for w in c.orth_sweep:
             methods[f"capvector@orth={w:g}"] = dict(init=meta, orth=(vectors[c.vector_preset], w))
         for method, spec in methods.items():

@@ -102,13 +102,21 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
             "| variant | λ | selection | success % |", "| --- | --- | --- | --- |"]
     for r in res["merge_choices"]:
         out.append(f"| {r['variant']} | {r['weight']:g} | {r['preset']} | {_pc(r)} |")
-    if len(res["merge_choices"]) == 1:
-        out.append("\nNo λ or selection sweep in this mode (run `capvector demo --extended`).")
-    out += ["", "![merge choices](merge_choices.png)", "", f"## λ_orth sweep (at {budgets[-1]} steps)", "",
-            "| λ_orth | success % |", "| --- | --- |"]
+    if len(res["merge_choices"]) > 1:
+        out += ["", "![merge choices](merge_choices.png)", ""]
+    else:
+        out += ["", "No λ or selection sweep in this mode (run `capvector demo --extended`).", ""]
+    out += [f"## λ_orth sweep (at {budgets[-1]} steps)", "", "| λ_orth | success % |", "| --- | --- |"]
     out += [f"| {r['orth_weight']:g} | {_pc(r)} |" for r in res["orth_sweep"]]
-    out += ["", "![orth sweep](orth_sweep.png)", ""]
-    if res["tuners"]:
+    if len(res["orth_sweep"]) > 1:
+        out += ["", "![orth sweep](orth_sweep.png)", ""]
+    else:
+        out += ["", "No CapVector run without L_orth or at other λ_orth in this mode (run `capvector demo "
+                "--extended`).", ""]
+    if not res["tuners"]:
+        out += ["## VLA-GSE vs LoRA vs full fine-tuning", "",
+                "Not run in this mode (run `capvector demo --extended`).", ""]
+    else:
         out += [f"## VLA-GSE vs LoRA vs full fine-tuning (from θ_pre, {c['tuner_steps']} steps)", "",
                 "| tuner | trainable params | in distribution | OOD pooled |", "| --- | --- | --- | --- |"]
         for t in res["tuners"]:
@@ -203,18 +211,20 @@ def plot_all(res: dict[str, Any], directory: Path) -> list[Path]:
     ax.legend(fontsize=7)
     save(fig, "ood.png")
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    rows = res["merge_choices"]
-    _bars(ax, [f"λ={r['weight']:g}\n{r['preset']}" for r in rows], rows)
-    ax.set(ylabel=f"success % at {budgets[0]} steps", title="Merge choices", ylim=(0, 102))
-    save(fig, "merge_choices.png")
+    if len(res["merge_choices"]) > 1:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        rows = res["merge_choices"]
+        _bars(ax, [f"λ={r['weight']:g}\n{r['preset']}" for r in rows], rows)
+        ax.set(ylabel=f"success % at {budgets[0]} steps", title="Merge choices", ylim=(0, 102))
+        save(fig, "merge_choices.png")
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    rows = res["orth_sweep"]
-    _bars(ax, [f"{r['orth_weight']:g}" for r in rows], rows)
-    ax.set(xlabel="λ_orth", ylabel=f"success % at {budgets[-1]} steps", title="Orthogonal regulariser weight",
-           ylim=(0, 102))
-    save(fig, "orth_sweep.png")
+    if len(res["orth_sweep"]) > 1:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        rows = res["orth_sweep"]
+        _bars(ax, [f"{r['orth_weight']:g}" for r in rows], rows)
+        ax.set(xlabel="λ_orth", ylabel=f"success % at {budgets[-1]} steps", title="Orthogonal regulariser weight",
+               ylim=(0, 102))
+        save(fig, "orth_sweep.png")
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     names = [m for m in methods if methods[m]["cost"]["s_per_step"]]  # no bar for a method without a measurement

@@ -123,8 +123,9 @@ class ResultsBuilder:
                     methods["capvector"]["budgets"][b], methods["sft"]["budgets"][b], "greater")
             finding(f"capvector_matches_aux@{b}", f"CapVector matches or beats aux-SFT at {b} steps",
                     methods["capvector"]["budgets"][b], methods["aux"]["budgets"][b], "at_least")
-        finding(f"orth_keeps_gain@{final}", f"L_orth keeps CapVector's gain at the longest budget ({final} steps)",
-                methods["capvector"]["budgets"][final], methods["capvector_no_orth"]["budgets"][final], "greater")
+        if "capvector_no_orth" in methods:
+            finding(f"orth_keeps_gain@{final}", f"L_orth keeps CapVector's gain at the longest budget ({final} steps)",
+                    methods["capvector"]["budgets"][final], methods["capvector_no_orth"]["budgets"][final], "greater")
         finding("capvector_ood_beats_sft", "CapVector beats SFT under the OOD perturbations (pooled)",
                 methods["capvector"]["ood_pooled"], methods["sft"]["ood_pooled"], "greater")
         tuners = {m.removeprefix("tuner-"): methods[m] for m in methods if m.startswith("tuner-")}
@@ -149,8 +150,9 @@ class ResultsBuilder:
             elif m.startswith("capvector@") and "orth=" not in m:
                 merge_choices.append({"variant": m, "weight": c.vector_weight, "preset": m.split("@", 1)[1],
                                       **v["budgets"][short]})
-        orth_sweep = [{"orth_weight": 0.0, **methods["capvector_no_orth"]["budgets"][final]},
-                      {"orth_weight": c.orth_weight, **methods["capvector"]["budgets"][final]}]
+        orth_sweep = [{"orth_weight": c.orth_weight, **methods["capvector"]["budgets"][final]}]
+        if "capvector_no_orth" in methods:
+            orth_sweep.append({"orth_weight": 0.0, **methods["capvector_no_orth"]["budgets"][final]})
         orth_sweep += [{"orth_weight": float(m.split("=")[1]), **v["budgets"][final]}
                        for m, v in methods.items() if m.startswith("capvector@orth=")]
         return {
