@@ -84,6 +84,7 @@ class LeRobotLossHooks:
         self.orth_options = {"include": include, **orth_options}
         self.terms: LossTerms | None = None
         self.handle: RemovableHandle | None = None
+        self.policy: nn.Module | None = None
 
     def attach(self, policy: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> LossTerms:
         """Bind the terms to `policy` as it is trained (and check the regularised weights are ones `optimizer`
@@ -99,6 +100,7 @@ class LeRobotLossHooks:
                 reg.expect_updates_by(optimizer)
         self.terms = LossTerms(reg, gse=self.gse)
         self.handle = attach_loss_terms(policy, self.terms)
+        self.policy = policy
         return self.terms
 
     def install(self, train_module: ModuleType) -> None:
@@ -116,6 +118,9 @@ class LeRobotLossHooks:
                           *args: Any, **kwargs: Any) -> Any:
             if self.handle is None:
                 self.attach(policy, optimizer)
+            elif policy is not self.policy:
+                raise CapvectorError("LeRobot hook: update_policy got another policy than the one the terms are bound "
+                                     "to; install a new LeRobotLossHooks for each training run")
             return original(train_metrics, policy, batch, optimizer, *args, **kwargs)
 
         update_policy.__capvector_hooks__ = self  # type: ignore[attr-defined]
