@@ -138,6 +138,9 @@ def test_evaluation_forward_and_sample_weighting(pre_and_vector):
     per_sample, out = policy(batch, reduction="none")  # LeRobot's sample-weighting call
     assert out["orth"] > 0
     torch.testing.assert_close(per_sample - plain, torch.full_like(plain, out["orth"]), rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # LeRobot's forward runs under accelerator.autocast()
+        _, out_bf16 = policy(batch)
+    assert out_bf16["orth"] == pytest.approx(out["orth"], rel=1e-6)  # the term stays fp32
     policy.eval()
     loss, out = policy(batch)
     assert "orth" not in out and torch.equal(loss, MiniPolicy.forward(policy, batch)[0])

@@ -47,7 +47,8 @@ class LossTermsMixin:
         if scaled is None:
             scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) \
                 or getattr(self, "compute_loss_func", None) is not None
-        return max(1, int(getattr(self, "current_gradient_accumulation_steps", 1))) if scaled else 1
+        steps = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
+        return max(1, int(steps)) if scaled else 1
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         extra = getattr(self, "_capvector_logs", None)

@@ -8,6 +8,7 @@ regulariser nor GSE unless they are used.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,8 +73,14 @@ class LossTerms:
         return terms
 
     def add(self, loss: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """`loss` plus every term (broadcast onto a per-sample loss), and the terms detached, for logging."""
-        terms = self.compute(model)
+        """`loss` plus every term (broadcast onto a per-sample loss), and the terms detached, for logging.
+
+        The terms are computed in fp32 even where the caller runs under autocast (LeRobot's forward, Trainer's
+        `compute_loss`): a bf16 matmul would round the regulariser's overlaps.
+        """
+        device = loss.device.type
+        with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
+            terms = self.compute(model)
         for value in terms.values():
             loss = loss + value.to(loss.device)
         return loss, {k: v.detach() for k, v in terms.items()}
