@@ -23,7 +23,7 @@ import capvector
 from capvector.errors import CapvectorError
 from capvector.gse import GSEConfig
 from capvector.integrations.lerobot_hooks import LeRobotLossHooks, attach_loss_terms, policy_module
-from capvector.integrations.loss_terms import LossTerms
+from capvector.loss_terms import LossTerms
 
 torch.set_num_threads(1)
 LAM, STEPS, CLIP, LR = 1.0, 4, 1.0, 0.05

@@ -27,7 +27,7 @@ from torch import nn
 
 import capvector
 from capvector.integrations import OPENVLA_OFT
-from capvector.integrations.loss_terms import LossTerms
+from capvector.loss_terms import LossTerms
 from capvector.orth import OrthogonalRegularizer
 
 torch.set_num_threads(1)

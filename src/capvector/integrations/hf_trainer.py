@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from capvector.integrations.loss_terms import LossTerms
+from capvector.loss_terms import LossTerms
 
 if TYPE_CHECKING:
     from capvector.orth import OrthogonalRegularizer

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from capvector.errors import CapvectorError
-from capvector.integrations.loss_terms import LossTerms, engine_inner
+from capvector.loss_terms import LossTerms, engine_inner
 
 
 def policy_module(model: nn.Module) -> nn.Module:

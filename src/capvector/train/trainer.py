@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from capvector import engines
 from capvector.errors import CapvectorError
-from capvector.integrations.loss_terms import tuner_aux_loss
 from capvector.io.atomic import AtomicOutputDir, atomic_save_safetensors, atomic_write_text, publish_dir
+from capvector.loss_terms import tuner_aux_loss
 from capvector.objectives import SpatialAlignment, SubgoalPrediction, Teacher, make_teacher
 from capvector.policy import PolicyConfig, TinyVLA, action_l1, count_parameters, load_policy, save_policy
 from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
