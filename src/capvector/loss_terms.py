@@ -1,9 +1,9 @@
 """The extra loss terms capvector adds to a training loop it does not own: λ·L_orth and GSE's load balancing.
 
-One object, `LossTerms`, so the LeRobot hook, the OpenVLA-OFT patch, the `transformers.Trainer` mix-in and
-capvector's own trainer add exactly the same thing (docs/integrations.md#training-hooks). It works on whatever the
-loop holds (a PEFT model, or one inside DDP, accelerate or `torch.compile` wrappers) and imports neither the
-regulariser nor GSE unless they are used.
+One object, `LossTerms`, so the LeRobot hook, the OpenVLA-OFT patch and the `transformers.Trainer` mix-in add
+exactly the same thing (docs/integrations.md#training-hooks); capvector's own trainer takes GSE's loss from the
+same `tuner_aux_loss`. It works on whatever the loop holds (a PEFT model, or one inside DDP, accelerate or
+`torch.compile` wrappers) and imports neither the regulariser nor GSE unless they are used.
 """
 
 from __future__ import annotations
