@@ -436,27 +436,11 @@ def _lora(consts: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:
 _TERM_LOSS = {"exact": _exact, "factored": _factored, "lora": _lora}
 
 
-class OrthogonalLossMixin:
-    """`transformers.Trainer` mix-in: adds `self.orth_regularizer()` to the training loss and logs it.
+def __getattr__(name: str) -> type:
+    """`OrthogonalLossMixin`, the former name of `capvector.integrations.hf_trainer.LossTermsMixin` (which now also
+    adds GSE's load-balancing loss), resolved on use so that importing this module loads no integration code."""
+    if name == "OrthogonalLossMixin":
+        from capvector.integrations.hf_trainer import LossTermsMixin
 
-    ``class MyTrainer(OrthogonalLossMixin, Trainer): ...``; then ``trainer.orth_regularizer = reg``.
-    """
-
-    orth_regularizer: OrthogonalRegularizer | None = None
-
-    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):  # noqa: ANN001, ANN201
-        out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
-        reg = self.orth_regularizer
-        if reg is None or not model.training:
-            return out
-        loss, rest = (out[0], out[1:]) if return_outputs else (out, None)
-        loss = loss + reg().to(loss.device)
-        if self.state.global_step % max(1, self.args.logging_steps) == 0 and self.is_world_process_zero():
-            self._orth_logs = reg.breakdown()
-        return (loss, *rest) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        extra = getattr(self, "_orth_logs", None)
-        if extra and "loss" in logs:
-            logs = {**logs, **extra}
-        super().log(logs, *args, **kwargs)
+        return LossTermsMixin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from capvector import engines
 from capvector.errors import CapvectorError
 from capvector.io.atomic import AtomicOutputDir, atomic_save_safetensors, atomic_write_text, publish_dir
+from capvector.loss_terms import tuner_aux_loss
 from capvector.objectives import SpatialAlignment, SubgoalPrediction, Teacher, make_teacher
 from capvector.policy import PolicyConfig, TinyVLA, action_l1, count_parameters, load_policy, save_policy
 from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
@@ -60,24 +61,6 @@ def _call_reg(reg: Regularizer, model: nn.Module) -> torch.Tensor:
     except (TypeError, ValueError):
         wants_model = False
     return reg(model) if wants_model else reg()
-
-
-def tuner_aux_loss(model: nn.Module) -> torch.Tensor | None:
-    """The tuner's own auxiliary loss, already weighted by the tuner's config (GSE load balancing).
-
-    Seam for `capvector.gse`: a PEFT model whose tuner defines `gse_aux_loss()` gets it added to the loss; with
-    several processes, over the global batch (the Switch loss is not a mean over tokens, so a mean over ranks of
-    per-rank losses would not be it).
-    """
-    fn = getattr(model, "gse_aux_loss", None)
-    if not callable(fn):
-        return None
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        from capvector.gse.distributed import aux_loss_across_ranks
-
-        return aux_loss_across_ranks(model)
-    return fn()
 
 
 class _LossModule(nn.Module):
