@@ -206,9 +206,10 @@ def test_init_states_load_safely_in_both_formats(tmp_path):
     np.savez(tmp_path / "obj.pruned_init.npz", states=np.array([print, states], dtype=object))
     with pytest.raises(CapvectorError, match="loads safely"):
         load_init_states(tmp_path / "obj.pruned_init.npz")
-    (tmp_path / "junk.pruned_init.npz").write_bytes(b"not a zip")
-    with pytest.raises(CapvectorError, match="loads safely"):
-        load_init_states(tmp_path / "junk.pruned_init.npz")
+    for junk in (b"not a zip", (tmp_path / "task.pruned_init.npz").read_bytes()[:200]):  # garbage; truncated
+        (tmp_path / "junk.pruned_init.npz").write_bytes(junk)
+        with pytest.raises(CapvectorError, match="loads safely"):
+            load_init_states(tmp_path / "junk.pruned_init.npz")
 
 
 def make_push_right() -> PushRight:

@@ -30,6 +30,7 @@ import contextlib
 import importlib.util
 import os
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -263,7 +264,7 @@ def _load_npz_states(path: Path) -> np.ndarray:
             if "states" not in archive.files:
                 raise CapvectorError(f"{path}: no 'states' array; found {sorted(archive.files)}")
             return archive["states"]
-    except (OSError, ValueError) as e:  # not a zip, or an object array that would need pickle
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not an npz, or an array that needs pickle
         raise CapvectorError(f"{path}: not a LIBERO initial-states file that loads safely ({e})") from e
 
 
