@@ -9,7 +9,6 @@ seed start from the same weights and see the same batches — the assumption Cap
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import shutil
@@ -39,7 +38,7 @@ from capvector.train.order import StepBatchSampler
 from capvector.train.state import PROJECTOR, TRAINED, latest_checkpoint, prune_checkpoints, read_state, write_state
 from capvector.train.tracking import log_metrics, make_accelerator, tracking
 
-Regularizer = Callable[..., torch.Tensor]  # reg() or reg(model) → scalar added to the loss
+Regularizer = Callable[[], torch.Tensor]  # reg() → scalar added to the loss (it holds what it reads)
 REQUIRED_KEYS = ("image", "proprio", "instruction", "actions")
 _INIT_SEED_OFFSET = {"model": 0, "tuner": 101, "projector": 202, "train": 303}
 
@@ -51,17 +50,6 @@ class TrainResult:
     steps: int
     final_loss: float
     history: list[dict] = field(default_factory=list)
-
-
-def _call_reg(reg: Regularizer, model: nn.Module) -> torch.Tensor:
-    """Regularisers may take no argument (`reg()`, as the orthogonal regulariser does) or the model."""
-    try:
-        params = inspect.signature(reg).parameters.values()
-        wants_model = any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY,
-                                                                           p.POSITIONAL_OR_KEYWORD) for p in params)
-    except (TypeError, ValueError):
-        wants_model = False
-    return reg(model) if wants_model else reg()
 
 
 def tuner_aux_loss(model: nn.Module) -> torch.Tensor | None:
@@ -372,7 +360,7 @@ class Trainer:
                     group["lr"] = group["base_lr"] * lr_factor(self.step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
                 loss, parts = self.loss_module(*self._prepare(batch))
                 for name, reg in self.regularizers.items():
-                    value = _call_reg(reg, self.model)
+                    value = reg()
                     parts[f"reg/{name}"] = value
                     loss = loss + value
                 aux = tuner_aux_loss(self.model)
