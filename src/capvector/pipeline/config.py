@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from capvector.errors import CapvectorError
+from capvector.errors import CapvectorError, reject_unknown_keys
 
 MODES = ("quick", "default", "extended")
 # Choose on validation, report on test: settings picked by looking at rollouts (teacher, α, layer, λ, budgets, task
@@ -157,7 +157,7 @@ class PipelineConfig:
         if not isinstance(data, dict):
             raise CapvectorError(f"pipeline config {path}: expected a JSON object of fields")
         mode = data.pop("mode", "default")
-        _check_keys(data, str(path))
+        reject_unknown_keys(data, PipelineConfig, str(path), "pipeline config")
         return cls.for_mode(mode, **data)
 
 
@@ -172,15 +172,8 @@ MODE_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_keys(data: dict[str, Any], source: str) -> None:
-    known = {f.name for f in fields(PipelineConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CapvectorError(f"{source}: unknown pipeline config keys {unknown}; expected a subset of {sorted(known)}")
-
-
 def _from_dict(data: dict[str, Any], source: str) -> PipelineConfig:
-    _check_keys(data, source)
+    reject_unknown_keys(data, PipelineConfig, source, "pipeline config")
     tuples = {f.name for f in fields(PipelineConfig) if str(f.type).startswith("tuple")}
     data = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()}
     return replace(PipelineConfig(), **data)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from capvector.errors import CapvectorError
+from capvector.errors import CapvectorError, reject_unknown_keys
 from capvector.policy.presets import LORA_TARGETS
 
 TUNERS = ("full", "lora", "gse", "peft")
@@ -107,8 +107,5 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "train config") -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CapvectorError(f"{source}: unknown keys {unknown}")
+        reject_unknown_keys(data, cls, source, "train config")
         return cls(**data)
