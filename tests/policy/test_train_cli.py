@@ -43,6 +43,12 @@ def test_train_command_bad_input(tmp_path):
     assert isinstance(res.exception, CapvectorError) and "no such path" in str(res.exception)
     with pytest.raises(CapvectorError, match="tuner must be one of"):
         train_command(output=tmp_path / "r2", tuner="qlora", embedder="hash")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(CapvectorError, match=r"train config .*list.json: expected a JSON object, found list"):
+        train_command(output=tmp_path / "r3", config=tmp_path / "list.json")
+    (tmp_path / "cut.json").write_text('{"steps": ')
+    with pytest.raises(CapvectorError, match=r"train config .*cut.json: cannot read JSON"):
+        train_command(output=tmp_path / "r4", config=tmp_path / "cut.json")
 
 
 def test_every_train_config_field_is_an_option_with_help():

@@ -14,6 +14,7 @@ import typer
 
 from capvector.commands.config_options import with_config_options
 from capvector.errors import CapvectorError
+from capvector.io.jsonfile import read_json_object
 from capvector.policy import PolicyConfig
 from capvector.train.config import TrainConfig
 from capvector.train.datasets import training_dataset
@@ -38,9 +39,7 @@ def train_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train the tiny VLA: full / LoRA / GSE, optional spatial alignment and orthogonal regulariser."""
-    fields = json.loads(config.read_text()) if config else {}
-    if not isinstance(fields, dict):
-        raise CapvectorError(f"{config}: expected a JSON object of TrainConfig fields")
+    fields = read_json_object(config, "train config") if config else {}
     fields.update(overrides or {})
     fields["output_dir"] = str(output)
     fields.setdefault("progress", sys.stderr.isatty())

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError, reject_unknown_keys
+from capvector.io.jsonfile import read_json_object
 
 MODES = ("quick", "default", "extended")
 # Choose on validation, report on test: settings picked by looking at rollouts (teacher, α, layer, λ, budgets, task
@@ -150,12 +150,7 @@ class PipelineConfig:
     def from_file(cls, path: str | Path) -> PipelineConfig:
         """A JSON object of fields; `mode` (default "default") picks the base settings the file overrides."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CapvectorError(f"pipeline config {path}: cannot read JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise CapvectorError(f"pipeline config {path}: expected a JSON object of fields")
+        data = read_json_object(path, "pipeline config")
         mode = data.pop("mode", "default")
         reject_unknown_keys(data, PipelineConfig, str(path), "pipeline config")
         return cls.for_mode(mode, **data)
