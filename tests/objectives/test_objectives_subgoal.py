@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
-from policy_helpers import batch_of
 
 from capvector.data.format import STATE_AHEAD_STEPS
 from capvector.errors import CapvectorError
 from capvector.objectives import SubgoalPrediction, SubgoalTeacher, make_teacher
 from capvector.policy import TinyVLA, load_policy
 from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
+from testing_common import batch_of
 
 
 def test_targets_read_the_plan_from_the_state():

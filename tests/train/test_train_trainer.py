@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from policy_helpers import small_config
 
 from capvector.errors import CapvectorError
 from capvector.policy import TinyVLA, load_policy, save_policy
@@ -20,6 +19,7 @@ from capvector.train import (
     lr_factor,
     snapshot_dir,
 )
+from testing_common import small_config
 
 
 def _cfg(tmp_path, name, **kw) -> TrainConfig:
