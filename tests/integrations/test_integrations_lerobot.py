@@ -263,29 +263,6 @@ def test_locate_finds_model_safetensors_in_run_layouts(tmp_path, family):
         family.locate(tmp_path)
 
 
-GSE_CASES = [
-    (PI0, "pi0", (PG + "model.language_model.layers.", EXPERT + "model.layers.")),
-    (PI05, "pi05", (PG + "model.language_model.layers.", EXPERT + "model.layers.")),
-    (SMOLVLA, "smolvla", (VLM + "model.text_model.layers.", "model.vlm_with_expert.lm_expert.layers.")),
-]
-
-
-@pytest.mark.parametrize(("family", "kind", "prefixes"), GSE_CASES, ids=["pi0", "pi05", "smolvla"])
-def test_gse_and_orth_defaults_name_real_modules(family, kind, prefixes):
-    """The GSE regex and the orth globs select the language model's and the expert's linear layers."""
-    import re
-    from fnmatch import fnmatchcase
-
-    policy = Policy(kind)
-    modules = [n for n, m in policy.named_modules() if isinstance(m, nn.Linear)]
-    gse = {n for n in modules if re.fullmatch(family.gse_target_modules, n)}
-    want = {n for n in modules if n.startswith(prefixes) and ".layernorm" not in n and "norm.dense" not in n}
-    assert gse == want and gse
-    weights = [n for n, p in policy.named_parameters() if p.ndim == 2]
-    orth = {n for n in weights if any(fnmatchcase(n, g) for g in family.orth_targets)}
-    assert orth == {n + ".weight" for n in want}
-
-
 def test_get_family():
     assert get_family("pi0") is PI0
     with pytest.raises(CapvectorError, match="unknown VLA family"):
