@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from capvector.commands.train import train_command
 from capvector.errors import CapvectorError
 from capvector.policy import load_policy
-from capvector.train import TrainConfig
+from capvector.train import OrthSettings, TrainConfig
 
 
 def _app() -> typer.Typer:
@@ -43,6 +43,8 @@ def test_train_command_bad_input(tmp_path):
     assert isinstance(res.exception, CapvectorError) and "no such path" in str(res.exception)
     with pytest.raises(CapvectorError, match="tuner must be one of"):
         train_command(output=tmp_path / "r2", tuner="qlora", embedder="hash")
+    with pytest.raises(CapvectorError, match="--orth-weight set but no --orth-vector"):
+        train_command(output=tmp_path / "r1", orth_weight=1e-3, embedder="hash")
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(CapvectorError, match=r"train config .*list.json: expected a JSON object, found list"):
         train_command(output=tmp_path / "r3", config=tmp_path / "list.json")
@@ -61,6 +63,8 @@ def test_every_train_config_field_is_an_option_with_help():
     for f in on_cli:
         assert f.name in options and f.metadata["help"] and options[f.name].help.startswith(f.metadata["help"])
     assert options["snapshot_steps"].opts == ["--snapshot-step"] and options["snapshot_steps"].multiple
+    for f in fields(OrthSettings):  # the regulariser's settings, as --orth-*
+        assert options[f"orth_{f.name}"].opts == [f"--orth-{f.name}"]
     assert options["aux_layernorm"].secondary_opts == ["--no-aux-layernorm"]
 
 

@@ -21,16 +21,14 @@ from capvector.train.datasets import training_dataset
 from capvector.train.run import OrthSettings, run_training
 
 
+@with_config_options(OrthSettings, into="orth", prefix="orth_")
 @with_config_options(TrainConfig)
 def train_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (config, metrics, checkpoints).")],
     data: Annotated[str, typer.Option(help="Dataset directory, or 'synthetic[:N]'.")] = "synthetic",
     config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields; flags override it.")] = None,
     overrides: dict[str, Any] | None = None,  # every TrainConfig field is an option here; those given
-    orth_vector: Annotated[Path | None, typer.Option(help="Capability vector for the orthogonal regulariser.")] = None,
-    orth_weight: Annotated[float, typer.Option(help="λ_orth.")] = 1e-4,
-    orth_mode: Annotated[str, typer.Option(help="auto | exact | factored | lora (see docs/orthogonal.md).")] = "auto",
-    orth_rank: Annotated[int, typer.Option(help="k of the factored / LoRA forms.")] = 16,
+    orth: dict[str, Any] | None = None,  # OrthSettings fields as --orth-* options; those given
     width: Annotated[int | None, typer.Option(help="Fresh policy: trunk width.")] = None,
     depth: Annotated[int | None, typer.Option(help="Fresh policy: trunk layers.")] = None,
     cameras: Annotated[int | None, typer.Option(help="Fresh policy: cameras (1 or 2).")] = None,
@@ -56,8 +54,11 @@ def train_command(
         if policy_fields.get("width") and "heads" not in policy_fields:
             policy_fields["heads"] = max(1, policy_fields["width"] // 32)
         policy_cfg = PolicyConfig(**policy_fields)
-    orth = OrthSettings(orth_vector, orth_weight, orth_mode, orth_rank) if orth_vector is not None else None
-    result = run_training(cfg, training_dataset(data, policy_cfg, cfg.seed), orth=orth, policy_config=policy_cfg,
+    if orth and "vector" not in orth:
+        raise CapvectorError(f"{', '.join('--orth-' + k for k in sorted(orth))} set but no --orth-vector to regularise "
+                             "against")
+    settings = OrthSettings(**orth) if orth else None
+    result = run_training(cfg, training_dataset(data, policy_cfg, cfg.seed), orth=settings, policy_config=policy_cfg,
                           resume=not no_resume)
     summary = {"run_dir": str(result.run_dir), "policy": str(result.policy_dir), "steps": result.steps,
                "final_loss": result.final_loss}

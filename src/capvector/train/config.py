@@ -14,11 +14,11 @@ RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "keep_checkpoints
                      "num_workers", "snapshot_steps", "log_with", "logging_dir")
 
 
-def _field(default: Any, help: str, *, cli: bool = True, flag: str | None = None, metavar: str | None = None,
-           path: bool = False) -> Any:
-    """A field with its documentation as metadata, from which `capvector train` generates its option: `help`,
-    and where needed `flag` (the option's name), `metavar`, `path` (shown and parsed as a path), `cli=False`
-    (no option: a value with no command-line form)."""
+def cli_field(default: Any, help: str, *, cli: bool = True, flag: str | None = None, metavar: str | None = None,
+              path: bool = False) -> Any:
+    """A config field with its documentation as metadata, from which a command generates its option
+    (`capvector.commands.config_options`): `help`, and where needed `flag` (the option's name), `metavar`,
+    `path` (shown and parsed as a path), `cli=False` (no option: a value with no command-line form)."""
     meta = {"help": help, "cli": cli, "flag": flag, "metavar": metavar, "path": path}
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -39,49 +39,50 @@ class TrainConfig:
     (default: `<output_dir>/logs`).
     """
 
-    output_dir: str = _field("runs/train", "Run directory (config, metrics, checkpoints).", cli=False)
-    init: str | None = _field(None, "Policy directory to start from (default: fresh init from the seed).", path=True)
-    steps: int = _field(1000, "Optimiser steps.")
-    batch_size: int = _field(64, "Global batch size.")
-    lr: float = _field(3e-4, "Peak learning rate (warmup, then cosine).")
-    lr_action_expert: float | None = _field(None, "Peak lr of the action expert (default: lr; GSE's reference uses "
+    output_dir: str = cli_field("runs/train", "Run directory (config, metrics, checkpoints).", cli=False)
+    init: str | None = cli_field(None, "Policy directory to start from (default: fresh init from the seed).",
+                                 path=True)
+    steps: int = cli_field(1000, "Optimiser steps.")
+    batch_size: int = cli_field(64, "Global batch size.")
+    lr: float = cli_field(3e-4, "Peak learning rate (warmup, then cosine).")
+    lr_action_expert: float | None = cli_field(None, "Peak lr of the action expert (default: lr; GSE's reference uses "
                                                   "10x lr for the head).")
-    weight_decay: float = _field(0.01, "AdamW weight decay.")
-    beta1: float = _field(0.9, "AdamW beta1.")
-    beta2: float = _field(0.95, "AdamW beta2.")
-    warmup_steps: int = _field(50, "Linear warmup steps.")
-    min_lr_ratio: float = _field(0.1, "Learning rate at the last step, as a fraction of the peak.")
-    grad_clip: float = _field(1.0, "Gradient-norm clip (0: off).")
-    seed: int = _field(0, "Seed of init and data order.")
-    tuner: str = _field("full", "full | lora | gse (peft: a PEFT config given in Python).")
-    lora_r: int = _field(16, "LoRA rank.")
-    lora_alpha: int = _field(16, "LoRA alpha.")
-    lora_dropout: float = _field(0.0, "LoRA dropout.")
-    lora_targets: list[str] = _field(list(LORA_TARGETS), "Module name the LoRA / GSE adapters wrap (repeatable).",
+    weight_decay: float = cli_field(0.01, "AdamW weight decay.")
+    beta1: float = cli_field(0.9, "AdamW beta1.")
+    beta2: float = cli_field(0.95, "AdamW beta2.")
+    warmup_steps: int = cli_field(50, "Linear warmup steps.")
+    min_lr_ratio: float = cli_field(0.1, "Learning rate at the last step, as a fraction of the peak.")
+    grad_clip: float = cli_field(1.0, "Gradient-norm clip (0: off).")
+    seed: int = cli_field(0, "Seed of init and data order.")
+    tuner: str = cli_field("full", "full | lora | gse (peft: a PEFT config given in Python).")
+    lora_r: int = cli_field(16, "LoRA rank.")
+    lora_alpha: int = cli_field(16, "LoRA alpha.")
+    lora_dropout: float = cli_field(0.0, "LoRA dropout.")
+    lora_targets: list[str] = cli_field(list(LORA_TARGETS), "Module name the LoRA / GSE adapters wrap (repeatable).",
                                      metavar="<name>")
-    gse_options: dict = _field({}, "GSEConfig options beside target_modules (tuner gse).", cli=False)
-    also_train: list[str] = _field([], "Base-parameter glob to train too (repeatable).", metavar="<glob>")
-    aux_weight: float = _field(0.0, "α of the auxiliary loss (0 = off).")
-    aux_layer: int | None = _field(None, "Trunk layer the auxiliary loss reads (visual tokens; action queries for "
+    gse_options: dict = cli_field({}, "GSEConfig options beside target_modules (tuner gse).", cli=False)
+    also_train: list[str] = cli_field([], "Base-parameter glob to train too (repeatable).", metavar="<glob>")
+    aux_weight: float = cli_field(0.0, "α of the auxiliary loss (0 = off).")
+    aux_layer: int | None = cli_field(None, "Trunk layer the auxiliary loss reads (visual tokens; action queries for "
                                          "subgoal; default ≈ 3/4 of the depth).")
-    aux_hidden: int | None = _field(None, "Hidden width of the auxiliary projector (default: the larger of policy "
+    aux_hidden: int | None = cli_field(None, "Hidden width of the auxiliary projector (default: the larger of policy "
                                           "and teacher width).")
-    aux_layernorm: bool = _field(True, "Layer-normalise the hidden states before the auxiliary projector.")
-    teacher: str = _field("geometry", "foundation | geometry | geometry-residual | precomputed (spatial alignment) "
+    aux_layernorm: bool = cli_field(True, "Layer-normalise the hidden states before the auxiliary projector.")
+    teacher: str = cli_field("geometry", "foundation | geometry | geometry-residual | precomputed (spatial alignment) "
                                       "| subgoal (plan prediction).")
-    teacher_path: str | None = _field(None, "Feature file/dir (precomputed) or teacher dir (foundation).", path=True)
-    log_every: int = _field(10, "Steps between metric records.")
-    checkpoint_every: int = _field(0, "Steps between checkpoints (0: final only).")
-    keep_checkpoints: int = _field(2, "Checkpoints kept (0: all).")
-    snapshot_steps: list[int] = _field([], "Also export the policy at this step to snapshots/step_N/ (repeatable).",
+    teacher_path: str | None = cli_field(None, "Feature file/dir (precomputed) or teacher dir (foundation).", path=True)
+    log_every: int = cli_field(10, "Steps between metric records.")
+    checkpoint_every: int = cli_field(0, "Steps between checkpoints (0: final only).")
+    keep_checkpoints: int = cli_field(2, "Checkpoints kept (0: all).")
+    snapshot_steps: list[int] = cli_field([], "Also export the policy at this step to snapshots/step_N/ (repeatable).",
                                        flag="--snapshot-step", metavar="<int>")
-    num_workers: int = _field(0, "DataLoader worker processes.")
-    threads: int | None = _field(None, "torch CPU threads.")
-    progress: bool = _field(True, "Show a progress bar (on a terminal).")
-    log_with: str | list[str] | None = _field(None, "Also log metrics to this accelerate tracker: tensorboard, wandb, "
-                                                    "trackio, ... or all (repeatable; metrics.jsonl is always "
-                                                    "written).", metavar="<name>")
-    logging_dir: str | None = _field(None, "Where file-based trackers write (default: OUTPUT/logs).", path=True)
+    num_workers: int = cli_field(0, "DataLoader worker processes.")
+    threads: int | None = cli_field(None, "torch CPU threads.")
+    progress: bool = cli_field(True, "Show a progress bar (on a terminal).")
+    log_with: str | list[str] | None = cli_field(None, "Also log metrics to this accelerate tracker: tensorboard, "
+                                                       "wandb, trackio, ... or all (repeatable; metrics.jsonl is "
+                                                       "always written).", metavar="<name>")
+    logging_dir: str | None = cli_field(None, "Where file-based trackers write (default: OUTPUT/logs).", path=True)
 
     def __post_init__(self) -> None:
         if self.tuner not in TUNERS:
