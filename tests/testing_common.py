@@ -1,6 +1,7 @@
 """Helpers shared across the test folders, in a uniquely named module (no test imports a conftest, whose name every
-folder shares): tiny random Llama models, safetensors checkpoints written by the real libraries, and the CLI run
-in this process (a subprocess only where a test is about signals or the real entry point)."""
+folder shares): tiny random Llama models, the tiny VLA's config and batches, safetensors checkpoints written by the
+real libraries, and the CLI run in this process (a subprocess only where a test is about signals or the real entry
+point)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,20 @@ def tiny_llama(seed: int, **sizes: int):
 
     torch.manual_seed(seed)
     return LlamaForCausalLM(LlamaConfig(**{**CORE_LLAMA, **sizes}))
+
+
+def small_config(**sizes: object):
+    """A tiny VLA's `PolicyConfig` (width 32, 2 layers, hash embedder, chunk 4), with any field overridden."""
+    from capvector.policy import PolicyConfig
+
+    return PolicyConfig(**{**dict(width=32, depth=2, heads=2, embedder="hash", chunk=4), **sizes})
+
+
+def batch_of(dataset, indices: list[int]) -> dict:
+    """The samples at `indices`, collated as the trainer's DataLoader does."""
+    from torch.utils.data import default_collate
+
+    return default_collate([dataset[i] for i in indices])
 
 
 def write_st(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:

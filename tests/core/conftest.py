@@ -9,8 +9,6 @@ import torch
 
 from testing_common import tiny_llama
 
-torch.set_num_threads(1)
-
 
 def perturbed(seed: int, scale: float, base_seed: int = 0):
     """The tiny Llama of `base_seed`, every parameter moved by seeded noise (a stand-in fine-tune)."""

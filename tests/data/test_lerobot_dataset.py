@@ -131,7 +131,7 @@ def test_bad_or_missing_metadata_is_one_line_naming_the_file(exported, tmp_path)
     with pytest.raises(CapvectorError, match=r"meta/info.json: codebase_version expected 'v3.0', found 'v2.1'"):
         open_dataset(copy)
     (copy / "meta/info.json").write_text("{not json")
-    with pytest.raises(CapvectorError, match=r"meta/info.json: invalid JSON"):
+    with pytest.raises(CapvectorError, match=r"meta/info.json: cannot read JSON"):
         open_dataset(copy)
     (copy / "meta/info.json").unlink()
     with pytest.raises(CapvectorError, match="no manifest.json .* and no meta/info.json"):  # neither format

@@ -12,7 +12,7 @@ import capvector
 import capvector.integrations  # noqa: F401  (registers the family presets)
 from capvector.vectors import CapabilityVector
 
-torch.set_num_threads(1)  # shared 2-core machine; no conftest.py here (tests/core imports `conftest` by name)
+torch.set_num_threads(1)  # shared 2-core machine
 
 
 def perturb_(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:

@@ -263,29 +263,6 @@ def test_locate_finds_model_safetensors_in_run_layouts(tmp_path, family):
         family.locate(tmp_path)
 
 
-GSE_CASES = [
-    (PI0, "pi0", (PG + "model.language_model.layers.", EXPERT + "model.layers.")),
-    (PI05, "pi05", (PG + "model.language_model.layers.", EXPERT + "model.layers.")),
-    (SMOLVLA, "smolvla", (VLM + "model.text_model.layers.", "model.vlm_with_expert.lm_expert.layers.")),
-]
-
-
-@pytest.mark.parametrize(("family", "kind", "prefixes"), GSE_CASES, ids=["pi0", "pi05", "smolvla"])
-def test_gse_and_orth_defaults_name_real_modules(family, kind, prefixes):
-    """The GSE regex and the orth globs select the language model's and the expert's linear layers."""
-    import re
-    from fnmatch import fnmatchcase
-
-    policy = Policy(kind)
-    modules = [n for n, m in policy.named_modules() if isinstance(m, nn.Linear)]
-    gse = {n for n in modules if re.fullmatch(family.gse_target_modules, n)}
-    want = {n for n in modules if n.startswith(prefixes) and ".layernorm" not in n and "norm.dense" not in n}
-    assert gse == want and gse
-    weights = [n for n, p in policy.named_parameters() if p.ndim == 2]
-    orth = {n for n in weights if any(fnmatchcase(n, g) for g in family.orth_targets)}
-    assert orth == {n + ".weight" for n in want}
-
-
 def test_get_family():
     assert get_family("pi0") is PI0
     with pytest.raises(CapvectorError, match="unknown VLA family"):
@@ -378,26 +355,29 @@ def test_extract_and_merge_by_family_from_run_directories(tmp_path, pi0_runs):
         extract_family("pi0", runs[1], runs[2], tmp_path / "v2", preset="language_model", progress=False)
 
 
-def test_cli_extract_and_merge_with_a_family_preset(tmp_path, pi0_runs):
-    """`capvector extract --preset pi0:vlm+expert` and `merge` in a fresh process: the CLI itself registers the
-    family presets; `--family` resolves run directories and defaults to the family's preset."""
-    import os
+def test_cli_extract_and_merge_with_a_family_preset(tmp_path, pi0_runs, monkeypatch):
+    """`capvector extract --preset pi0:vlm+expert` and `merge`: the first call in a fresh process (the CLI itself
+    registers the family presets), the rest in this one; `--family` resolves run directories and defaults to the
+    family's preset."""
     import subprocess
     import sys
 
     from capvector.vectors import CapabilityVector
+    from testing_common import run_cli
 
     pre, sft, aux = pi0_runs
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps table cells at narrow widths
 
     def cli(*args) -> str:
-        env = {**os.environ, "COLUMNS": "200"}  # rich wraps table cells at narrow widths
-        r = subprocess.run([sys.executable, "-m", "capvector.cli", *map(str, args)], capture_output=True, text=True,
-                           timeout=120, env=env)
-        assert r.returncode == 0, r.stderr
+        r = run_cli(*args)
+        assert r.code == 0, r.stderr
         return r.stdout
 
-    out = json.loads(cli("extract", "--sft", sft, "--aux", aux, "--pretrained", pre, "-o", tmp_path / "v",
-                         "--preset", "pi0:vlm+expert", "--json"))
+    fresh = subprocess.run([sys.executable, "-m", "capvector.cli", "extract", "--sft", str(sft), "--aux", str(aux),
+                            "--pretrained", str(pre), "-o", str(tmp_path / "v"), "--preset", "pi0:vlm+expert",
+                            "--json"], capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr
+    out = json.loads(fresh.stdout)
     want = check_preset_roundtrip(tmp_path, pre, sft, aux, "pi0:vlm+expert", PI_EXPECTED["vlm+expert"])
     assert out["tensors"] == sum(1 for k in read_all(sft) if PI_EXPECTED["vlm+expert"](k))
     cli("merge", "--base", pre, "--vector", tmp_path / "v", "-o", tmp_path / "m", "--json")

@@ -202,41 +202,12 @@ def test_merged_model_loads_with_from_pretrained_and_keeps_head_files(tmp_path, 
     assert OPENVLA_OFT.locate(out).components.keys() >= {"action_head", "proprio_projector"}
 
 
-def test_lora_adapters_give_the_same_vector_as_merged_models(tmp_path, runs):
-    """Extracting from the two `lora_adapter/` dirs (factored) equals extracting from the merged models."""
-    pre, sft, aux = runs
-    dense, factored = tmp_path / "dense", tmp_path / "factored"
-    capvector.extract(sft, aux, dense, preset="openvla-oft:language", progress=False)
-    capvector.extract(sft / "lora_adapter", aux / "lora_adapter", factored, preset="openvla-oft:language",
-                      progress=False)
-    out_d, out_f = tmp_path / "m-dense", tmp_path / "m-factored"
-    capvector.merge(pre, [capvector.VectorWeight(dense, 1.0)], out_d, progress=False)
-    capvector.merge(pre, [capvector.VectorWeight(factored, 1.0)], out_f, progress=False)
-    a, b = read_all(out_d), read_all(out_f)
-    lang = [k for k in a if k.startswith(LANG) and not torch.equal(a[k], read_all(pre)[k])]
-    assert lang and all(k.startswith(LANG) for k in CapabilityVector(factored).names())
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
-
-
 def test_action_head_preset_selects_the_head_file(tmp_path, runs):
     _, sft, aux = runs
     s, a = (OPENVLA_OFT.locate(r).components["action_head"] for r in (sft, aux))
     vec = tmp_path / "head-vec"
     capvector.extract(s, a, vec, preset="openvla-oft:action_head", progress=False)
     assert sorted(CapabilityVector(vec).names()) == sorted(torch.load(s, weights_only=True))
-
-
-def test_gse_and_orth_defaults_name_real_modules():
-    import re
-    from fnmatch import fnmatchcase
-
-    model = build(0)
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    gse = {n for n in linears if re.fullmatch(OPENVLA_OFT.gse_target_modules, n)}
-    assert gse == {n for n in linears if n.startswith("language_model.model.layers.")} and gse
-    orth = {n for n, p in model.named_parameters() if any(fnmatchcase(n, g) for g in OPENVLA_OFT.orth_targets)}
-    assert orth == {n + ".weight" for n in linears if n != "language_model.lm_head"}
 
 
 def test_locate_errors(tmp_path):

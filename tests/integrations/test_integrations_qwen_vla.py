@@ -163,19 +163,6 @@ def test_qwen3_pt_checkpoint_with_tied_embeddings(tmp_path):
     assert torch.equal(lm.lm_head.weight, merged[Q + "lm_head.weight"])
 
 
-def test_gse_and_orth_defaults_name_real_modules():
-    import re
-    from fnmatch import fnmatchcase
-
-    model = QwenvlOFT("2.5")
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    gse = {n for n in linears if re.fullmatch(QWEN_VLA.gse_target_modules, n)}
-    want = {n for n in linears if n.startswith(Q + "model.language_model.layers.")}
-    assert gse == want and gse
-    orth = {n for n, _ in model.named_parameters() if any(fnmatchcase(n, g) for g in QWEN_VLA.orth_targets)}
-    assert orth == {n + ".weight" for n in want}
-
-
 def test_locate_errors(tmp_path):
     with pytest.raises(CapvectorError, match="no StarVLA weights"):
         QWEN_VLA.locate(tmp_path)

@@ -10,8 +10,6 @@ import torch
 import capvector
 from testing_common import SMALL_LLAMA, tiny_llama
 
-torch.set_num_threads(1)
-
 
 def _llama(seed: int):
     return tiny_llama(seed, **SMALL_LLAMA)

@@ -15,7 +15,7 @@ from capvector.train import TrainConfig
 
 
 def test_a_misspelt_training_field_fails_when_the_settings_are_built():
-    with pytest.raises(CapvectorError, match=r"unknown keys \['stpes'\]"):
+    with pytest.raises(CapvectorError, match=r"unknown train config keys \['stpes'\]"):
         TrainSettings.of(stpes=10, lr=1e-3)
 
 

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from policy_helpers import batch_of, small_config
 
 from capvector.errors import CapvectorError
 from capvector.policy import POLICY_PRESETS, TinyVLA, action_l1, load_policy, save_policy
 from capvector.selection import make_selection
 from capvector.train import SyntheticDemoDataset
+from testing_common import batch_of, small_config
 
 
 def _inputs(model: TinyVLA, batch: dict):

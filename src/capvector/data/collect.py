@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from capvector.data.format import FORMAT_VERSION, MANIFEST, read_manifest, verify_episode, write_episode, write_manifest
 from capvector.errors import CapvectorError
+from capvector.progress import ProgressBar
 from capvector.sim.env import SimConfig, SimEnv
 from capvector.sim.evaluate import episode_seed
 from capvector.sim.experts import ScriptedExpert
@@ -81,17 +81,15 @@ def collect(output: str | Path, tasks: list[str], episodes: int, seed: int = 0, 
         manifest = {"format_version": FORMAT_VERSION, "complete": False, "settings": settings,
                     "episodes": [], "attempts": {}}
     total = episodes * len(tasks)
-    cols = (TextColumn("[bold]collect {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     start = time.perf_counter()
-    with Progress(*cols, transient=True, disable=not progress) as bar:
-        job = bar.add_task("", total=total, completed=len(manifest["episodes"]))
+    with ProgressBar("collect", total, completed=len(manifest["episodes"]), enabled=progress) as bar:
         expert = ScriptedExpert(noise=noise)
         for task in tasks:
             kept = sum(e["task"] == task for e in manifest["episodes"])
             attempt = manifest["attempts"].get(task, 0)
             if kept >= episodes:
                 continue
-            bar.update(job, description=task)
+            bar.update(label=f"collect {task}")
             env = SimEnv(task, sim)
             try:
                 while kept < episodes:
@@ -107,7 +105,7 @@ def collect(output: str | Path, tasks: list[str], episodes: int, seed: int = 0, 
                         entry |= {"task": task, "instruction": env.instruction, "seed": ep_seed, "success": success}
                         manifest["episodes"].append(entry)
                         kept += 1
-                        bar.advance(job)
+                        bar.advance()
                     write_manifest(root, manifest)
             finally:
                 env.close()

@@ -21,6 +21,7 @@ import numpy as np
 from capvector.errors import CapvectorError
 from capvector.io.atomic import atomic_write_bytes
 from capvector.io.hashing import file_sha256
+from capvector.io.jsonfile import read_json_object
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -58,10 +59,7 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.is_file():
         raise CapvectorError(f"dataset {root}: no {MANIFEST} (not a capvector demo dataset)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CapvectorError(f"dataset {path}: invalid JSON ({e})") from None
+    manifest = read_json_object(path, "dataset")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CapvectorError(f"dataset {path}: format_version expected {FORMAT_VERSION}, "
                              f"found {manifest.get('format_version')!r}")

@@ -22,6 +22,7 @@ from torch import nn
 
 from capvector.errors import CapvectorError
 from capvector.io.atomic import atomic_save_safetensors, atomic_write_text
+from capvector.io.jsonfile import read_json_object
 from capvector.objectives.features import feature_key, write_teacher_features
 
 CONFIG_NAME = "teacher_config.json"
@@ -104,7 +105,7 @@ class SceneNet(nn.Module):
         cfg_file, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not (cfg_file.is_file() and weights.is_file()):
             raise CapvectorError(f"scene teacher {directory}: expected {CONFIG_NAME} and {WEIGHTS_NAME}")
-        raw = json.loads(cfg_file.read_text())
+        raw = read_json_object(cfg_file, "scene teacher config")
         try:
             cfg = SceneNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
         except TypeError as e:

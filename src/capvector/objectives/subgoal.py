@@ -26,8 +26,11 @@ from torch import nn
 from capvector.data.format import STATE_AHEAD_STEPS, STATE_GOAL, STATE_GRIPPER, STATE_HAND, STATE_OBJECT
 from capvector.errors import CapvectorError
 from capvector.objectives.alignment import AlignmentProjector
+from capvector.objectives.batch import batch_tensor
 
 SCALE_M = 0.1  # targets in units of 10 cm, so they are of order one
+STATE_DIM = 39  # MetaWorld's observation
+PRIVILEGED = "privileged simulator state"
 
 
 class SubgoalTeacher:
@@ -38,7 +41,8 @@ class SubgoalTeacher:
 
     @torch.no_grad()
     def __call__(self, batch: Mapping[str, Any], grid: int) -> torch.Tensor:
-        now, ahead = _state(batch, "state", 2), _state(batch, "state_ahead", 3)
+        now, ahead = (batch_tensor(batch, key, dims, "sub-goal teacher", last=STATE_DIM, what=PRIVILEGED).float()
+                      for key, dims in (("state", 2), ("state_ahead", 3)))
         if ahead.shape[:2] != (now.shape[0], len(STATE_AHEAD_STEPS)):
             raise CapvectorError(f"sub-goal teacher: batch['state_ahead'] has shape {tuple(ahead.shape)}, expected "
                                  f"({now.shape[0]}, {len(STATE_AHEAD_STEPS)}, {now.shape[1]})")
@@ -48,17 +52,6 @@ class SubgoalTeacher:
         where = [obj - hand, now[:, STATE_GOAL] - hand, ahead[:, -1, STATE_OBJECT] - obj]
         grip = ahead[:, :, STATE_GRIPPER]  # opening in [0, 1], already of order one
         return torch.cat([torch.cat(moves + where, dim=1) / SCALE_M, grip], dim=1)
-
-
-def _state(batch: Mapping[str, Any], key: str, dims: int) -> torch.Tensor:
-    if key not in batch:
-        raise CapvectorError(f"sub-goal teacher: batch has no {key!r} (privileged simulator state); found keys "
-                             f"{sorted(batch)}")
-    t = torch.as_tensor(batch[key]).float()
-    if t.dim() != dims or t.shape[-1] != 39:
-        raise CapvectorError(f"sub-goal teacher: batch[{key!r}] has shape {tuple(t.shape)}; expected {dims} dims "
-                             "ending in MetaWorld's 39-d observation")
-    return t
 
 
 class SubgoalPrediction(nn.Module):

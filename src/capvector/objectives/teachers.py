@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 from capvector.errors import CapvectorError
 from capvector.geometry import backproject_world
+from capvector.objectives.batch import batch_tensor
 from capvector.objectives.features import feature_key
 
 
@@ -30,15 +31,6 @@ class Teacher(Protocol):
     target_dim: int
 
     def __call__(self, batch: Mapping[str, Any], grid: int) -> torch.Tensor: ...
-
-
-def _require(batch: Mapping[str, Any], key: str, dims: int) -> torch.Tensor:
-    if key not in batch:
-        raise CapvectorError(f"teacher: batch has no {key!r}; found keys {sorted(batch)}")
-    t = torch.as_tensor(batch[key])
-    if t.dim() != dims:
-        raise CapvectorError(f"teacher: batch[{key!r}] should have {dims} dims, found shape {tuple(t.shape)}")
-    return t
 
 
 class DepthGeometryTeacher:
@@ -65,9 +57,9 @@ class DepthGeometryTeacher:
 
     @torch.no_grad()
     def __call__(self, batch: Mapping[str, Any], grid: int) -> torch.Tensor:
-        depth = _require(batch, "depth", 4).float()
-        intr = _require(batch, "intrinsics", 4).float()
-        pose = _require(batch, "cam_to_world", 4).float()
+        depth = batch_tensor(batch, "depth", 4, "teacher").float()
+        intr = batch_tensor(batch, "intrinsics", 4, "teacher").float()
+        pose = batch_tensor(batch, "cam_to_world", 4, "teacher").float()
         b, v, h, w = depth.shape
         if tuple(intr.shape) != (b, v, 3, 3) or tuple(pose.shape) != (b, v, 4, 4):
             raise CapvectorError(
@@ -150,8 +142,8 @@ class PrecomputedTeacher:
 
     @torch.no_grad()
     def __call__(self, batch: Mapping[str, Any], grid: int) -> torch.Tensor:
-        episodes = torch.as_tensor(_require(batch, "episode", 1)).tolist()
-        steps = torch.as_tensor(_require(batch, "step", 1)).tolist()
+        episodes = torch.as_tensor(batch_tensor(batch, "episode", 1, "teacher")).tolist()
+        steps = torch.as_tensor(batch_tensor(batch, "step", 1, "teacher")).tolist()
         views = int(torch.as_tensor(batch["image"]).shape[1]) if "image" in batch else 1
         rows = []
         for e, s in zip(episodes, steps, strict=True):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from capvector.errors import CapvectorError
+from capvector.errors import CapvectorError, reject_unknown_keys
+from capvector.io.jsonfile import read_json_object
 
 MODES = ("quick", "default", "extended")
 # Choose on validation, report on test: settings picked by looking at rollouts (teacher, α, layer, λ, budgets, task
@@ -153,14 +153,9 @@ class PipelineConfig:
     def from_file(cls, path: str | Path) -> PipelineConfig:
         """A JSON object of fields; `mode` (default "default") picks the base settings the file overrides."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CapvectorError(f"pipeline config {path}: cannot read JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise CapvectorError(f"pipeline config {path}: expected a JSON object of fields")
+        data = read_json_object(path, "pipeline config")
         mode = data.pop("mode", "default")
-        _check_keys(data, str(path))
+        reject_unknown_keys(data, PipelineConfig, str(path), "pipeline config")
         return cls.for_mode(mode, **data)
 
 
@@ -176,15 +171,8 @@ MODE_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_keys(data: dict[str, Any], source: str) -> None:
-    known = {f.name for f in fields(PipelineConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CapvectorError(f"{source}: unknown pipeline config keys {unknown}; expected a subset of {sorted(known)}")
-
-
 def _from_dict(data: dict[str, Any], source: str) -> PipelineConfig:
-    _check_keys(data, source)
+    reject_unknown_keys(data, PipelineConfig, source, "pipeline config")
     tuples = {f.name for f in fields(PipelineConfig) if str(f.type).startswith("tuple")}
     data = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()}
     return replace(PipelineConfig(), **data)

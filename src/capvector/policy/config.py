@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-from capvector.errors import CapvectorError
+from capvector.errors import CapvectorError, reject_unknown_keys
 
 
 @dataclass
@@ -63,9 +63,5 @@ class PolicyConfig:
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> PolicyConfig:
         """Build from JSON, rejecting unknown keys so a typo does not silently fall back to a default."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CapvectorError(f"{source}: unknown policy config keys {unknown}; "
-                                 f"expected a subset of {sorted(known)}")
+        reject_unknown_keys(data, cls, source, "policy config")
         return cls(**data)

@@ -29,6 +29,7 @@ from torch import nn
 
 from capvector.errors import CapvectorError
 from capvector.io.atomic import atomic_save_safetensors, atomic_write_text
+from capvector.io.jsonfile import read_json_object
 from capvector.policy.config import PolicyConfig
 from capvector.policy.text import InstructionEmbedder, get_embedder
 
@@ -289,11 +290,8 @@ def read_policy_config(directory: str | Path) -> PolicyConfig:
     cfg_path = Path(directory) / CONFIG_NAME
     if not cfg_path.is_file():
         raise CapvectorError(f"policy directory {directory}: missing {CONFIG_NAME}")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CapvectorError(f"{cfg_path}: not valid JSON ({e})") from e
-    cfg_dict = raw.get("config", raw) if isinstance(raw, dict) else None
+    raw = read_json_object(cfg_path, "policy config")
+    cfg_dict = raw.get("config", raw)
     if not isinstance(cfg_dict, dict):
         raise CapvectorError(f"{cfg_path}: expected a JSON object with the policy config")
     return PolicyConfig.from_dict(cfg_dict, source=str(cfg_path))

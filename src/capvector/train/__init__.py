@@ -5,6 +5,7 @@ The `capvector train` command lives in `capvector.commands.train`; importing thi
 
 from capvector.train.config import TrainConfig
 from capvector.train.datasets import training_dataset
+from capvector.train.export import load_trained, snapshot_dir
 from capvector.train.order import global_batch
 from capvector.train.policies import open_policy
 from capvector.train.run import OrthSettings, run_training
@@ -12,9 +13,7 @@ from capvector.train.synthetic import SyntheticDemoDataset
 from capvector.train.trainer import (
     Trainer,
     TrainResult,
-    load_trained,
     lr_factor,
-    snapshot_dir,
     tuner_aux_loss,
 )
 

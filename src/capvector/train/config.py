@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from capvector.errors import CapvectorError
+from capvector.errors import CapvectorError, reject_unknown_keys
 from capvector.policy.presets import LORA_TARGETS
 
 TUNERS = ("full", "lora", "gse", "peft")
 # Fields that may differ between a run and its resumption; everything else must match.
 RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "threads",
                      "num_workers", "snapshot_steps", "log_with", "logging_dir")
+
+
+def cli_field(default: Any, help: str, *, cli: bool = True, flag: str | None = None, metavar: str | None = None,
+              path: bool = False) -> Any:
+    """A config field with its documentation as metadata, from which a command generates its option
+    (`capvector.commands.config_options`): `help`, and where needed `flag` (the option's name), `metavar`,
+    `path` (shown and parsed as a path), `cli=False` (no option: a value with no command-line form)."""
+    meta = {"help": help, "cli": cli, "flag": flag, "metavar": metavar, "path": path}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -27,41 +39,50 @@ class TrainConfig:
     (default: `<output_dir>/logs`).
     """
 
-    output_dir: str = "runs/train"
-    init: str | None = None  # policy directory to start from; None = fresh init from `seed`
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 3e-4
-    lr_action_expert: float | None = None  # None: same as lr (GSE's reference uses 10× lr for the head)
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.95
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    tuner: str = "full"
-    lora_r: int = 16
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
-    gse_options: dict = field(default_factory=dict)
-    also_train: list[str] = field(default_factory=list)
-    aux_weight: float = 0.0
-    aux_layer: int | None = None
-    aux_hidden: int | None = None
-    aux_layernorm: bool = True
-    teacher: str = "geometry"
-    teacher_path: str | None = None
-    log_every: int = 10
-    checkpoint_every: int = 0  # 0: only the final checkpoint
-    keep_checkpoints: int = 2
-    snapshot_steps: list[int] = field(default_factory=list)  # also export the policy at these steps
-    num_workers: int = 0
-    threads: int | None = None
-    progress: bool = True
-    log_with: str | list[str] | None = None
-    logging_dir: str | None = None
+    output_dir: str = cli_field("runs/train", "Run directory (config, metrics, checkpoints).", cli=False)
+    init: str | None = cli_field(None, "Policy directory to start from (default: fresh init from the seed).",
+                                 path=True)
+    steps: int = cli_field(1000, "Optimiser steps.")
+    batch_size: int = cli_field(64, "Global batch size.")
+    lr: float = cli_field(3e-4, "Peak learning rate (warmup, then cosine).")
+    lr_action_expert: float | None = cli_field(None, "Peak lr of the action expert (default: lr; GSE's reference uses "
+                                                  "10x lr for the head).")
+    weight_decay: float = cli_field(0.01, "AdamW weight decay.")
+    beta1: float = cli_field(0.9, "AdamW beta1.")
+    beta2: float = cli_field(0.95, "AdamW beta2.")
+    warmup_steps: int = cli_field(50, "Linear warmup steps.")
+    min_lr_ratio: float = cli_field(0.1, "Learning rate at the last step, as a fraction of the peak.")
+    grad_clip: float = cli_field(1.0, "Gradient-norm clip (0: off).")
+    seed: int = cli_field(0, "Seed of init and data order.")
+    tuner: str = cli_field("full", "full | lora | gse (peft: a PEFT config given in Python).")
+    lora_r: int = cli_field(16, "LoRA rank.")
+    lora_alpha: int = cli_field(16, "LoRA alpha.")
+    lora_dropout: float = cli_field(0.0, "LoRA dropout.")
+    lora_targets: list[str] = cli_field(list(LORA_TARGETS), "Module name the LoRA / GSE adapters wrap (repeatable).",
+                                     metavar="<name>")
+    gse_options: dict = cli_field({}, "GSEConfig options beside target_modules (tuner gse).", cli=False)
+    also_train: list[str] = cli_field([], "Base-parameter glob to train too (repeatable).", metavar="<glob>")
+    aux_weight: float = cli_field(0.0, "α of the auxiliary loss (0 = off).")
+    aux_layer: int | None = cli_field(None, "Trunk layer the auxiliary loss reads (visual tokens; action queries for "
+                                         "subgoal; default ≈ 3/4 of the depth).")
+    aux_hidden: int | None = cli_field(None, "Hidden width of the auxiliary projector (default: the larger of policy "
+                                          "and teacher width).")
+    aux_layernorm: bool = cli_field(True, "Layer-normalise the hidden states before the auxiliary projector.")
+    teacher: str = cli_field("geometry", "foundation | geometry | geometry-residual | precomputed (spatial alignment) "
+                                      "| subgoal (plan prediction).")
+    teacher_path: str | None = cli_field(None, "Feature file/dir (precomputed) or teacher dir (foundation).", path=True)
+    log_every: int = cli_field(10, "Steps between metric records.")
+    checkpoint_every: int = cli_field(0, "Steps between checkpoints (0: final only).")
+    keep_checkpoints: int = cli_field(2, "Checkpoints kept (0: all).")
+    snapshot_steps: list[int] = cli_field([], "Also export the policy at this step to snapshots/step_N/ (repeatable).",
+                                       flag="--snapshot-step", metavar="<int>")
+    num_workers: int = cli_field(0, "DataLoader worker processes.")
+    threads: int | None = cli_field(None, "torch CPU threads.")
+    progress: bool = cli_field(True, "Show a progress bar (on a terminal).")
+    log_with: str | list[str] | None = cli_field(None, "Also log metrics to this accelerate tracker: tensorboard, "
+                                                       "wandb, trackio, ... or all (repeatable; metrics.jsonl is "
+                                                       "always written).", metavar="<name>")
+    logging_dir: str | None = cli_field(None, "Where file-based trackers write (default: OUTPUT/logs).", path=True)
 
     def __post_init__(self) -> None:
         if self.tuner not in TUNERS:
@@ -87,8 +108,5 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "train config") -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CapvectorError(f"{source}: unknown keys {unknown}")
+        reject_unknown_keys(data, cls, source, "train config")
         return cls(**data)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError
-from capvector.train.trainer import load_trained
+from capvector.train.export import load_trained
 
 EXPERT = "expert"
 

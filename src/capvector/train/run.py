@@ -6,14 +6,14 @@ that process-wide setting behind its caller's back (the pipeline runs many train
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from capvector.policy import PolicyConfig
-from capvector.train.config import TrainConfig
+from capvector.train.config import TrainConfig, cli_field
 from capvector.train.trainer import Trainer, TrainResult
 
 
@@ -21,10 +21,10 @@ from capvector.train.trainer import Trainer, TrainResult
 class OrthSettings:
     """The orthogonal regulariser to attach: a capability vector and `OrthogonalRegularizer.from_vector`'s options."""
 
-    vector: str | Path
-    weight: float = 1e-4
-    mode: str = "auto"
-    rank: int = 16
+    vector: str | Path = cli_field(MISSING, "Capability vector for the orthogonal regulariser.", path=True)
+    weight: float = cli_field(1e-4, "λ_orth.")
+    mode: str = cli_field("auto", "auto | exact | factored | lora (see docs/orthogonal.md).")
+    rank: int = cli_field(16, "k of the factored / LoRA forms.")
 
     def options(self) -> dict[str, float | int | str]:
         """The options without the vector (which a pipeline stage fingerprints through its dependencies)."""

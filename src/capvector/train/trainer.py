@@ -9,11 +9,10 @@ seed start from the same weights and see the same batches — the assumption Cap
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,13 +31,15 @@ from capvector.errors import CapvectorError
 from capvector.io.atomic import AtomicOutputDir, atomic_save_safetensors, atomic_write_text, publish_dir
 from capvector.loss_terms import tuner_aux_loss
 from capvector.objectives import SpatialAlignment, SubgoalPrediction, Teacher, make_teacher
-from capvector.policy import PolicyConfig, TinyVLA, action_l1, count_parameters, load_policy, save_policy
+from capvector.policy import PolicyConfig, TinyVLA, action_l1, count_parameters, load_policy
+from capvector.progress import ProgressBar
 from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
+from capvector.train.export import POLICY_DIR, snapshot_dir, write_trained
 from capvector.train.order import StepBatchSampler
 from capvector.train.state import PROJECTOR, TRAINED, latest_checkpoint, prune_checkpoints, read_state, write_state
 from capvector.train.tracking import log_metrics, make_accelerator, tracking
 
-Regularizer = Callable[..., torch.Tensor]  # reg() or reg(model) → scalar added to the loss
+Regularizer = Callable[[], torch.Tensor]  # reg() → scalar added to the loss (it holds what it reads)
 REQUIRED_KEYS = ("image", "proprio", "instruction", "actions")
 _INIT_SEED_OFFSET = {"model": 0, "tuner": 101, "projector": 202, "train": 303}
 
@@ -50,17 +51,6 @@ class TrainResult:
     steps: int
     final_loss: float
     history: list[dict] = field(default_factory=list)
-
-
-def _call_reg(reg: Regularizer, model: nn.Module) -> torch.Tensor:
-    """Regularisers may take no argument (`reg()`, as the orthogonal regulariser does) or the model."""
-    try:
-        params = inspect.signature(reg).parameters.values()
-        wants_model = any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY,
-                                                                           p.POSITIONAL_OR_KEYWORD) for p in params)
-    except (TypeError, ValueError):
-        wants_model = False
-    return reg(model) if wants_model else reg()
 
 
 class _LossModule(nn.Module):
@@ -342,7 +332,8 @@ class Trainer:
         self._write_config()
         end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
         metrics_path = self.run_dir / "metrics.jsonl"
-        progress = _Progress(cfg.progress and acc.is_main_process, self.step, cfg.steps)
+        progress = ProgressBar("train", cfg.steps, completed=self.step,
+                               enabled=cfg.progress and acc.is_main_process and sys.stderr.isatty())
         t_last, samples = time.perf_counter(), 0
         last_loss = float("nan")
         self.loss_module.train()
@@ -352,7 +343,7 @@ class Trainer:
                     group["lr"] = group["base_lr"] * lr_factor(self.step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
                 loss, parts = self.loss_module(*self._prepare(batch))
                 for name, reg in self.regularizers.items():
-                    value = _call_reg(reg, self.model)
+                    value = reg()
                     parts[f"reg/{name}"] = value
                     loss = loss + value
                 aux = tuner_aux_loss(self.model)
@@ -379,9 +370,10 @@ class Trainer:
                         with open(metrics_path, "a") as f:
                             f.write(json.dumps(record) + "\n")
                     log_metrics(acc, record)
-                    progress.update(self.step, record)
+                    progress.update(completed=self.step,
+                                    info=f"loss {record['loss']:.4f}  {record['samples_per_s']:.0f} samples/s")
                 else:
-                    progress.update(self.step, None)
+                    progress.update(completed=self.step)
                 if self.step in cfg.snapshot_steps and self.step < cfg.steps:
                     self._snapshot(self.step)  # before the checkpoint, so a resumed run never skips it
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
@@ -398,7 +390,7 @@ class Trainer:
 
     def _snapshot(self, step: int) -> None:
         """Export the policy as it is at `step` (for success-vs-steps curves), written atomically."""
-        final = self.run_dir / SNAPSHOT_DIR / f"step_{step:07d}"
+        final = snapshot_dir(self.run_dir, step)
         if final.exists():
             return
         was_training = self.model.training
@@ -413,32 +405,15 @@ class Trainer:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def export(self, root: Path) -> Path:
-        """Write what evaluation and `capvector extract/merge` read into `root`; returns what `load_trained` opens.
-
-        full: `root/policy/` (a TinyVLA directory, returned). lora: `root/adapter/` and `root/policy/` with the
-        adapter merged in (returned). gse / peft: `root/adapter/` and `root/base_policy/` (the frozen base
-        plus any `also_train` updates), since routed experts have no dense equivalent; `root` is returned.
-        Every process must call it: under sharded engines the whole weights are gathered first (a collective);
+        """Write the trained-directory format (`capvector.train.export`) into `root`; returns what `load_trained`
+        opens. Every process must call it: under sharded engines the whole weights are gathered first (a collective);
         the main process writes them from an unsharded CPU copy of the model.
         """
         root = Path(root)
         whole = self._unsharded_copy()
         if not self.accelerator.is_main_process:
             return root / POLICY_DIR
-        if self.cfg.tuner == "full":
-            return save_policy(whole, root / POLICY_DIR)
-        whole.save_pretrained(str(root / ADAPTER_DIR))
-        if self.cfg.tuner == "lora":
-            return save_policy(whole.merge_and_unload(), root / POLICY_DIR)
-        base = TinyVLA(self.policy.config)
-        state = dict(self._base_state)
-        for name, p in whole.base_model.model.named_parameters():
-            plain = name.replace(".base_layer.", ".")
-            if p.requires_grad and plain in state:
-                state[plain] = p.detach().clone()
-        base.load_state_dict(state)
-        save_policy(base, root / BASE_DIR)
-        return root
+        return write_trained(whole, root, self.cfg.tuner, self._base_state)
 
     def _unsharded_copy(self) -> nn.Module:
         """A CPU model equal to the trained one, rebuilt from the full state dict (whole weights whatever the engine,
@@ -464,67 +439,3 @@ def _bind_optimizer(reg: Regularizer, optimizer: torch.optim.Optimizer) -> None:
     bind = getattr(reg, "expect_updates_by", None)
     if callable(bind):
         bind(optimizer)
-
-
-POLICY_DIR = "policy"
-SNAPSHOT_DIR = "snapshots"
-ADAPTER_DIR = "adapter"
-BASE_DIR = "base_policy"
-
-
-def snapshot_dir(run_dir: str | Path, step: int) -> Path:
-    """Where `TrainConfig.snapshot_steps` put the policy exported at `step` (open it with `load_trained`)."""
-    return Path(run_dir) / SNAPSHOT_DIR / f"step_{step:07d}"
-
-
-def load_trained(path: str | Path) -> nn.Module:
-    """A trained policy ready for `act()`.
-
-    `path`: a policy dir, or a run/snapshot dir holding `policy/` or `base_policy/` + `adapter/`.
-    """
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return load_policy(path)
-    if (path / POLICY_DIR / "model.safetensors").is_file():
-        return load_policy(path / POLICY_DIR)
-    if (path / BASE_DIR).is_dir() and (path / ADAPTER_DIR).is_dir():
-        from peft import PeftModel
-
-        with contextlib.suppress(ImportError):
-            import capvector.gse  # noqa: F401  (registers the GSE tuner with PEFT)
-        return PeftModel.from_pretrained(load_policy(path / BASE_DIR), str(path / ADAPTER_DIR)).eval()
-    raise CapvectorError(f"{path}: no trained policy (expected model.safetensors, policy/, or "
-                         f"{BASE_DIR}/ + {ADAPTER_DIR}/)")
-
-
-class _Progress:
-    """A rich progress bar with loss and throughput; silent when disabled or not on a terminal."""
-
-    def __init__(self, enabled: bool, start: int, total: int) -> None:
-        import sys
-
-        self.enabled = enabled and sys.stderr.isatty()
-        self.start, self.total = start, total
-        self._bar = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
-            self._bar.start()
-            self._task = self._bar.add_task("", total=self.total, completed=self.start, info="")
-        return self
-
-    def update(self, step: int, record: dict | None) -> None:
-        if self._bar is None:
-            return
-        info = None
-        if record is not None:
-            info = f"loss {record['loss']:.4f}  {record['samples_per_s']:.0f} samples/s"
-        self._bar.update(self._task, completed=step, **({"info": info} if info else {}))
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()

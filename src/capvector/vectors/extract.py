@@ -27,7 +27,7 @@ from capvector.io.hashing import BackgroundHasher
 from capvector.io.hub import resolve_input
 from capvector.io.peft_adapter import LoraAdapter
 from capvector.io.prefetch import Prefetcher
-from capvector.progress import ByteProgress
+from capvector.progress import ProgressBar
 from capvector.selection import Selection, make_selection
 from capvector.vectors.card import CARD_FILE, hub_id, render_card
 from capvector.vectors.format import FACTOR_A, FACTOR_B, FORMAT, FORMAT_VERSION, META_FILE
@@ -114,7 +114,8 @@ def extract(
             total_bytes = sum(builder.read_bytes(n) for n in builder.shapes)
             total = RunningStats()
             sharded = ShardedWriter(tmp, plan, {"format": "pt", "capvector": FORMAT})
-            with BackgroundWriter(sharded) as writer, ByteProgress("extract", total_bytes, enabled=progress) as bar:
+            bar = ProgressBar("extract", total_bytes, unit="bytes", enabled=progress)
+            with BackgroundWriter(sharded) as writer, bar:
                 tensors_meta = builder.write_all(writer, out_dtype, total, bar)
             if pre is not None:
                 for name, entry in tensors_meta.items():

@@ -30,7 +30,7 @@ from capvector.io.atomic import atomic_write_json
 from capvector.io.hashing import BackgroundHasher
 from capvector.io.hub import resolve_input
 from capvector.io.prefetch import Prefetcher
-from capvector.progress import ByteProgress
+from capvector.progress import ProgressBar
 from capvector.vectors.card import CARD_FILE
 from capvector.vectors.format import CapabilityVector
 from capvector.vectors.merge_files import render_merge_card, split_base_files
@@ -181,7 +181,8 @@ def merge(
         with AtomicOutputDir(output, overwrite, inputs=[Path(base), *(v.path for v in items)]) as tmp:
             out_dtypes = {spec[0]: spec[1] for spec in specs}
             sharded = ShardedWriter(tmp, plan, {"format": "pt"})
-            with BackgroundWriter(sharded) as writer, ByteProgress("merge", total_bytes, enabled=progress) as bar:
+            bar = ProgressBar("merge", total_bytes, unit="bytes", enabled=progress)
+            with BackgroundWriter(sharded) as writer, bar:
                 _stream_merge(base_ckpt, plan.order(), contributions, out_dtypes, writer, bar)
             copied, skipped_files = split_base_files(base_ckpt.non_weight_files())
             for rel in copied:
@@ -305,7 +306,7 @@ def _plan(base: Checkpoint, specs: list, max_shard_size: str | int | None) -> Sh
 
 def _stream_merge(
     base: Checkpoint, order: list[str], contributions: dict[str, list[tuple[CapabilityVector, str, float]]],
-    out_dtypes: dict[str, torch.dtype], writer: BackgroundWriter, bar: ByteProgress,
+    out_dtypes: dict[str, torch.dtype], writer: BackgroundWriter, bar: ProgressBar,
 ) -> None:
     """Chunk by chunk: reads run ahead on a thread, fp32 arithmetic here, writes behind on another thread."""
     jobs = [(name, start, count) for name in order for start, count in row_chunks(base.info(name).shape)]

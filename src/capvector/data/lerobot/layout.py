@@ -10,11 +10,11 @@ quantise metres), `observation.intrinsics.<camera>` (3×3, constant over an epis
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError
+from capvector.io.jsonfile import read_json_object
 
 CODEBASE_VERSION = "v3.0"
 CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
@@ -49,12 +49,7 @@ def read_info(root: Path) -> dict[str, Any]:
     path = root / INFO_PATH
     if not path.is_file():
         raise CapvectorError(f"dataset {root}: no {INFO_PATH} (not a LeRobotDataset)")
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CapvectorError(f"dataset {path}: invalid JSON ({e})") from None
-    if not isinstance(info, dict):
-        raise CapvectorError(f"dataset {path}: expected a JSON object, found {type(info).__name__}")
+    info = read_json_object(path, "dataset")
     if info.get("codebase_version") != CODEBASE_VERSION:
         raise CapvectorError(f"dataset {path}: codebase_version expected {CODEBASE_VERSION!r}, "
                              f"found {info.get('codebase_version')!r}")

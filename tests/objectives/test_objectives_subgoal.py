@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
-from policy_helpers import batch_of
 
 from capvector.data.format import STATE_AHEAD_STEPS
 from capvector.errors import CapvectorError
 from capvector.objectives import SubgoalPrediction, SubgoalTeacher, make_teacher
 from capvector.policy import TinyVLA, load_policy
 from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
+from testing_common import batch_of
 
 
 def test_targets_read_the_plan_from_the_state():
@@ -34,6 +34,8 @@ def test_teacher_errors_name_the_missing_or_misshapen_state():
         make_teacher("subgoal")({"image": torch.zeros(1)}, grid=8)
     with pytest.raises(CapvectorError, match="state_ahead"):
         SubgoalTeacher()({"state": torch.zeros(2, 39), "state_ahead": torch.zeros(2, 2, 39)}, grid=8)
+    with pytest.raises(CapvectorError, match=r"batch\['state'\] has shape \(2, 38\); expected 2 dims ending in 39"):
+        SubgoalTeacher()({"state": torch.zeros(2, 38), "state_ahead": torch.zeros(2, 3, 39)}, grid=8)
 
 
 def test_loss_is_smooth_l1_of_the_head_on_mean_query_state():

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
-from policy_helpers import small_config
 
 import capvector
 from capvector.commands.train import train_command
 from capvector.policy import TinyVLA, save_policy
 from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
+from testing_common import small_config
 
 
 def test_train_command_with_orthogonal_regulariser(tmp_path):

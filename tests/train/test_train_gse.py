@@ -4,10 +4,10 @@ frozen, the tuner's aux loss is logged, and the exported base + adapter reload t
 from __future__ import annotations
 
 import torch
-from policy_helpers import small_config
 
 from capvector.policy import TinyVLA
 from capvector.train import TrainConfig, Trainer, load_trained
+from testing_common import small_config
 
 
 def test_gse_attaches_to_trunk_and_trains_only_adapters(tmp_path, tiny_ds):

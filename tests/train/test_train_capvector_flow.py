@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import torch
-from policy_helpers import small_config
 
 import capvector
 from capvector.policy import TinyVLA, load_policy, save_policy
 from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
+from testing_common import small_config
 
 
 def test_sft_aux_extract_merge_round_trip(tmp_path):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from policy_helpers import batch_of, small_config
 
 from capvector.errors import CapvectorError
 from capvector.objectives import LayerCapture, SpatialAlignment
 from capvector.policy import TinyVLA
 from capvector.train import SyntheticDemoDataset
+from testing_common import batch_of, small_config
 
 
 def test_capture_matches_hf_hidden_states_and_backpropagates():

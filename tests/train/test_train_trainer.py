@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from policy_helpers import small_config
 
 from capvector.errors import CapvectorError
 from capvector.policy import TinyVLA, load_policy, save_policy
@@ -20,6 +19,7 @@ from capvector.train import (
     lr_factor,
     snapshot_dir,
 )
+from testing_common import small_config
 
 
 def _cfg(tmp_path, name, **kw) -> TrainConfig:
@@ -128,16 +128,18 @@ def test_regularizer_hook_adds_to_the_loss(tmp_path, tiny_ds):
 
     plain = Trainer(_cfg(tmp_path, "plain", steps=4), tiny_ds, policy_config=small_config())
     r0 = plain.train()
-    reg = Trainer(_cfg(tmp_path, "reg", steps=4), tiny_ds, policy_config=small_config(), regularizers={"l2": l2})
+    reg = Trainer(_cfg(tmp_path, "reg", steps=4), tiny_ds, policy_config=small_config())
+    reg.add_regularizer("l2", lambda: l2(reg.model))
     first_value = float(l2(reg.model).detach())
     r1 = reg.train()
     assert r1.history[0]["reg/l2"] == pytest.approx(first_value, rel=1e-5)
     assert r1.history[0]["loss"] == pytest.approx(r1.history[0]["action_l1"] + first_value, rel=1e-5)
     w0, w1 = _weights(r0.policy_dir), _weights(r1.policy_dir)
     assert sum(v.norm() ** 2 for v in w1.values()) < sum(v.norm() ** 2 for v in w0.values())
-    # A zero-argument callable (the orthogonal regulariser's form) works too.
-    Trainer(_cfg(tmp_path, "reg0", steps=1), tiny_ds, policy_config=small_config(),
-            regularizers={"zero": lambda: torch.zeros(())}).train()
+    # Given to the constructor (the form the orthogonal regulariser has: no argument).
+    r2 = Trainer(_cfg(tmp_path, "reg0", steps=1), tiny_ds, policy_config=small_config(),
+                 regularizers={"const": lambda: torch.tensor(0.25)}).train()
+    assert r2.history[0]["loss"] == pytest.approx(r2.history[0]["action_l1"] + 0.25, rel=1e-5)
 
 
 def test_bad_batches_and_configs(tmp_path):

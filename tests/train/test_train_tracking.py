@@ -9,13 +9,13 @@ from importlib.util import find_spec
 import pytest
 import torch
 from accelerate import tracking as accelerate_tracking
-from policy_helpers import small_config
 from typer.testing import CliRunner
 
 from capvector.cli import app
 from capvector.errors import CapvectorError
 from capvector.policy import load_policy
 from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
+from testing_common import small_config
 
 
 class RecordingTracker(accelerate_tracking.GeneralTracker):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from policy_helpers import small_config
 
 from capvector.errors import CapvectorError
 from capvector.objectives import make_teacher
 from capvector.objectives.foundation import FoundationTeacher, SceneNet, SceneNetConfig
 from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
+from testing_common import small_config
 
 
 @pytest.fixture(scope="module")

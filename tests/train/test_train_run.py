@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from policy_helpers import small_config
 
 from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer, run_training
+from testing_common import small_config
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:

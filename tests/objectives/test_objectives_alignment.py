@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from policy_helpers import batch_of
 
 from capvector.errors import CapvectorError
 from capvector.objectives import (
@@ -22,6 +21,7 @@ from capvector.objectives import (
 )
 from capvector.train import SyntheticDemoDataset
 from capvector.train.synthetic import BLOCK_HEIGHT
+from testing_common import batch_of
 
 
 def test_cosine_loss_matches_direct_formula():
