@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -268,25 +269,28 @@ class _DenseBuilder:
             return buf, a, s
 
         stats: dict[str, RunningStats] = {name: RunningStats() for name in self.shapes}
-        for (name, start, count), (buf, a, s) in Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0])):
-            out_buf = outputs.acquire()
-            try:
-                d = out_buf[: count * 4].view(torch.float32)
-                d.copy_(a)
-                d.sub_(s if s.dtype in _PROMOTES else s.float())  # mixed dtype, computed in fp32; float8 converts
-            finally:
-                inputs.release(buf)
-            if not stats[name].update(d):  # NaN/Inf in either input propagates into d
-                outputs.release(out_buf)
-                self._raise_non_finite(name, start, count)
-            if out_dtype == torch.float32:
-                writer.write(name, d, done=partial(outputs.release, out_buf))
-            else:
-                check_cast_tensor(name, d, out_dtype)
-                converted = d.to(out_dtype)
-                outputs.release(out_buf)
-                writer.write(name, converted)
-            bar.advance(count * (self.sft.info(name).dtype.itemsize + self.aux.info(name).dtype.itemsize))
+        # closed on any exit: the reader thread stops before the command exits (a thread still inside a read
+        # when the interpreter finalises aborts the process)
+        with closing(iter(Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0])))) as items:
+            for (name, start, count), (buf, a, s) in items:
+                out_buf = outputs.acquire()
+                try:
+                    d = out_buf[: count * 4].view(torch.float32)
+                    d.copy_(a)
+                    d.sub_(s if s.dtype in _PROMOTES else s.float())  # mixed dtype, computed in fp32; float8 converts
+                finally:
+                    inputs.release(buf)
+                if not stats[name].update(d):  # NaN/Inf in either input propagates into d
+                    outputs.release(out_buf)
+                    self._raise_non_finite(name, start, count)
+                if out_dtype == torch.float32:
+                    writer.write(name, d, done=partial(outputs.release, out_buf))
+                else:
+                    check_cast_tensor(name, d, out_dtype)
+                    converted = d.to(out_dtype)
+                    outputs.release(out_buf)
+                    writer.write(name, converted)
+                bar.advance(count * (self.sft.info(name).dtype.itemsize + self.aux.info(name).dtype.itemsize))
         for st in stats.values():
             total.sumsq += st.sumsq
             total.numel += st.numel

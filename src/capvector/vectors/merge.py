@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import partial
@@ -326,26 +327,30 @@ def _stream_merge(
               for k, (vec, key, _) in enumerate(contributions[name])]
         return buf, x, vs
 
-    for (name, _start, count), (buf, x, vs) in Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0])):
-        out_dtype = out_dtypes[name]
-        out_buf = outputs.acquire()
-        out = out_buf[: count * out_dtype.itemsize].view(out_dtype)
-        try:
-            if contributions[name]:
-                acc = out if out_dtype == torch.float32 else acc_buf[:count]
-                acc.copy_(x)
-                for (_, _, weight), v in zip(contributions[name], vs, strict=True):
-                    acc.add_(v, alpha=weight)
-                lo, hi = torch.aminmax(acc)
-                if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-                    raise CapvectorError(f"key {name!r}: merged values are not finite (check the vector and weights)")
-                check_cast(name, float(lo), float(hi), out_dtype)
-                if acc.data_ptr() != out.data_ptr():
-                    out.copy_(acc)
-            else:
-                check_cast_tensor(name, x, out_dtype)
-                out.copy_(x)
-        finally:
-            inputs.release(buf)
-        writer.write(name, out, done=partial(outputs.release, out_buf))
-        bar.advance(count * base.info(name).dtype.itemsize)
+    # closed on any exit: the reader thread stops before the command exits (a thread still inside a read
+    # when the interpreter finalises aborts the process)
+    with closing(iter(Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0])))) as items:
+        for (name, _start, count), (buf, x, vs) in items:
+            out_dtype = out_dtypes[name]
+            out_buf = outputs.acquire()
+            out = out_buf[: count * out_dtype.itemsize].view(out_dtype)
+            try:
+                if contributions[name]:
+                    acc = out if out_dtype == torch.float32 else acc_buf[:count]
+                    acc.copy_(x)
+                    for (_, _, weight), v in zip(contributions[name], vs, strict=True):
+                        acc.add_(v, alpha=weight)
+                    lo, hi = torch.aminmax(acc)
+                    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+                        raise CapvectorError(f"key {name!r}: merged values are not finite "
+                                             "(check the vector and weights)")
+                    check_cast(name, float(lo), float(hi), out_dtype)
+                    if acc.data_ptr() != out.data_ptr():
+                        out.copy_(acc)
+                else:
+                    check_cast_tensor(name, x, out_dtype)
+                    out.copy_(x)
+            finally:
+                inputs.release(buf)
+            writer.write(name, out, done=partial(outputs.release, out_buf))
+            bar.advance(count * base.info(name).dtype.itemsize)
