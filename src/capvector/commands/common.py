@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,7 +45,11 @@ def _sigterm_unwinds() -> Iterator[None]:
         yield
     except Terminated:
         console.print("[bold red]error:[/] terminated (SIGTERM); partial output removed", highlight=False)
-        raise typer.Exit(143) from None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Exit now, skipping interpreter finalisation: a helper thread still inside a read or write (torch, C++)
+        # when the interpreter tears down aborts the process instead of exiting 143.
+        os._exit(143)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -154,11 +154,22 @@ class BackgroundWriter:
         self._writer = writer
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._aborted = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capvector-writer", daemon=True)
         self._thread.start()
 
+    def _next(self) -> tuple | None:
+        """The next chunk, or None at the end or on abort. Polls, because a signal raised in the caller while it
+        was inside `Queue.put` can lose the wake-up, and an abort must not wait for one."""
+        while not self._aborted.is_set():
+            try:
+                return self._queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+        return None
+
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while (item := self._next()) is not None:
             name, flat, done = item
             if self._error is None:
                 try:
@@ -184,7 +195,7 @@ class BackgroundWriter:
     def abort(self) -> None:
         """Stop the thread after a failure in the caller (the output directory is discarded)."""
         self._error = self._error or RuntimeError("aborted")
-        self._queue.put(None)
+        self._aborted.set()
         self._thread.join()
 
     def __enter__(self) -> BackgroundWriter:
