@@ -3,7 +3,9 @@
 Same script, same run: a random `transformers` Llama (default ~17M parameters, see --hidden/--layers), a dense
 capability vector extracted with `capvector.extract` from two seeded perturbations, then one subprocess per
 configuration (so ru_maxrss is that configuration's peak): sft, exact, factored (k=--rank), lora-sft, lora.
-Regularised: every `*layers.*proj.weight` matrix (embeddings/lm_head excluded, see docs/orthogonal.md).
+Regularised: every `*layers.*proj.weight` matrix (embeddings/lm_head excluded, see docs/orthogonal.md). Reports
+the median wall time and the median process CPU time per step (with one thread, CPU time is what a loaded
+machine distorts least).
 
     python benchmarks/orth.py [--hidden 512 --layers 6 --steps 5 --threads 1]
 """
@@ -70,9 +72,9 @@ def run_one(a, mode: str, vec: str) -> dict:
         reg = OrthogonalRegularizer.from_vector(model, vec, mode=mode, rank=a.rank, include=INCLUDE)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, a.vocab, (a.batch, a.seq), generator=torch.Generator().manual_seed(0))
-    times = []
+    times, cpu_times = [], []
     for i in range(a.steps + 2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = model(input_ids=ids, labels=ids).loss
         if reg is not None:
             loss = loss + reg()
@@ -81,8 +83,11 @@ def run_one(a, mode: str, vec: str) -> dict:
         opt.step()
         if i >= 2:
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
     times.sort()
-    return {"mode": mode, "step_s": times[len(times) // 2], "peak_rss_mib": resource.getrusage(
+    cpu_times.sort()
+    return {"mode": mode, "step_s": times[len(times) // 2], "cpu_s": cpu_times[len(cpu_times) // 2],
+            "peak_rss_mib": resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss / 1024, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "reg_terms": 0 if reg is None else len(reg.terms)}
 
@@ -113,12 +118,13 @@ def main() -> None:
             rows[mode] = json.loads(out.strip().splitlines()[-1])
     print(f"torch {torch.__version__}, threads={a.threads}, hidden={a.hidden}, layers={a.layers}, "
           f"batch={a.batch}x{a.seq}, rank={a.rank}")
-    print(f"{'mode':10} {'params(M)':>9} {'terms':>5} {'step s':>8} {'x base':>7} {'peak MiB':>9} {'x base':>7}")
+    print(f"{'mode':10} {'params(M)':>9} {'terms':>5} {'step s':>8} {'x base':>7} {'cpu s':>8} {'x base':>7} "
+          f"{'peak MiB':>9} {'x base':>7}")
     for mode, r in rows.items():
         base = rows.get("lora-sft" if mode.startswith("lora") else "sft", r)
         t_ratio, m_ratio = r["step_s"] / base["step_s"], r["peak_rss_mib"] / base["peak_rss_mib"]
-        print(f"{mode:10} {r['params_m']:9.1f} {r['reg_terms']:5d} {r['step_s']:8.3f} "
-              f"{t_ratio:7.3f} {r['peak_rss_mib']:9.0f} {m_ratio:7.3f}")
+        print(f"{mode:10} {r['params_m']:9.1f} {r['reg_terms']:5d} {r['step_s']:8.3f} {t_ratio:7.3f} "
+              f"{r['cpu_s']:8.3f} {r['cpu_s'] / base['cpu_s']:7.3f} {r['peak_rss_mib']:9.0f} {m_ratio:7.3f}")
     print(json.dumps(rows))
 
 

@@ -106,6 +106,26 @@ def test_blockwise_abs_sum_matches_dense_and_gradchecks(block):
     assert torch.autograd.gradcheck(lambda a, b: abs_sum_outer(a, b, block), (left, right), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("grad_of", ["left", "right", "neither"])
+@pytest.mark.parametrize("block", [2, 1 << 22])
+def test_blockwise_abs_sum_with_one_side_constant_matches_dense_autograd(grad_of, block):
+    """The regulariser's usual call: one factor constant (U_k S_k or C), so the value comes from one gradient."""
+    gen = torch.Generator().manual_seed(2)
+    left = torch.randn(9, 4, generator=gen, dtype=torch.float64, requires_grad=grad_of == "left")
+    right = torch.randn(5, 4, generator=gen, dtype=torch.float64, requires_grad=grad_of == "right")
+    value = abs_sum_outer(left, right, block)
+    dense = (left.detach() @ right.detach().T).abs().sum()
+    assert value.item() == pytest.approx(dense.item(), rel=1e-12)
+    if grad_of == "neither":
+        assert not value.requires_grad
+        return
+    x = left if grad_of == "left" else right
+    (3.0 * value).backward()
+    ref = x.detach().clone().requires_grad_(True)
+    (3.0 * ((ref @ right.detach().T) if grad_of == "left" else (left.detach() @ ref.T)).abs().sum()).backward()
+    assert torch.allclose(x.grad, ref.grad, rtol=0, atol=1e-12)
+
+
 def test_canonical_names():
     assert canonical_name("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight") == \
         "model.layers.0.self_attn.q_proj.weight"
