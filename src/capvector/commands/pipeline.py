@@ -25,7 +25,7 @@ def _finish(results: dict, run_dir: Path, started: float) -> None:
 
 
 def demo_command(
-    quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (≈2 min): checks the pipeline, not effects.")]
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (≈1.5 min): checks the pipeline, not effects.")]
     = False,
     extended: Annotated[bool, typer.Option("--extended", help="Adds the studies: L_orth control and sweep, merge "
                                                               "choices, GSE vs LoRA, 1500 steps.")] = False,
