@@ -101,7 +101,7 @@ def test_teacher_recipe_fits_its_labels_and_measures_in_physical_units():
     from capvector.pipeline.teacher import TeacherConfig, measure, train_teacher
 
     rng = np.random.default_rng(0)
-    n = 24
+    n = 16  # two batches an epoch: the depth error falls to 0.30× of the untrained net's (0.24× with 24 images)
     image = rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)
     brightness = image.astype(np.float32).mean(axis=1)  # a label the net can learn from the pixels
     dense = np.repeat(brightness[:, None, ::2, ::2] / 255.0 * 2.0, 7, axis=1).astype(np.float32)

@@ -30,7 +30,7 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert {"cap_aux_beats_sft", "capvector_ood_beats_sft", "gse_beats_lora", "gse_beats_full_ood"} <= keys
     assert set(results["methods"]) >= {"sft", "aux", "capvector", "capvector_no_orth", "tuner-lora", "tuner-gse"}
     for m in ("sft", "capvector"):
-        assert results["methods"][m]["budgets"]["40"]["n"] == 8  # 4 tasks × 2 episodes × 1 seed
+        assert results["methods"][m]["budgets"]["40"]["n"] == 4  # 4 tasks × 1 episode × 1 seed
     assert "## Findings against the papers" in (out / "report.md").read_text()
     assert any((out / "videos").glob("*.gif"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -109,8 +110,9 @@ def test_declaration_errors_are_clear(tmp_path):
         StageRunner(tmp_path).run([Stage("a", Writer("x")), Stage("a", Writer("x"))])
 
 
-def test_sigkill_mid_stage_then_rerun_completes(tmp_path):
-    """A process killed inside a stage leaves no marker; the next run redoes that stage and keeps the others."""
+def test_sigkill_mid_stage_then_rerun_completes(tmp_path, monkeypatch):
+    """A process killed inside a stage leaves no marker; the next run (here, in this process) redoes that stage and
+    keeps the others."""
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
         import sys, time
@@ -140,6 +142,7 @@ def test_sigkill_mid_stage_then_rerun_completes(tmp_path):
     second = tmp_path / "run" / "stages" / "second"
     assert (second / "partial.txt").read_text() == "half" and not (second / MARKER).exists()
     first_marker = (tmp_path / "run" / "stages" / "first" / MARKER).read_text()
-    subprocess.run([sys.executable, str(script), "finish"], check=True)
+    monkeypatch.setattr(sys, "argv", [str(script), "finish"])
+    runpy.run_path(str(script), run_name="__main__")
     assert (second / "partial.txt").read_text() == "full" and (second / MARKER).is_file()
     assert (tmp_path / "run" / "stages" / "first" / MARKER).read_text() == first_marker  # cached, not redone

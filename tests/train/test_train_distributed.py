@@ -1,5 +1,6 @@
 """Two CPU processes (gloo, launched by torchrun, driven by accelerate) follow the same loss curve as one, also when
-the two-process run is stopped after a checkpoint and resumed (accelerate save_state/load_state, per-rank RNG)."""
+the two-process run is stopped after a checkpoint and resumed (accelerate save_state/load_state, per-rank RNG).
+The one-process reference runs in the test's process (one thread, as tests/conftest.py sets)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,14 +18,20 @@ import torch
 SCRIPT = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
+    from test_train_distributed import train
+    train(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)
+""")
+
+
+def train(output_dir: str, stop_at: int | None = None) -> None:
+    """The run both sides make: 4 steps with alignment, a checkpoint every 2 (one thread, as the tests set)."""
     from capvector.policy import PolicyConfig
-    from capvector.train import SyntheticDemoDataset, Trainer, TrainConfig
-    cfg = TrainConfig(output_dir=sys.argv[1], steps=4, batch_size=8, lr=3e-3, warmup_steps=1, log_every=1,
+    from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
+
+    cfg = TrainConfig(output_dir=output_dir, steps=4, batch_size=8, lr=3e-3, warmup_steps=1, log_every=1,
                       progress=False, seed=1, aux_weight=0.5, aux_layer=1, checkpoint_every=2)
-    stop_at = int(sys.argv[2]) if len(sys.argv) > 2 else None
     Trainer(cfg, SyntheticDemoDataset(length=32, chunk=4),
             policy_config=PolicyConfig(width=32, depth=2, heads=2, embedder="hash", chunk=4)).train(stop_at=stop_at)
-""")
 
 
 def _free_port() -> int:
@@ -40,10 +48,10 @@ def _curve(run_dir):
 def test_two_processes_match_one(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert one.returncode == 0, one.stderr[-2000:]
+    train(str(tmp_path / "one"))  # the one-process reference runs here: only the two-process run needs processes
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
     for stop_at in (["2"], []):  # stopped after the step-2 checkpoint, then resumed to the end
         two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),

@@ -1,10 +1,11 @@
 """Command-line options generated from a config dataclass, so a field added to the config is an option too,
 without a second declaration.
 
-Each field with `cli` metadata true becomes `--field-name` (or its `flag` metadata), typed from the field's
-annotation, with the field's `help` metadata as help text and its default shown. An option the user does not
-give stays unset, so a config file (or the dataclass default) decides; the command receives only the options
-given, as a dict (`overrides` unless named otherwise).
+Every field is declared with `capvector.train.config.cli_field` (a plain field is an error here, so a new field
+cannot be left without an option by accident). Each field with `cli` metadata true becomes `--field-name` (or its
+`flag` metadata), typed from the field's annotation, with the field's `help` metadata as help text and its default
+shown. An option the user does not give stays unset, so a config file (or the dataclass default) decides; the
+command receives only the options given, as a dict (`overrides` unless named otherwise).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def config_parameters(owner: type, prefix: str = "") -> list[inspect.Parameter]:
     hints = typing.get_type_hints(owner)
     params = []
     for f in dataclasses.fields(owner):
+        if "help" not in f.metadata:
+            raise TypeError(f"{owner.__name__}.{f.name}: declare it with cli_field (help text; cli=False where it "
+                            "has no command-line form)")
         if not f.metadata.get("cli"):
             continue
         cli_type = _cli_type(owner, f, hints[f.name])

@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from capvector.commands.config_options import with_config_options
 from capvector.errors import CapvectorError
 from capvector.extras import require_extras
+from capvector.pipeline.pretrain import PretrainConfig
+from capvector.pipeline.teacher import TeacherConfig
 
 
 def _finish(results: dict, run_dir: Path, started: float) -> None:
@@ -22,7 +25,7 @@ def _finish(results: dict, run_dir: Path, started: float) -> None:
 
 
 def demo_command(
-    quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (≈2 min): checks the pipeline, not effects.")]
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (≈1.5 min): checks the pipeline, not effects.")]
     = False,
     extended: Annotated[bool, typer.Option("--extended", help="Adds the studies: L_orth control and sweep, merge "
                                                               "choices, GSE vs LoRA, 1500 steps.")] = False,
@@ -65,26 +68,22 @@ def report_command(run_dir: Annotated[Path, typer.Argument(help="A finished demo
     typer.echo(f"wrote {run_dir / 'report.md'}")
 
 
+@with_config_options(PretrainConfig)
 def pretrain_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Policy directory to write.")],
     run_dir: Annotated[Path, typer.Option(help="Stage directory (data, training, evaluation).")] = Path(
         "runs/pretrain"),
-    steps: Annotated[int | None, typer.Option(help="Training steps (default: the shipped recipe's).")] = None,
-    episodes: Annotated[int | None, typer.Option(help="Demos per pretraining task.")] = None,
+    overrides: dict[str, Any] | None = None,  # every PretrainConfig field but `policy` is an option here; those given
     image_size: Annotated[int | None, typer.Option(help="Rendered image side in pixels (default 64); demos, policy "
                                                         "and rollouts all use it.")] = None,
     patch_size: Annotated[int | None, typer.Option(help="Patch side in pixels (default 8).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
     """Pretrain the tiny VLA on the pretraining split (the recipe behind the shipped θ_pre). Reruns resume."""
-    from capvector.pipeline.pretrain import PretrainConfig, pretrain
+    from capvector.pipeline.pretrain import pretrain
 
     require_extras("sim")
-    cfg = PretrainConfig()
-    if steps is not None:
-        cfg = replace(cfg, steps=steps)
-    if episodes is not None:
-        cfg = replace(cfg, episodes=episodes)
+    cfg = replace(PretrainConfig(), **(overrides or {}))
     shape = {k: v for k, v in (("image_size", image_size), ("patch_size", patch_size)) if v is not None}
     if shape:
         cfg = replace(cfg, policy={**cfg.policy, **shape})
@@ -94,21 +93,17 @@ def pretrain_command(
                f"[{o['ci95'][0]:.1f}, {o['ci95'][1]:.1f}] over {o['n_episodes']} episodes")
 
 
+@with_config_options(TeacherConfig)
 def teacher_pretrain_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Teacher directory to write.")],
     run_dir: Annotated[Path, typer.Option(help="Where the rendered frames are cached.")] = Path("runs/teacher"),
-    episodes: Annotated[int | None, typer.Option(help="Randomised episodes per MetaWorld task.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs over the rendered frames.")] = None,
+    overrides: dict[str, Any] | None = None,  # every TeacherConfig field is an option here; those given
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
     """Train the frozen scene teacher (the recipe behind the shipped one). Rendered frames are cached and reused."""
-    from capvector.pipeline.teacher import TeacherConfig, teacher_pretrain
+    from capvector.pipeline.teacher import teacher_pretrain
 
-    cfg = TeacherConfig()
-    if episodes is not None:
-        cfg = replace(cfg, episodes_per_task=episodes)
-    if epochs is not None:
-        cfg = replace(cfg, epochs=epochs)
+    cfg = replace(TeacherConfig(), **(overrides or {}))
     recipe = teacher_pretrain(output, cfg, run_dir, overwrite=overwrite, log=typer.echo)
     q = recipe["held_out_quality"]
     typer.echo(f"wrote {output}: on held-out tasks depth error {q['depth_cm']:.1f} cm, segmentation accuracy "

@@ -161,9 +161,11 @@ class PipelineConfig:
 
 MODE_SETTINGS: dict[str, dict[str, Any]] = {
     # CI smoke test of the whole pipeline, every study included: tiny budgets, one seed, effect sizes meaningless.
-    "quick": dict(seeds=(0,), cap_episodes=2, down_episodes=2, cap_steps=40, down_budgets=(20, 40), tuner_steps=40,
-                  weight_sweep=(0.5,), preset_sweep=("tiny-vla:vlm",), orth_control=True,
-                  tuners=("full", "lora", "gse"), eval_episodes=2, ood_episodes=1, max_steps=60,
+    # Every stage kind runs as in the other modes, at the smallest sizes that still do: one demo and one 30-step
+    # rollout per task, batch 8. One training thread: on a busy machine two made a 40-step run 7× slower.
+    "quick": dict(seeds=(0,), cap_episodes=1, down_episodes=1, cap_steps=40, down_budgets=(20, 40), tuner_steps=40,
+                  batch_size=8, threads=1, weight_sweep=(0.5,), preset_sweep=("tiny-vla:vlm",), orth_control=True,
+                  tuners=("full", "lora", "gse"), eval_episodes=1, ood_episodes=1, max_steps=30,
                   ood_perturbations=("camera:0.5",)),
     "default": {},
     "extended": dict(weight_sweep=(0.5, 1.5, 2.0), preset_sweep=("tiny-vla:vlm",), orth_control=True,

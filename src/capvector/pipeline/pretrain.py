@@ -20,24 +20,29 @@ from capvector.pipeline.stages import Stage, StageRunner
 from capvector.pipeline.work import DATASET, Collect, Evaluate, Train, TrainSettings, read_eval, stderr_is_tty
 from capvector.policy import PolicyConfig
 from capvector.train import run_training
+from capvector.train.config import cli_field
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    episodes: int = 40  # per pretraining task
-    noise: float = 0.1
-    collect_seed: int = 0
-    steps: int = 4000
-    batch_size: int = 64
-    lr: float = 5e-4
-    warmup_steps: int = 200
-    seed: int = 0
-    policy: dict[str, Any] = field(default_factory=lambda: {"embedder": "minilm"})  # PolicyConfig fields
-    eval_episodes: int = 10
-    eval_seed: int = 1000
-    max_steps: int = 150
-    workers: int = 2
-    threads: int = 2
+    """The pretraining recipe; each field but `policy` is an option of `capvector pretrain`."""
+
+    episodes: int = cli_field(40, "Demos per pretraining task.")
+    noise: float = cli_field(0.1, "σ of the Gaussian noise on the experts' executed actions (recorded actions are "
+                                  "clean).")
+    collect_seed: int = cli_field(0, "Seed of the demo collection.")
+    steps: int = cli_field(4000, "Training steps.")
+    batch_size: int = cli_field(64, "Batch size.")
+    lr: float = cli_field(5e-4, "Peak learning rate (warmup, then cosine).")
+    warmup_steps: int = cli_field(200, "Linear warmup steps.")
+    seed: int = cli_field(0, "Seed of init and data order.")
+    policy: dict[str, Any] = cli_field({"embedder": "minilm"}, "PolicyConfig fields of the fresh policy (its image "
+                                       "and patch size are the command's --image-size and --patch-size).", cli=False)
+    eval_episodes: int = cli_field(10, "Rollouts per pretraining task.")
+    eval_seed: int = cli_field(1000, "Base seed of the rollouts.")
+    max_steps: int = cli_field(150, "Step limit of a rollout.")
+    workers: int = cli_field(2, "Rollout worker processes.")
+    threads: int = cli_field(2, "torch CPU threads while training.")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 
 from capvector.errors import CapvectorError
 from capvector.io.atomic import atomic_file, atomic_write_text
+from capvector.train.config import cli_field
 
 # Held out of the teacher's training frames to measure how it generalises to unseen tasks.
 HELD_OUT_TASKS = ("door-close-v3", "faucet-close-v3", "reach-wall-v3", "coffee-button-v3", "push-back-v3")
@@ -26,14 +27,16 @@ HELD_OUT_TASKS = ("door-close-v3", "faucet-close-v3", "reach-wall-v3", "coffee-b
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    episodes_per_task: int = 5
-    every: int = 6
-    noise: float = 0.3
-    seed: int = 7
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 2e-3
-    threads: int = 2
+    """The teacher's recipe; each field is an option of `capvector teacher-pretrain`."""
+
+    episodes_per_task: int = cli_field(5, "Randomised episodes per MetaWorld task.", flag="--episodes")
+    every: int = cli_field(6, "Keep every N-th frame of an episode (at a random phase).")
+    noise: float = cli_field(0.3, "σ of the Gaussian noise on the expert's actions while rendering.")
+    seed: int = cli_field(7, "Seed of the scenes and of the training.")
+    epochs: int = cli_field(6, "Training epochs over the rendered frames.")
+    batch_size: int = cli_field(64, "Batch size.")
+    lr: float = cli_field(2e-3, "Peak learning rate (one-cycle schedule).")
+    threads: int = cli_field(2, "torch CPU threads.")
 
 
 def _frames_to_arrays(frames: list[Any]) -> dict[str, np.ndarray]:
