@@ -10,13 +10,17 @@ so the values are the same.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
 BLOCK = 32768  # torch's parallel grain (at::internal::GRAIN_SIZE): ops on this many elements run serially
+# dtypes torch promotes to fp32 inside an in-place op; float8 types must be converted first
+PROMOTES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 T = TypeVar("T")
 BlockFn = Callable[[int, int, torch.Tensor], T]  # (start, end, fp32 scratch of BLOCK elements) -> result
 
@@ -79,3 +83,37 @@ def _range(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float
     if not parts:
         return 0.0, 0.0
     return float(torch.stack([p[0] for p in parts]).min()), float(torch.stack([p[1] for p in parts]).max())
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    """Range, sum of squares (float64 over fp32 block sums) and nonzero count of a chunk."""
+
+    lo: float
+    hi: float
+    sumsq: float
+    nonzero: int
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.lo) and math.isfinite(self.hi)
+
+
+def difference_into(runner: BlockRunner, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> ChunkStats:
+    """out = a − b in fp32 (`out` fp32; a, b flat, any float dtype) and its statistics, in one pass over memory."""
+
+    def block(s: int, e: int, _scratch: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor,
+                                                                torch.Tensor]:
+        d, other = out[s:e], b[s:e]
+        d.copy_(a[s:e])
+        d.sub_(other if other.dtype in PROMOTES else other.float())
+        return torch.aminmax(d), torch.dot(d, d), torch.count_nonzero(d)
+
+    parts = runner.map(out.numel(), block)
+    lo, hi = _range([p[0] for p in parts])
+    if not parts or not (math.isfinite(lo) and math.isfinite(hi)):
+        return ChunkStats(lo, hi, 0.0, 0)
+    sumsq = float(torch.stack([p[1] for p in parts]).double().sum())
+    if not math.isfinite(sumsq):  # squares beyond fp32's range: sum in float64
+        sumsq = float(out.double().square().sum())
+    return ChunkStats(lo, hi, sumsq, int(torch.stack([p[2] for p in parts]).sum()))

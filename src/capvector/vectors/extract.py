@@ -31,12 +31,10 @@ from capvector.io.peft_adapter import LoraAdapter
 from capvector.io.prefetch import Prefetcher
 from capvector.progress import ProgressBar
 from capvector.selection import Selection, make_selection
+from capvector.vectors.blocks import BlockRunner, difference_into
 from capvector.vectors.card import CARD_FILE, hub_id, render_card
 from capvector.vectors.format import FACTOR_A, FACTOR_B, FORMAT, FORMAT_VERSION, META_FILE
 from capvector.vectors.stats import RunningStats, check_cast_tensor, parse_dtype, row_chunks
-
-# dtypes torch promotes to fp32 inside an in-place op; float8 types must be converted first
-_PROMOTES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclass
@@ -286,18 +284,19 @@ class _DenseBuilder:
         stats: dict[str, RunningStats] = {name: RunningStats() for name in self.shapes}
         # closed on any exit: the reader thread stops before the command exits (a thread still inside a read
         # when the interpreter finalises aborts the process)
-        with closing(iter(Prefetcher(jobs, load, discard=lambda r: release(r[0], r[3])))) as items:
+        with BlockRunner() as blocks, \
+                closing(iter(Prefetcher(jobs, load, discard=lambda r: release(r[0], r[3])))) as items:
             for (name, start, count), (buf, a, s, done) in items:
                 out_buf = outputs.acquire()
                 try:
                     d = out_buf[: count * 4].view(torch.float32)
-                    d.copy_(a)
-                    d.sub_(s if s.dtype in _PROMOTES else s.float())  # mixed dtype, computed in fp32; float8 converts
+                    diff = difference_into(blocks, d, a, s)  # mixed dtypes computed in fp32
                 finally:
                     release(buf, done)
-                if not stats[name].update(d):  # NaN/Inf in either input propagates into d
+                if not diff.finite:  # NaN/Inf in either input propagates into d
                     outputs.release(out_buf)
                     self._raise_non_finite(name, start, count)
+                stats[name].add(diff.lo, diff.hi, diff.sumsq, diff.nonzero, count)
                 if out_dtype == torch.float32:
                     writer.write(name, d, done=partial(outputs.release, out_buf))
                 else:
