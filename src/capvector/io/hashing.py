@@ -13,6 +13,7 @@ they are hashed whole at the end.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,7 @@ from capvector.io.checkpoint import Checkpoint
 from capvector.io.hub import cached_sha256
 
 _CHUNK = 8 * 1024 * 1024
+_IN_FLIGHT = 8  # ranges queued for the worker at most: a reader ahead of the hash waits instead of piling up memory
 
 
 def file_sha256(path: Path) -> str:
@@ -109,6 +111,7 @@ class SourceHashes:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capvector-hash")
         self._files: dict[Checkpoint, dict[str, StreamHasher | str | None]] = {}
         self._error: BaseException | None = None
+        self._slots = threading.Semaphore(_IN_FLIGHT)
 
     def track(self, ckpt: Checkpoint) -> None:
         """Hash `ckpt`'s weight files from now on (call before anything is read from it)."""
@@ -126,15 +129,18 @@ class SourceHashes:
 
     def _feeder(self, hasher: StreamHasher):
         def feed(offset: int, data: torch.Tensor) -> None:
-            self._pool.submit(self._guarded, hasher.feed, offset, data)
+            self._slots.acquire()
+            self._pool.submit(self._feed, hasher, offset, data)
         return feed
 
-    def _guarded(self, fn, *args) -> None:
-        if self._error is None:
-            try:
-                fn(*args)
-            except BaseException as e:  # re-raised by digest()
-                self._error = e
+    def _feed(self, hasher: StreamHasher, offset: int, data: torch.Tensor) -> None:
+        try:
+            if self._error is None:
+                hasher.feed(offset, data)
+        except BaseException as e:  # re-raised by digest()
+            self._error = e
+        finally:
+            self._slots.release()
 
     def hashed(self) -> Future[None]:
         return self._pool.submit(lambda: None)
