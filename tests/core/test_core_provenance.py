@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 
 import pytest
 import torch
@@ -105,3 +106,17 @@ def test_files_digest_reading_whole_files_agrees(llama_trio):
     """`files_digest` (whole files read again, as benchmarks/merge.py times it) gives the same value."""
     root = llama_trio["pre"]
     assert hashing.files_digest(root, weights(root)) == direct_digest(root, weights(root))
+
+
+def test_buffers_are_reused_only_after_they_are_hashed(llama_trio, tmp_path, monkeypatch):
+    """A slow hash must not see a pooled read buffer that the reader has already refilled."""
+    feed = StreamHasher.feed
+
+    def slow_feed(self, offset, data):
+        time.sleep(0.002)
+        feed(self, offset, data)
+
+    monkeypatch.setattr(StreamHasher, "feed", slow_feed)
+    extract(llama_trio["sft"], llama_trio["aux"], tmp_path / "v", progress=False)
+    sources = json.loads((tmp_path / "v" / "capvector.json").read_text())["sources"]
+    assert sources["aux"]["hash"] == direct_digest(llama_trio["aux"], weights(llama_trio["aux"]))
