@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -53,11 +54,16 @@ class _SafetensorsFile:
         entries, self.metadata = read_header(path)
         self.entries: dict[str, TensorEntry] = {e.name: e for e in entries}
         self._handle: BinaryIO | None = None
+        self.on_read: Callable[[int, torch.Tensor], None] | None = None  # (file offset, bytes read), e.g. a hash
 
     def read_flat(self, name: str, start: int, count: int, into: torch.Tensor | None = None) -> torch.Tensor:
         if self._handle is None:
             self._handle = open(self.path, "rb")
-        return read_range(self._handle, self.path, self.entries[name], start, count, into)
+        entry = self.entries[name]
+        data = read_range(self._handle, self.path, entry, start, count, into)
+        if self.on_read is not None and count:
+            self.on_read(entry.begin + start * data.element_size(), data)
+        return data
 
     def close(self) -> None:
         if self._handle is not None:
@@ -268,6 +274,15 @@ class Checkpoint:
     def read(self, name: str) -> torch.Tensor:
         """A whole tensor in its stored dtype and shape."""
         return self.read_flat(name).reshape(self.info(name).shape)
+
+    def observe_reads(self, rel: str, callback: Callable[[int, torch.Tensor], None]) -> bool:
+        """Call `callback(file offset, data)` after every read from weight file `rel`; False if that file is not
+        read in byte ranges (a torch pickle), so the callback would never see its bytes."""
+        handle = self._files[rel]
+        if not isinstance(handle, _SafetensorsFile):
+            return False
+        handle.on_read = callback
+        return True
 
     @property
     def weight_files(self) -> list[str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,18 +25,16 @@ from capvector.io import (
     plan_resharded,
 )
 from capvector.io.atomic import atomic_write_json
-from capvector.io.hashing import BackgroundHasher
+from capvector.io.hashing import SourceHashes
 from capvector.io.hub import resolve_input
 from capvector.io.peft_adapter import LoraAdapter
 from capvector.io.prefetch import Prefetcher
 from capvector.progress import ProgressBar
 from capvector.selection import Selection, make_selection
+from capvector.vectors.blocks import BlockRunner, difference_into
 from capvector.vectors.card import CARD_FILE, hub_id, render_card
 from capvector.vectors.format import FACTOR_A, FACTOR_B, FORMAT, FORMAT_VERSION, META_FILE
 from capvector.vectors.stats import RunningStats, check_cast_tensor, parse_dtype, row_chunks
-
-# dtypes torch promotes to fp32 inside an in-place op; float8 types must be converted first
-_PROMOTES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclass
@@ -92,9 +91,11 @@ def extract(
     sources = {"sft": resolve_input(sft), "aux": resolve_input(aux)} | (
         {"pretrained": resolve_input(pretrained)} if pretrained else {})
     ckpts = {role: Checkpoint(p) for role, p in sources.items()}
-    hasher = BackgroundHasher()
+    hashes = SourceHashes()
     try:
-        hashes = {r: hasher.submit(c.root, c.weight_files) for r, c in ckpts.items()} if hash_sources else {}
+        if hash_sources:  # before any read: every tensor byte the arithmetic reads is hashed from memory
+            for c in ckpts.values():
+                hashes.track(c)
         s, a = ckpts["sft"], ckpts["aux"]
         adapters = [c.kind == "peft-adapter" for c in (s, a)]
         if any(adapters) and not all(adapters):
@@ -117,7 +118,8 @@ def extract(
             sharded = ShardedWriter(tmp, plan, {"format": "pt", "capvector": FORMAT})
             bar = ProgressBar("extract", total_bytes, unit="bytes", enabled=progress)
             with BackgroundWriter(sharded) as writer, bar:
-                tensors_meta = builder.write_all(writer, out_dtype, total, bar)
+                tensors_meta = builder.write_all(writer, out_dtype, total, bar,
+                                                 hashed=hashes.hashed if hash_sources else None)
             if pre is not None:
                 for name, entry in tensors_meta.items():
                     if name in pre:
@@ -131,7 +133,8 @@ def extract(
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "definition": "tau_cap = theta_aux - theta_sft",
                 "sources": {
-                    r: {"path": str(p.resolve()), "kind": ckpts[r].kind, "hash": hashes[r].result() if hashes else None}
+                    r: {"path": str(p.resolve()), "kind": ckpts[r].kind,
+                        "hash": hashes.digest(ckpts[r]) if hash_sources else None}
                     for r, p in sources.items()
                 },
                 "architecture": arch,
@@ -148,7 +151,7 @@ def extract(
             atomic_write_json(tmp / META_FILE, meta)
             (tmp / CARD_FILE).write_text(render_card(meta, Path(output).name), encoding="utf-8")
     finally:
-        hasher.shutdown()
+        hashes.shutdown()
         for c in ckpts.values():
             c.close()
     return ExtractResult(Path(output), len(tensors_meta), total.norm, skipped)
@@ -253,36 +256,47 @@ class _DenseBuilder:
         si, ai = self.sft.info(name), self.aux.info(name)
         return si.numel * si.dtype.itemsize + ai.numel * ai.dtype.itemsize
 
-    def write_all(self, writer: BackgroundWriter, out_dtype, total: RunningStats, bar) -> dict[str, dict]:
-        """Stream every tensor: reads run ahead on a thread, writes behind on another."""
+    def write_all(self, writer: BackgroundWriter, out_dtype, total: RunningStats, bar,
+                  hashed: Callable[[], Future[None]] | None = None) -> dict[str, dict]:
+        """Stream every tensor: reads run ahead on a thread, writes behind on another.
+
+        `hashed()`, when given, is a future for the provenance hash of everything read so far: an input buffer is
+        reused only after it completes.
+        """
         jobs = [(name, start, count) for name in self.shapes for start, count in row_chunks(self.shapes[name])]
         chunk = max((count for _, _, count in jobs), default=1)
         item = max(max(self.aux.info(n).dtype.itemsize, self.sft.info(n).dtype.itemsize) for n in self.shapes)
         region = -(-chunk * item // 8) * 8  # 8-byte aligned so each half can be viewed as its dtype
         inputs, outputs = BufferPool(2 * region, count=4), BufferPool(chunk * 4, count=4)
 
-        def load(job: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def load(job: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Future | None]:
             name, start, count = job
             buf = inputs.acquire()
             a = self.aux.read_flat(name, start, count, into=buf[:region])
             s = self.sft.read_flat(name, start, count, into=buf[region:])
-            return buf, a, s
+            return buf, a, s, hashed() if hashed else None
+
+        def release(buf: torch.Tensor, done: Future | None) -> None:
+            if done is not None:
+                done.result()
+            inputs.release(buf)
 
         stats: dict[str, RunningStats] = {name: RunningStats() for name in self.shapes}
         # closed on any exit: the reader thread stops before the command exits (a thread still inside a read
         # when the interpreter finalises aborts the process)
-        with closing(iter(Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0])))) as items:
-            for (name, start, count), (buf, a, s) in items:
+        with BlockRunner() as blocks, \
+                closing(iter(Prefetcher(jobs, load, discard=lambda r: release(r[0], r[3])))) as items:
+            for (name, start, count), (buf, a, s, done) in items:
                 out_buf = outputs.acquire()
                 try:
                     d = out_buf[: count * 4].view(torch.float32)
-                    d.copy_(a)
-                    d.sub_(s if s.dtype in _PROMOTES else s.float())  # mixed dtype, computed in fp32; float8 converts
+                    diff = difference_into(blocks, d, a, s)  # mixed dtypes computed in fp32
                 finally:
-                    inputs.release(buf)
-                if not stats[name].update(d):  # NaN/Inf in either input propagates into d
+                    release(buf, done)
+                if not diff.finite:  # NaN/Inf in either input propagates into d
                     outputs.release(out_buf)
                     self._raise_non_finite(name, start, count)
+                stats[name].add(diff.lo, diff.hi, diff.sumsq, diff.nonzero, count)
                 if out_dtype == torch.float32:
                     writer.write(name, d, done=partial(outputs.release, out_buf))
                 else:
@@ -383,7 +397,9 @@ class _LoraBuilder:
                 out.add_(ad.checkpoint.read(ad.dense[name]).float(), alpha=sign)
         return out
 
-    def write_all(self, writer: BackgroundWriter, out_dtype, total: RunningStats, bar) -> dict[str, dict]:
+    def write_all(self, writer: BackgroundWriter, out_dtype, total: RunningStats, bar,
+                  hashed: Callable[[], Future[None]] | None = None) -> dict[str, dict]:
+        """Every parameter in turn (whole tensors, freshly allocated: no buffer waits for `hashed`)."""
         return {name: self._write(name, writer, out_dtype, total, bar) for name in self.shapes}
 
     def _write(self, name, writer: BackgroundWriter, out_dtype, total: RunningStats, bar) -> dict:

@@ -6,7 +6,8 @@ import datetime as dt
 import json
 import math
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -28,10 +29,11 @@ from capvector.io import (
     plan_resharded,
 )
 from capvector.io.atomic import atomic_write_json
-from capvector.io.hashing import BackgroundHasher
+from capvector.io.hashing import SourceHashes
 from capvector.io.hub import resolve_input
 from capvector.io.prefetch import Prefetcher
 from capvector.progress import ProgressBar
+from capvector.vectors.blocks import BlockRunner, weighted_sum_into
 from capvector.vectors.card import CARD_FILE
 from capvector.vectors.format import CapabilityVector
 from capvector.vectors.merge_files import render_merge_card, split_base_files
@@ -155,9 +157,10 @@ def merge(
         raise CapvectorError(f"{base}: the base must be a model checkpoint, not a PEFT adapter")
     opened = [CapabilityVector(v.path) for v in items]
     items = [item.resolved(vec) for item, vec in zip(items, opened, strict=True)]
-    hasher = BackgroundHasher()
+    hashes = SourceHashes()
     try:
-        base_hash = hasher.submit(base_ckpt.root, base_ckpt.weight_files) if hash_sources else None
+        if hash_sources:  # the base's bytes are hashed from the reads of the merge itself
+            hashes.track(base_ckpt)
         keymaps, warnings = _key_maps(opened, names, allow_missing)
         warnings += _check_rules(items, opened, allow_missing)
         warnings += _validate(base_ckpt, opened, keymaps, names, allow_missing)
@@ -184,7 +187,8 @@ def merge(
             sharded = ShardedWriter(tmp, plan, {"format": "pt"})
             bar = ProgressBar("merge", total_bytes, unit="bytes", enabled=progress)
             with BackgroundWriter(sharded) as writer, bar:
-                _stream_merge(base_ckpt, plan.order(), contributions, out_dtypes, writer, bar)
+                _stream_merge(base_ckpt, plan.order(), contributions, out_dtypes, writer, bar,
+                              hashes.hashed if hash_sources else None)
             copied, skipped_files = split_base_files(base_ckpt.non_weight_files())
             for rel in copied:
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +197,8 @@ def merge(
                 "tool_version": __version__,
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "definition": "theta_meta = theta_base + sum_i weight_i * tau_i (fp32, cast to output dtype)",
-                "base": {"path": str(Path(base).resolve()), "hash": base_hash.result() if base_hash else None},
+                "base": {"path": str(Path(base).resolve()),
+                         "hash": hashes.digest(base_ckpt) if hash_sources else None},
                 "vectors": [
                     {
                         "path": str(item.path.resolve()),
@@ -214,7 +219,7 @@ def merge(
                                      [vec.meta for vec in opened])
             (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     finally:
-        hasher.shutdown()
+        hashes.shutdown()
         base_ckpt.close()
         for v in opened:
             v.close()
@@ -308,8 +313,11 @@ def _plan(base: Checkpoint, specs: list, max_shard_size: str | int | None) -> Sh
 def _stream_merge(
     base: Checkpoint, order: list[str], contributions: dict[str, list[tuple[CapabilityVector, str, float]]],
     out_dtypes: dict[str, torch.dtype], writer: BackgroundWriter, bar: ProgressBar,
+    hashed: Callable[[], Future[None]] | None = None,
 ) -> None:
-    """Chunk by chunk: reads run ahead on a thread, fp32 arithmetic here, writes behind on another thread."""
+    """Chunk by chunk: reads run ahead on a thread, fp32 arithmetic here in cache-sized blocks on two threads,
+    writes behind on another thread. `hashed()`, when given, is a future for the provenance hash of everything
+    read so far: an input buffer is reused only after it completes."""
     jobs = [(name, start, count) for name in order for start, count in row_chunks(base.info(name).shape)]
     chunk = max((count for _, _, count in jobs), default=1)
     base_item = max(i.dtype.itemsize for i in base.infos.values())
@@ -317,40 +325,43 @@ def _stream_merge(
     region = -(-chunk * max(base_item, 4) // 8) * 8  # 8-byte aligned so every region can be viewed as its dtype
     inputs = BufferPool(region * (1 + n_vec), count=4)
     outputs = BufferPool(chunk * max(4, *(d.itemsize for d in out_dtypes.values())), count=4)
-    acc_buf = torch.empty(chunk, dtype=torch.float32)
 
-    def load(job: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def load(job: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], Future | None]:
         name, start, count = job
         buf = inputs.acquire()
         x = base.read_flat(name, start, count, into=buf[:region])
         vs = [vec.read_flat(key, start, count, into=buf[region * (k + 1) : region * (k + 2)])
               for k, (vec, key, _) in enumerate(contributions[name])]
-        return buf, x, vs
+        return buf, x, vs, hashed() if hashed else None
+
+    def release(buf: torch.Tensor, done: Future | None) -> None:
+        if done is not None:
+            done.result()
+        inputs.release(buf)
 
     # closed on any exit: the reader thread stops before the command exits (a thread still inside a read
     # when the interpreter finalises aborts the process)
-    with closing(iter(Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0])))) as items:
-        for (name, _start, count), (buf, x, vs) in items:
+    with BlockRunner() as blocks, \
+            closing(iter(Prefetcher(jobs, load, discard=lambda r: release(r[0], r[3])))) as items:
+        for (name, _start, count), (buf, x, vs, done) in items:
             out_dtype = out_dtypes[name]
             out_buf = outputs.acquire()
             out = out_buf[: count * out_dtype.itemsize].view(out_dtype)
             try:
                 if contributions[name]:
-                    acc = out if out_dtype == torch.float32 else acc_buf[:count]
-                    acc.copy_(x)
-                    for (_, _, weight), v in zip(contributions[name], vs, strict=True):
-                        acc.add_(v, alpha=weight)
-                    lo, hi = torch.aminmax(acc)
-                    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+                    terms = [(weight, v) for (_, _, weight), v in zip(contributions[name], vs, strict=True)]
+                    lo, hi = weighted_sum_into(blocks, out, x, terms)
+                    if not (math.isfinite(lo) and math.isfinite(hi)):
                         raise CapvectorError(f"key {name!r}: merged values are not finite "
                                              "(check the vector and weights)")
-                    check_cast(name, float(lo), float(hi), out_dtype)
-                    if acc.data_ptr() != out.data_ptr():
-                        out.copy_(acc)
+                    check_cast(name, lo, hi, out_dtype)
                 else:
                     check_cast_tensor(name, x, out_dtype)
                     out.copy_(x)
+            except BaseException:
+                outputs.release(out_buf)
+                raise
             finally:
-                inputs.release(buf)
+                release(buf, done)
             writer.write(name, out, done=partial(outputs.release, out_buf))
             bar.advance(count * base.info(name).dtype.itemsize)

@@ -55,11 +55,15 @@ class RunningStats:
         sumsq = float(torch.dot(flat, flat)) if flat.dtype == torch.float32 else math.inf
         if not math.isfinite(sumsq):  # other dtypes, or squares beyond fp32's range: sum in float64
             sumsq = float(flat.double().square().sum())
-        self.sumsq += sumsq
-        self.max_abs = max(self.max_abs, abs(lo_f), abs(hi_f))
-        self.zeros += x.numel() - int(torch.count_nonzero(x))
-        self.numel += x.numel()
+        self.add(lo_f, hi_f, sumsq, int(torch.count_nonzero(x)), x.numel())
         return True
+
+    def add(self, lo: float, hi: float, sumsq: float, nonzero: int, numel: int) -> None:
+        """Add a finite chunk's statistics computed elsewhere (e.g. block by block, `vectors.blocks`)."""
+        self.sumsq += sumsq
+        self.max_abs = max(self.max_abs, abs(lo), abs(hi))
+        self.zeros += numel - nonzero
+        self.numel += numel
 
     @property
     def norm(self) -> float:
