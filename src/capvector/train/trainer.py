@@ -68,9 +68,9 @@ class _LossModule(nn.Module):
 
     def forward(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor, actions: torch.Tensor,
                 mask: torch.Tensor | None, targets: torch.Tensor | None,
-                l1_denominator: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                denominator: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         layer = self.alignment.layer if self.alignment is not None else None
-        name, action_loss, out = self.action_loss(self.model, image, proprio, text, actions, mask, l1_denominator,
+        name, action_loss, out = self.action_loss(self.model, image, proprio, text, actions, mask, denominator,
                                                   layer)
         parts = {name: action_loss}
         total = action_loss
