@@ -76,8 +76,7 @@ def pretrain_command(
     patch_size: Annotated[int | None, typer.Option(help="Patch side in pixels (default 8).")] = None,
     policy: Annotated[str | None, typer.Option(help="Architecture: tiny-vla (default) | tiny-pi0.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads of the training (default 2).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Processes collecting demos and running rollouts (default "
-                                                     "2).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Rollout processes (default 2).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
     """Pretrain a tiny policy on the pretraining split (the recipe behind the shipped θ_pre). Reruns resume."""

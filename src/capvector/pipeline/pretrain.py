@@ -93,9 +93,19 @@ def pretrain(output: str | Path, cfg: PretrainConfig, run_dir: str | Path = "run
               "train": runner.summary("train"),
               "eval": {"overall": result["overall"],
                        "per_task": {r["task"]: r["pc_success"] for r in result["per_task"]}},
-              "regenerate": f"capvector pretrain{'' if kind == DEFAULT_TYPE else ' --policy ' + kind} -o {output} "
-                            "--overwrite"}
+              "regenerate": _regenerate_command(output, cfg)}
     with AtomicOutputDir(output, overwrite=True) as tmp:
         shutil.copytree(runner.directory("train") / "policy", tmp, dirs_exist_ok=True)
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     return recipe
+
+
+def _regenerate_command(output: Path, cfg: PretrainConfig) -> str:
+    """The command that reruns this recipe: the options that differ from the defaults and change the result."""
+    options = []
+    kind = cfg.policy.get(TYPE_KEY, DEFAULT_TYPE)
+    if kind != DEFAULT_TYPE:
+        options.append(f"--policy {kind}")
+    if cfg.threads != PretrainConfig().threads:  # float reductions differ with the thread count
+        options.append(f"--threads {cfg.threads}")
+    return " ".join(["capvector pretrain", *options, f"-o {output} --overwrite"])
