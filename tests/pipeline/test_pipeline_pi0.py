@@ -24,3 +24,14 @@ def test_pretrain_refuses_an_unknown_policy_type_before_any_work(tmp_path):
     r = run_cli("pretrain", "-o", tmp_path / "out", "--run-dir", tmp_path / "run", "--policy", "tiny-nope")
     assert r.code == 2 and "unknown policy type 'tiny-nope'" in r.stderr + r.stdout
     assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+
+def test_the_recorded_regenerate_command_names_what_changes_the_result():
+    from pathlib import Path
+
+    from capvector.pipeline.pretrain import PretrainConfig, _regenerate_command
+
+    out = Path("src/capvector/assets/tiny_vla_pretrained")
+    assert _regenerate_command(out, PretrainConfig()) == f"capvector pretrain -o {out} --overwrite"  # as shipped
+    pi0 = PretrainConfig(threads=1, workers=1, policy={"embedder": "minilm", "policy_type": "tiny-pi0"})
+    assert _regenerate_command(Path("o"), pi0) == "capvector pretrain --policy tiny-pi0 --threads 1 -o o --overwrite"
