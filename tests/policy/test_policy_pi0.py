@@ -240,3 +240,14 @@ def test_overfits_a_fixed_batch(tiny_ds):
     assert probe_loss() < before / 5, (before, probe_loss())
     pred = model.eval().predict_chunk(image[:4], proprio[:4], text[:4])
     assert float((pred - a[:4]).abs().mean()) < 0.5 * float((a[:4] - a[:4].mean(0)).abs().mean())
+
+
+def test_shipped_tiny_pi0_loads_with_its_recipe(tiny_ds):
+    from importlib.resources import files
+
+    directory = files("capvector.assets") / "tiny_pi0_pretrained"
+    recipe = json.loads((directory / "recipe.json").read_text())
+    assert recipe["train"]["steps"] == 4000 and len(recipe["eval"]["per_task"]) == 10
+    assert recipe["pretrain_config"]["policy"]["policy_type"] == "tiny-pi0"
+    policy = load_policy(str(directory))
+    assert isinstance(policy, TinyPi0) and policy.config.embedder == "minilm"
