@@ -1,9 +1,11 @@
-"""Training throughput and peak memory of the tiny VLA on CPU: full / LoRA / GSE, each + alignment or + orth.
+"""Training throughput and peak memory of the tiny policies on CPU: the tiny VLA full / LoRA / GSE, each + alignment
+or + orth, and the tiny pi0 (flow matching) fully fine-tuned.
 
 Each mode runs in its own process (so peak RSS is its own) through the real `Trainer`, on samples
 generated once and held in memory (data generation is not timed). The first half of the steps is
 warm-up; samples/s is measured over the second half; modes are interleaved and the best of `--repeats`
-runs is kept, so other load on a shared machine distorts less. Ratios are relative to full fine-tuning.
+runs is kept, so other load on a shared machine distorts less. Ratios are relative to the tiny VLA's full
+fine-tuning. `act()` latency (batch 1, as rollouts call it) is measured for both full-fine-tuning modes.
 
     python benchmarks/train.py [--threads 2] [--batch-size 64] [--steps 20] [--json out.json]
 """
@@ -29,7 +31,9 @@ MODES = {
     "gse": {"tuner": "gse"},
     "full+orth": {"tuner": "full", "orth": "factored"},
     "lora+orth": {"tuner": "lora", "lora_r": 16, "orth": "lora"},
+    "pi0": {"tuner": "full", "policy": "tiny-pi0"},  # same VLM shape, expert width 64, 10 Euler steps in act()
 }
+LATENCY_MODES = ("full", "pi0")
 
 
 def _vector(config, directory: str) -> str:
@@ -39,12 +43,12 @@ def _vector(config, directory: str) -> str:
     vector's names and values, and reads W_meta from the model it regularises."""
     import torch
 
-    from capvector.policy import TinyVLA, save_policy
+    from capvector.policy import build_policy, save_policy
     from capvector.vectors.extract import extract
 
     torch.manual_seed(0)
-    policy = TinyVLA(config)
-    moved = TinyVLA(config)
+    policy = build_policy(config)
+    moved = build_policy(config)
     moved.load_state_dict(policy.state_dict())
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -62,7 +66,7 @@ def _child(mode: str, threads: int, batch: int, steps: int, width: int, depth: i
     torch.set_num_threads(threads)
     from torch.utils.data import Dataset
 
-    from capvector.policy import PolicyConfig, count_parameters
+    from capvector.policy import config_from_dict, count_parameters
     from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
 
 
@@ -76,12 +80,13 @@ def _child(mode: str, threads: int, batch: int, steps: int, width: int, depth: i
         def __getitem__(self, i):
             return self.items[i]
 
-    pcfg = PolicyConfig(width=width, depth=depth, heads=max(1, width // 32), num_cameras=cameras, embedder="hash")
+    options = dict(MODES[mode])
+    orth_mode = options.pop("orth", None)
+    pcfg = config_from_dict({"policy_type": options.pop("policy", "tiny-vla"), "width": width, "depth": depth,
+                             "heads": max(1, width // 32), "num_cameras": cameras, "embedder": "hash"})
     data = InMemory(SyntheticDemoDataset(length=4 * batch, num_cameras=cameras, chunk=pcfg.chunk), 4 * batch)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     half = steps // 2
-    options = dict(MODES[mode])
-    orth_mode = options.pop("orth", None)
     with tempfile.TemporaryDirectory() as d:
         cfg = TrainConfig(output_dir=f"{d}/run", steps=steps, batch_size=batch, log_every=half, progress=False,
                           **options)
@@ -97,7 +102,7 @@ def _child(mode: str, threads: int, batch: int, steps: int, width: int, depth: i
         trainable = count_parameters(trainer.model, trainable_only=True)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     act_ms = None
-    if mode == "full":  # batch-1 inference latency of the trained policy, as rollouts call it
+    if mode in LATENCY_MODES:  # batch-1 inference latency of the trained policy, as rollouts call it
         policy = trainer.policy
         obs = {"image": data[0]["image"].numpy(), "proprio": data[0]["proprio"].numpy(),
                "instruction": data[0]["instruction"]}
@@ -141,7 +146,7 @@ def main() -> None:
                 best[mode] = row
     rows = list(best.values())
     base = next((r for r in rows if r["mode"] == "full"), None)
-    print(f"# tiny VLA training, width {a.width}, depth {a.depth}, {a.cameras} camera(s), batch {a.batch_size}, "
+    print(f"# tiny policy training, width {a.width}, depth {a.depth}, {a.cameras} camera(s), batch {a.batch_size}, "
           f"{a.threads} threads, {platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}")
     print("| mode | trainable params | samples/s | ms/step | step time vs full | peak RSS MB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -149,8 +154,9 @@ def main() -> None:
         ratio = r["step_ms"] / base["step_ms"] if base else float("nan")
         print(f"| {r['mode']} | {r['trainable_params']:,} | {r['samples_per_s']:.0f} | {r['step_ms']:.0f} | "
               f"{ratio:.2f}× | {r['peak_rss_mb']:.0f} |")
-    if base and base.get("act_ms") is not None:
-        print(f"\nbatch-1 `act()` latency (full): {base['act_ms']:.1f} ms")
+    for r in rows:
+        if r.get("act_ms") is not None:
+            print(f"\nbatch-1 `act()` latency ({r['mode']}): {r['act_ms']:.1f} ms")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": vars(a), "rows": rows}, f, indent=2)

@@ -77,14 +77,17 @@ def pretrain_command(
     image_size: Annotated[int | None, typer.Option(help="Rendered image side in pixels (default 64); demos, policy "
                                                         "and rollouts all use it.")] = None,
     patch_size: Annotated[int | None, typer.Option(help="Patch side in pixels (default 8).")] = None,
+    policy: Annotated[str | None, typer.Option(help="Architecture: tiny-vla (default) | tiny-pi0.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
-    """Pretrain the tiny VLA on the pretraining split (the recipe behind the shipped θ_pre). Reruns resume."""
+    """Pretrain a tiny policy on the pretraining split (the recipe behind the shipped θ_pre). Reruns resume."""
     from capvector.pipeline.pretrain import pretrain
+    from capvector.policy.registry import TYPE_KEY
 
     require_extras("sim")
     cfg = replace(PretrainConfig(), **(overrides or {}))
-    shape = {k: v for k, v in (("image_size", image_size), ("patch_size", patch_size)) if v is not None}
+    shape = {k: v for k, v in (("image_size", image_size), ("patch_size", patch_size), (TYPE_KEY, policy))
+             if v is not None}
     if shape:
         cfg = replace(cfg, policy={**cfg.policy, **shape})
     recipe = pretrain(output, cfg, run_dir, overwrite=overwrite, log=typer.echo)

@@ -15,7 +15,8 @@ import typer
 from capvector.commands.config_options import with_config_options
 from capvector.errors import CapvectorError
 from capvector.io.jsonfile import read_json_object
-from capvector.policy import PolicyConfig
+from capvector.policy import config_from_dict
+from capvector.policy.registry import TYPE_KEY
 from capvector.train.config import TrainConfig
 from capvector.train.datasets import training_dataset
 from capvector.train.run import OrthSettings, run_training
@@ -29,6 +30,7 @@ def train_command(
     config: Annotated[Path | None, typer.Option(help="JSON file of TrainConfig fields; flags override it.")] = None,
     overrides: dict[str, Any] | None = None,  # every TrainConfig field is an option here; those given
     orth: dict[str, Any] | None = None,  # OrthSettings fields as --orth-* options; those given
+    policy: Annotated[str | None, typer.Option(help="Fresh policy: tiny-vla (default) | tiny-pi0.")] = None,
     width: Annotated[int | None, typer.Option(help="Fresh policy: trunk width.")] = None,
     depth: Annotated[int | None, typer.Option(help="Fresh policy: trunk layers.")] = None,
     cameras: Annotated[int | None, typer.Option(help="Fresh policy: cameras (1 or 2).")] = None,
@@ -36,13 +38,13 @@ def train_command(
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore checkpoints already in the run dir.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Train the tiny VLA: full / LoRA / GSE, optional spatial alignment and orthogonal regulariser."""
+    """Train a tiny policy: full / LoRA / GSE, optional spatial alignment and orthogonal regulariser."""
     fields = read_json_object(config, "train config") if config else {}
     fields.update(overrides or {})
     fields["output_dir"] = str(output)
     fields.setdefault("progress", sys.stderr.isatty())
     cfg = TrainConfig.from_dict(fields, source=str(config) if config else "train options")
-    policy_fields = {"width": width, "depth": depth, "num_cameras": cameras, "embedder": embedder}
+    policy_fields = {TYPE_KEY: policy, "width": width, "depth": depth, "num_cameras": cameras, "embedder": embedder}
     policy_fields = {k: v for k, v in policy_fields.items() if v is not None}
     if cfg.init:
         from capvector.policy import load_policy
@@ -53,7 +55,7 @@ def train_command(
     else:
         if policy_fields.get("width") and "heads" not in policy_fields:
             policy_fields["heads"] = max(1, policy_fields["width"] // 32)
-        policy_cfg = PolicyConfig(**policy_fields)
+        policy_cfg = config_from_dict(policy_fields, source="train options")
     if orth and "vector" not in orth:
         raise CapvectorError(f"{', '.join('--orth-' + k for k in sorted(orth))} set but no --orth-vector to regularise "
                              "against")

@@ -65,3 +65,34 @@ class PolicyConfig:
         """Build from JSON, rejecting unknown keys so a typo does not silently fall back to a default."""
         reject_unknown_keys(data, cls, source, "policy config")
         return cls(**data)
+
+
+PI0_TYPE = "tiny-pi0"
+
+
+@dataclass
+class Pi0Config(PolicyConfig):
+    """Shape of the tiny pi0-style policy: `PolicyConfig`'s VLM fields plus the action expert and the sampler.
+
+    The expert has `expert_depth` layers that attend to the VLM's final prefix tokens with the VLM's heads and
+    head size, in a narrower residual stream (`expert_width`). `flow_steps` Euler steps
+    integrate the velocity field at inference, from Gaussian noise drawn with a generator seeded by `noise_seed`.
+    `policy_type` marks the saved config.json so loaders build the right model.
+    """
+
+    expert_width: int = 64
+    expert_depth: int = 4
+    flow_steps: int = 10
+    noise_seed: int = 0
+    policy_type: str = PI0_TYPE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.policy_type != PI0_TYPE:
+            raise CapvectorError(f"pi0 policy config: policy_type must be {PI0_TYPE!r}, found {self.policy_type!r}")
+        for name in ("expert_width", "expert_depth", "flow_steps"):
+            if getattr(self, name) <= 0:
+                raise CapvectorError(f"policy config: {name} must be positive, found {getattr(self, name)}")
+        if self.expert_width % 2:
+            raise CapvectorError(f"policy config: expert_width must be even (sin/cos time features), "
+                                 f"found {self.expert_width}")

@@ -14,7 +14,6 @@ the K-step action chunk out of the trunk in one forward pass.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors.torch import load_file
 from torch import nn
 
 from capvector.errors import CapvectorError
-from capvector.io.atomic import atomic_save_safetensors, atomic_write_text
-from capvector.io.jsonfile import read_json_object
+from capvector.io.atomic import atomic_save_safetensors
 from capvector.policy.config import PolicyConfig
 from capvector.policy.text import InstructionEmbedder, get_embedder
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -48,6 +44,10 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)[0]
+
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The attention output and the per-head keys and values (B, heads, T, d/heads) another stream may read."""
         b, t, d = x.shape
         h = self.heads
 
@@ -57,7 +57,7 @@ class Attention(nn.Module):
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, d)), k, v
 
 
 class MLP(nn.Module):
@@ -82,8 +82,13 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x)))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        return self.forward_kv(x)[0]
+
+    def forward_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block's output and its attention's keys and values (what a pi0-style action expert attends to)."""
+        a, k, v = self.attn.attend(self.norm1(x))
+        x = x + self.drop(a)
+        return x + self.drop(self.mlp(self.norm2(x))), k, v
 
 
 class VisionEncoder(nn.Module):
@@ -155,31 +160,28 @@ class PolicyOutput:
     query_hidden: torch.Tensor | None = None  # (B, K, width): the action queries at the same layer
 
 
-class TinyVLA(nn.Module, PyTorchModelHubMixin, library_name="capvector", tags=["capvector", "vla"]):
-    """A few-hundred-thousand to few-million parameter VLA for CPU experiments (see module docstring)."""
+class TinyPolicy(nn.Module):
+    """What every tiny policy shares: the instruction embedder, input checks, the `act()` observation format,
+    `reset()` and the Hub mixin's save/load hooks. Subclasses set `config` and implement `predict_chunk`."""
 
-    def __init__(self, config: PolicyConfig | dict | None = None) -> None:
-        super().__init__()
-        if config is None:
-            config = PolicyConfig()
-        elif isinstance(config, Mapping):
-            config = PolicyConfig.from_dict(dict(config))
-        self.config = config
-        self.vlm = VLM(config)
-        self.action_expert = ActionExpert(config)
-        self.apply(_init_linear)
+    config: PolicyConfig
+    # which hidden states `forward(..., hidden_layer=)` can return, for the auxiliary objectives
+    hidden_streams: tuple[str, ...] = ("visual",)
 
-    # ---- inputs -------------------------------------------------------------------------------
     @property
     def embedder(self) -> InstructionEmbedder:
         """The frozen, process-wide cached instruction embedder named in the config (not a submodule)."""
         return get_embedder(self.config.embedder, self.config.text_dim)
 
-    def embed_instructions(self, instructions: list[str] | tuple[str, ...]) -> torch.Tensor:
-        device = self.action_expert.queries.device
-        return self.embedder(list(instructions)).to(device)
+    @property
+    def device(self) -> torch.device:
+        return self.vlm.language.proj.weight.device
 
-    def _check_inputs(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor) -> None:
+    def embed_instructions(self, instructions: list[str] | tuple[str, ...]) -> torch.Tensor:
+        return self.embedder(list(instructions)).to(self.device)
+
+    def _check_inputs(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor,
+                      hidden_layer: int | None = None) -> None:
         c = self.config
         want = (c.num_cameras, 3, c.image_size, c.image_size)
         if image.dim() != 5 or tuple(image.shape[1:]) != want:
@@ -192,8 +194,67 @@ class TinyVLA(nn.Module, PyTorchModelHubMixin, library_name="capvector", tags=["
         if tuple(text.shape) != (b, c.text_dim):
             raise CapvectorError(f"policy input 'instruction embedding': expected ({b}, {c.text_dim}), "
                                  f"found {tuple(text.shape)}")
+        if hidden_layer is not None and not 0 <= hidden_layer <= c.depth:
+            raise CapvectorError(f"hidden_layer must be in [0, {c.depth}], found {hidden_layer}")
 
-    # ---- forward ------------------------------------------------------------------------------
+    def predict_chunk(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, K, action_dim) actions for a batch, in eval mode without gradients (what `act()` runs)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def act(self, observation: Mapping[str, Any]) -> np.ndarray:
+        """One unbatched observation (image (V,3,H,W) uint8, proprio (4,), instruction str) → (K, 4) actions."""
+        for key in ("image", "proprio", "instruction"):
+            if key not in observation:
+                raise CapvectorError(f"observation: missing key {key!r}; found keys {sorted(observation)}")
+        instruction = observation["instruction"]
+        if not isinstance(instruction, str):
+            raise CapvectorError(f"observation 'instruction': expected str, found {type(instruction).__name__}")
+        image = torch.as_tensor(np.asarray(observation["image"])).unsqueeze(0).to(self.device)
+        proprio = torch.as_tensor(np.asarray(observation["proprio"], dtype=np.float32)).unsqueeze(0).to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            actions = self.predict_chunk(image, proprio, self.embed_instructions([instruction]))
+        finally:
+            self.train(was_training)
+        return actions[0].clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
+
+    def reset(self) -> None:
+        """Start of an episode (the evaluator's policy interface); the policy keeps no history, so nothing to clear."""
+
+    # ---- persistence (PyTorchModelHubMixin hooks) ---------------------------------------------
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Weights as safetensors, written to a temp file then renamed (the mixin writes config.json)."""
+        atomic_save_safetensors(self.state_dict(), Path(save_directory) / WEIGHTS_NAME, metadata={"format": "pt"})
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = True, **kwargs: Any):
+        """Local directories only (the toolkit never downloads at run time); strict key and shape check."""
+        from capvector.policy.storage import load_policy
+
+        model = load_policy(model_id, map_location=map_location)
+        if not isinstance(model, cls):
+            raise CapvectorError(f"{model_id}: holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+class TinyVLA(TinyPolicy, PyTorchModelHubMixin, library_name="capvector", tags=["capvector", "vla"]):
+    """A few-hundred-thousand to few-million parameter VLA for CPU experiments (see module docstring)."""
+
+    hidden_streams = ("visual", "queries")
+
+    def __init__(self, config: PolicyConfig | dict | None = None) -> None:
+        super().__init__()
+        if config is None:
+            config = PolicyConfig()
+        elif isinstance(config, Mapping):
+            config = PolicyConfig.from_dict(dict(config))
+        self.config = config
+        self.vlm = VLM(config)
+        self.action_expert = ActionExpert(config)
+        self.apply(init_linear)
+
     def forward(
         self,
         image: torch.Tensor,
@@ -207,9 +268,7 @@ class TinyVLA(nn.Module, PyTorchModelHubMixin, library_name="capvector", tags=["
         `image` is uint8 (B, V, 3, H, W) (or float in [0, 1]); `hidden_layer` counts like HF hidden states:
         0 is the token embeddings, i the output of block i (1..depth).
         """
-        self._check_inputs(image, proprio, instruction_embedding)
-        if hidden_layer is not None and not 0 <= hidden_layer <= self.config.depth:
-            raise CapvectorError(f"hidden_layer must be in [0, {self.config.depth}], found {hidden_layer}")
+        self._check_inputs(image, proprio, instruction_embedding, hidden_layer)
         pixels = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         b = pixels.shape[0]
         vis = self.vlm.vision(pixels)
@@ -236,106 +295,49 @@ class TinyVLA(nn.Module, PyTorchModelHubMixin, library_name="capvector", tags=["
             return PolicyOutput(actions=actions, visual_hidden=None)
         return PolicyOutput(actions=actions, visual_hidden=captured[:, :n_vis], query_hidden=captured[:, -k:])
 
-    @torch.no_grad()
-    def act(self, observation: Mapping[str, Any]) -> np.ndarray:
-        """One unbatched observation (image (V,3,H,W) uint8, proprio (4,), instruction str) → (K, 4) actions."""
-        for key in ("image", "proprio", "instruction"):
-            if key not in observation:
-                raise CapvectorError(f"observation: missing key {key!r}; found keys {sorted(observation)}")
-        instruction = observation["instruction"]
-        if not isinstance(instruction, str):
-            raise CapvectorError(f"observation 'instruction': expected str, found {type(instruction).__name__}")
-        device = self.action_expert.queries.device
-        image = torch.as_tensor(np.asarray(observation["image"])).unsqueeze(0).to(device)
-        proprio = torch.as_tensor(np.asarray(observation["proprio"], dtype=np.float32)).unsqueeze(0).to(device)
-        was_training = self.training
-        self.eval()
-        try:
-            out = self(image, proprio, self.embed_instructions([instruction]))
-        finally:
-            self.train(was_training)
-        return out.actions[0].clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
-
-    def reset(self) -> None:
-        """Start of an episode (the evaluator's policy interface); the policy keeps no history, so nothing to clear."""
-
-    # ---- persistence --------------------------------------------------------------------------
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """Weights as safetensors, written to a temp file then renamed (the mixin writes config.json)."""
-        atomic_save_safetensors(self.state_dict(), Path(save_directory) / WEIGHTS_NAME, metadata={"format": "pt"})
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = True, **kwargs: Any):
-        """Local directories only (the toolkit never downloads at run time); strict key and shape check."""
-        return load_policy(model_id, map_location=map_location)
+    def predict_chunk(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self(image, proprio, text).actions
 
 
-def _init_linear(m: nn.Module) -> None:
+def init_linear(m: nn.Module) -> None:
+    """Truncated-normal (std 0.02) weights and zero biases for every `nn.Linear` (`module.apply(init_linear)`)."""
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
 
 
-def save_policy(model: TinyVLA, directory: str | Path) -> Path:
-    """Write `config.json` + `model.safetensors` (each atomically); the layout `TinyVLA.from_pretrained` reads."""
-    directory = Path(directory)
-    model._save_pretrained(directory)
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
-    return directory
-
-
-def read_policy_config(directory: str | Path) -> PolicyConfig:
-    """A policy directory's `config.json`, validated (the shape a run must render and collect for)."""
-    cfg_path = Path(directory) / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise CapvectorError(f"policy directory {directory}: missing {CONFIG_NAME}")
-    raw = read_json_object(cfg_path, "policy config")
-    cfg_dict = raw.get("config", raw)
-    if not isinstance(cfg_dict, dict):
-        raise CapvectorError(f"{cfg_path}: expected a JSON object with the policy config")
-    return PolicyConfig.from_dict(cfg_dict, source=str(cfg_path))
-
-
-def load_policy(directory: str | Path, map_location: str = "cpu") -> TinyVLA:
-    """Read a policy directory strictly: every key present, no extra keys, shapes as the config says."""
-    directory = Path(directory)
-    w_path = directory / WEIGHTS_NAME
-    for p in (directory / CONFIG_NAME, w_path):
-        if not p.is_file():
-            raise CapvectorError(f"policy directory {directory}: missing {p.name}")
-    model = TinyVLA(read_policy_config(directory))
-    state = load_file(str(w_path), device=map_location)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    if missing or extra:
-        raise CapvectorError(f"{w_path}: keys do not match the config; missing {missing[:5]}, unexpected {extra[:5]}")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise CapvectorError(f"{w_path}: tensor {k!r} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
-    model.load_state_dict(state, strict=True)
-    return model.to(map_location).eval()
-
-
-def action_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-              denominator: torch.Tensor | float | None = None) -> torch.Tensor:
-    """Mean |pred − target| over real (mask True) steps and action dims; padded steps contribute nothing.
+def masked_mean(err: torch.Tensor, mask: torch.Tensor | None = None,
+                denominator: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Mean of a (B, K, D) per-entry error over real (mask True) steps; padded steps contribute nothing.
 
     `denominator` replaces the local count of real entries (data-parallel training passes the global
     count divided by the number of processes, so averaging the processes' losses gives the global mean).
     """
-    if pred.shape != target.shape:
-        raise CapvectorError(f"action_l1: prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
-    err = (pred - target.to(pred.dtype)).abs()
     if mask is None:
         return err.mean()
-    if tuple(mask.shape) != tuple(pred.shape[:2]):
-        raise CapvectorError(f"action_l1: mask shape {tuple(mask.shape)}, expected {tuple(pred.shape[:2])}")
-    w = mask.to(pred.dtype).unsqueeze(-1)
+    if tuple(mask.shape) != tuple(err.shape[:2]):
+        raise CapvectorError(f"action loss: mask shape {tuple(mask.shape)}, expected {tuple(err.shape[:2])}")
+    w = mask.to(err.dtype).unsqueeze(-1)
     if denominator is None:
-        denominator = (w.sum() * pred.shape[-1]).clamp_min(1.0)
+        denominator = (w.sum() * err.shape[-1]).clamp_min(1.0)
     return (err * w).sum() / denominator
+
+
+def action_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+              denominator: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Mean |pred − target| over real (mask True) steps and action dims (`masked_mean`)."""
+    if pred.shape != target.shape:
+        raise CapvectorError(f"action_l1: prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+    return masked_mean((pred - target.to(pred.dtype)).abs(), mask, denominator)
+
+
+def chunk_l1_loss(model: nn.Module, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor,
+                  actions: torch.Tensor, mask: torch.Tensor | None, denominator: torch.Tensor | None,
+                  hidden_layer: int | None) -> tuple[str, torch.Tensor, PolicyOutput]:
+    """TinyVLA's training loss: L1 between the parallel-decoded chunk and the expert's (`model` may be wrapped)."""
+    out = model(image, proprio, text, hidden_layer=hidden_layer)
+    return "action_l1", action_l1(out.actions, actions, mask, denominator), out
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -343,4 +345,4 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["PolicyOutput", "TinyVLA", "action_l1", "count_parameters", "load_policy", "save_policy"]
+__all__ = ["PolicyOutput", "TinyPolicy", "TinyVLA", "action_l1", "chunk_l1_loss", "count_parameters", "masked_mean"]

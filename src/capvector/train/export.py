@@ -2,7 +2,7 @@
 extract/merge`, and `load_trained`, the one reader of it (the simulator, the pipeline, LIBERO and the benchmarks
 all open trained policies through it).
 
-Layouts, by tuner: full: `policy/` (a TinyVLA directory). lora: `adapter/` and `policy/` with the adapter merged
+Layouts, by tuner: full: `policy/` (a policy directory). lora: `adapter/` and `policy/` with the adapter merged
 in. gse / peft: `adapter/` and `base_policy/` (the frozen base plus any `also_train` updates), since routed
 experts have no dense equivalent.
 """
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from capvector.errors import CapvectorError
-from capvector.policy import TinyVLA, load_policy, save_policy
+from capvector.policy import build_policy, load_policy, save_policy
 
 POLICY_DIR = "policy"
 SNAPSHOT_DIR = "snapshots"
@@ -31,7 +31,7 @@ def snapshot_dir(run_dir: str | Path, step: int) -> Path:
 
 
 def write_trained(whole: nn.Module, root: Path, tuner: str, base_state: Mapping[str, torch.Tensor] | None) -> Path:
-    """Write the unsharded trained model `whole` (a TinyVLA, or a PEFT model around one) into `root` in the layout
+    """Write the unsharded trained model `whole` (a tiny policy, or a PEFT model around one) into `root` in the layout
     of `tuner`; returns what `load_trained` opens. `base_state`: the policy's weights before tuning (gse / peft)."""
     if tuner == "full":
         return save_policy(whole, root / POLICY_DIR)
@@ -40,7 +40,7 @@ def write_trained(whole: nn.Module, root: Path, tuner: str, base_state: Mapping[
         return save_policy(whole.merge_and_unload(), root / POLICY_DIR)
     if base_state is None:
         raise CapvectorError(f"exporting a {tuner!r} run needs the base policy's weights from before tuning")
-    base = TinyVLA(whole.base_model.model.config)
+    base = build_policy(whole.base_model.model.config)
     state = dict(base_state)
     for name, p in whole.base_model.model.named_parameters():
         plain = name.replace(".base_layer.", ".")

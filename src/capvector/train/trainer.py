@@ -1,6 +1,8 @@
 """One trainer for full fine-tuning, PEFT LoRA and any PEFT tuner (e.g. GSE), with optional spatial alignment.
 
-Loss = action L1 + α·alignment (if `aux_weight` > 0) + Σ regularisers() + tuner aux loss (if the tuner has one).
+Loss = the policy type's action loss (L1 on the parallel-decoded chunk for tiny-vla, flow-matching MSE for
+tiny-pi0; `capvector.policy.registry`) + α·alignment (if `aux_weight` > 0) + Σ regularisers() + tuner aux loss
+(if the tuner has one).
 
 Determinism: the data order is a function of (seed, step) (`order.py`); the model, LoRA and projector
 initialisations use separate seeded RNG streams, so a plain SFT run and an aux-SFT run with the same
@@ -31,7 +33,8 @@ from capvector.errors import CapvectorError
 from capvector.io.atomic import AtomicOutputDir, atomic_save_safetensors, atomic_write_text, publish_dir
 from capvector.loss_terms import tuner_aux_loss
 from capvector.objectives import SpatialAlignment, SubgoalPrediction, Teacher, make_teacher
-from capvector.policy import PolicyConfig, TinyVLA, action_l1, count_parameters, load_policy
+from capvector.policy import PolicyConfig, TinyPolicy, build_policy, count_parameters, load_policy, type_of
+from capvector.policy.registry import PolicyLoss
 from capvector.progress import ProgressBar
 from capvector.train.config import RESUMABLE_CHANGES, TrainConfig
 from capvector.train.export import POLICY_DIR, snapshot_dir, write_trained
@@ -56,19 +59,21 @@ class TrainResult:
 class _LossModule(nn.Module):
     """Policy (+ projector) in one module so DDP synchronises every trained parameter."""
 
-    def __init__(self, model: nn.Module, alignment: SpatialAlignment | SubgoalPrediction | None) -> None:
+    def __init__(self, model: nn.Module, alignment: SpatialAlignment | SubgoalPrediction | None,
+                 action_loss: PolicyLoss) -> None:
         super().__init__()
         self.model = model
         self.alignment = alignment
+        self.action_loss = action_loss
 
     def forward(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor, actions: torch.Tensor,
                 mask: torch.Tensor | None, targets: torch.Tensor | None,
-                l1_denominator: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                denominator: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         layer = self.alignment.layer if self.alignment is not None else None
-        out = self.model(image, proprio, text, hidden_layer=layer)
-        l1 = action_l1(out.actions, actions, mask, l1_denominator)
-        parts = {"action_l1": l1}
-        total = l1
+        name, action_loss, out = self.action_loss(self.model, image, proprio, text, actions, mask, denominator,
+                                                  layer)
+        parts = {name: action_loss}
+        total = action_loss
         if self.alignment is not None:
             hidden = out.query_hidden if self.alignment.reads == "queries" else out.visual_hidden
             aux = self.alignment(hidden, targets)
@@ -87,9 +92,10 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 
 class Trainer:
-    """Train a `TinyVLA` (or resume a run) on a dataset that follows the data contract.
+    """Train a tiny policy (or resume a run) on a dataset that follows the data contract.
 
-    `policy`: a model to start from (else `config.init`, else a fresh `TinyVLA(policy_config)`).
+    `policy`: a model to start from (else `config.init`, else a fresh policy of `policy_config`'s type, the tiny
+    VLA's defaults if None).
     `peft_config`: used with tuner "peft" (any PEFT config, e.g. GSE); tuner "lora" builds a LoraConfig.
     `regularizers`: name → callable added to the loss every step (e.g. the orthogonal regulariser).
     """
@@ -98,7 +104,7 @@ class Trainer:
         self,
         config: TrainConfig,
         dataset: Dataset,
-        policy: TinyVLA | None = None,
+        policy: TinyPolicy | None = None,
         policy_config: PolicyConfig | None = None,
         peft_config: Any = None,
         regularizers: Mapping[str, Regularizer] | None = None,
@@ -121,7 +127,7 @@ class Trainer:
             teacher = make_teacher(config.teacher, config.teacher_path)
         self.teacher = teacher
         self.alignment = self._build_alignment()
-        self.loss_module = _LossModule(self.model, self.alignment)
+        self.loss_module = _LossModule(self.model, self.alignment, type_of(self.policy).loss)
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not trainable:
             raise CapvectorError("nothing to train: no parameter requires grad after applying the tuner")
@@ -149,11 +155,11 @@ class Trainer:
         self.regularizers[name] = reg
 
     # ---- construction -------------------------------------------------------------------------
-    def _build_policy(self, policy: TinyVLA | None, policy_config: PolicyConfig | None) -> TinyVLA:
+    def _build_policy(self, policy: TinyPolicy | None, policy_config: PolicyConfig | None) -> TinyPolicy:
         with torch.random.fork_rng():
             torch.manual_seed(self.cfg.seed + _INIT_SEED_OFFSET["model"])
             if policy is None:
-                policy = load_policy(self.cfg.init) if self.cfg.init else TinyVLA(policy_config or PolicyConfig())
+                policy = load_policy(self.cfg.init) if self.cfg.init else build_policy(policy_config)
         return policy.train()
 
     def _apply_tuner(self, peft_config: Any) -> nn.Module:
@@ -198,6 +204,10 @@ class Trainer:
             raise CapvectorError(f"aux_layer must be in [0, {pc.depth}] for this policy, found {layer}")
         teacher_dim = self.teacher.target_dim
         objective = SubgoalPrediction if getattr(self.teacher, "reads", "visual") == "queries" else SpatialAlignment
+        if objective.reads not in self.policy.hidden_streams:
+            raise CapvectorError(f"teacher {cfg.teacher!r} supervises the {objective.reads} tokens, which a "
+                                 f"{type_of(self.policy).name} policy does not have (it has "
+                                 f"{', '.join(self.policy.hidden_streams)})")
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed + _INIT_SEED_OFFSET["projector"])
             return objective(pc.width, teacher_dim, layer, cfg.aux_weight, cfg.aux_hidden, cfg.aux_layernorm)
@@ -421,7 +431,7 @@ class Trainer:
         state = engines.full_state_dict(self.accelerator.unwrap_model(self.loss_module))
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
         with torch.random.fork_rng():
-            whole: nn.Module = TinyVLA(self.policy.config)
+            whole: nn.Module = build_policy(self.policy.config)
             if self.cfg.tuner != "full":
                 from peft import get_peft_model
 
