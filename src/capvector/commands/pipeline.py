@@ -77,7 +77,8 @@ def pretrain_command(
     image_size: Annotated[int | None, typer.Option(help="Rendered image side in pixels (default 64); demos, policy "
                                                         "and rollouts all use it.")] = None,
     patch_size: Annotated[int | None, typer.Option(help="Patch side in pixels (default 8).")] = None,
-    policy: Annotated[str | None, typer.Option(help="Architecture: tiny-vla (default) | tiny-pi0.")] = None,
+    policy_type: Annotated[str | None, typer.Option("--policy", help="Architecture: tiny-vla (default) | "
+                                                                      "tiny-pi0.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
     """Pretrain a tiny policy on the pretraining split (the recipe behind the shipped θ_pre). Reruns resume."""
@@ -86,7 +87,7 @@ def pretrain_command(
 
     require_extras("sim")
     cfg = replace(PretrainConfig(), **(overrides or {}))
-    shape = {k: v for k, v in (("image_size", image_size), ("patch_size", patch_size), (TYPE_KEY, policy))
+    shape = {k: v for k, v in (("image_size", image_size), ("patch_size", patch_size), (TYPE_KEY, policy_type))
              if v is not None}
     if shape:
         cfg = replace(cfg, policy={**cfg.policy, **shape})
