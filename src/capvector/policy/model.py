@@ -197,6 +197,16 @@ class TinyPolicy(nn.Module):
         if hidden_layer is not None and not 0 <= hidden_layer <= c.depth:
             raise CapvectorError(f"hidden_layer must be in [0, {c.depth}], found {hidden_layer}")
 
+    @staticmethod
+    def _config_of(config_class: type, config: object):
+        """`config` as `config_class`: its defaults for None, parsed from a mapping (e.g. the Hub mixin's
+        config.json), otherwise as given."""
+        if config is None:
+            return config_class()
+        if isinstance(config, Mapping):
+            return config_class.from_dict(dict(config))
+        return config
+
     def predict_chunk(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, K, action_dim) actions for a batch, in eval mode without gradients (what `act()` runs)."""
         raise NotImplementedError
@@ -246,11 +256,7 @@ class TinyVLA(TinyPolicy, PyTorchModelHubMixin, library_name="capvector", tags=[
 
     def __init__(self, config: PolicyConfig | dict | None = None) -> None:
         super().__init__()
-        if config is None:
-            config = PolicyConfig()
-        elif isinstance(config, Mapping):
-            config = PolicyConfig.from_dict(dict(config))
-        self.config = config
+        self.config = config = self._config_of(PolicyConfig, config)
         self.vlm = VLM(config)
         self.action_expert = ActionExpert(config)
         self.apply(init_linear)

@@ -28,7 +28,6 @@ Flow matching, pi0's convention (t = 1 is noise, t = 0 the data):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -138,11 +137,7 @@ class TinyPi0(TinyPolicy, PyTorchModelHubMixin, library_name="capvector", tags=[
 
     def __init__(self, config: Pi0Config | dict | None = None) -> None:
         super().__init__()
-        if config is None:
-            config = Pi0Config()
-        elif isinstance(config, Mapping):
-            config = Pi0Config.from_dict(dict(config))
-        self.config = config
+        self.config = config = self._config_of(Pi0Config, config)
         self.vlm = VLM(config)
         self.state_proj = nn.Linear(config.proprio_dim, config.width)
         self.action_expert = FlowActionExpert(config)
