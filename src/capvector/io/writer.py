@@ -8,6 +8,7 @@ import queue
 import re
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,11 @@ class BufferPool:
     def acquire(self) -> torch.Tensor:
         return self._free.get()
 
-    def release(self, buf: torch.Tensor) -> None:
+    def release(self, buf: torch.Tensor, after: Future[None] | None = None) -> None:
+        """Return `buf` to the pool; with `after`, only once that future is done (e.g. a hash still reading the
+        buffer's bytes on another thread)."""
+        if after is not None:
+            after.result()
         self._free.put(buf)
 
     @property

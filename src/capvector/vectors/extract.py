@@ -276,23 +276,18 @@ class _DenseBuilder:
             s = self.sft.read_flat(name, start, count, into=buf[region:])
             return buf, a, s, hashed() if hashed else None
 
-        def release(buf: torch.Tensor, done: Future | None) -> None:
-            if done is not None:
-                done.result()
-            inputs.release(buf)
-
         stats: dict[str, RunningStats] = {name: RunningStats() for name in self.shapes}
         # closed on any exit: the reader thread stops before the command exits (a thread still inside a read
         # when the interpreter finalises aborts the process)
         with BlockRunner() as blocks, \
-                closing(iter(Prefetcher(jobs, load, discard=lambda r: release(r[0], r[3])))) as items:
+                closing(iter(Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0], after=r[3])))) as items:
             for (name, start, count), (buf, a, s, done) in items:
                 out_buf = outputs.acquire()
                 try:
                     d = out_buf[: count * 4].view(torch.float32)
                     diff = difference_into(blocks, d, a, s)  # mixed dtypes computed in fp32
                 finally:
-                    release(buf, done)
+                    inputs.release(buf, after=done)
                 if not diff.finite:  # NaN/Inf in either input propagates into d
                     outputs.release(out_buf)
                     self._raise_non_finite(name, start, count)

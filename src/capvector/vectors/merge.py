@@ -334,15 +334,10 @@ def _stream_merge(
               for k, (vec, key, _) in enumerate(contributions[name])]
         return buf, x, vs, hashed() if hashed else None
 
-    def release(buf: torch.Tensor, done: Future | None) -> None:
-        if done is not None:
-            done.result()
-        inputs.release(buf)
-
     # closed on any exit: the reader thread stops before the command exits (a thread still inside a read
     # when the interpreter finalises aborts the process)
     with BlockRunner() as blocks, \
-            closing(iter(Prefetcher(jobs, load, discard=lambda r: release(r[0], r[3])))) as items:
+            closing(iter(Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0], after=r[3])))) as items:
         for (name, _start, count), (buf, x, vs, done) in items:
             out_dtype = out_dtypes[name]
             out_buf = outputs.acquire()
@@ -362,6 +357,6 @@ def _stream_merge(
                 outputs.release(out_buf)
                 raise
             finally:
-                release(buf, done)
+                inputs.release(buf, after=done)
             writer.write(name, out, done=partial(outputs.release, out_buf))
             bar.advance(count * base.info(name).dtype.itemsize)
