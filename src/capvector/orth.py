@@ -410,7 +410,8 @@ class _AbsSumOuter(torch.autograd.Function):
 
 
 # Elements of the product alive at once. On CPU a block that stays in a core's L2 cache (256 KiB of fp32) while
-# its sign is taken and consumed: 1.7-2.7x faster than a 16 MiB block on a 2-core EPYC (benchmarks/orth.py).
+# its sign is taken and consumed (with the one-pass gradient: 2.05x less time than 16 MiB blocks and a
+# recomputing backward, on a 107M model, docs/orthogonal.md#cost).
 # On a GPU a few hundred MB, so a weight is one or two blocks (each block costs kernel launches, which dominate
 # there at these sizes).
 _BLOCK_ELEMS = {"cpu": 1 << 16, "cuda": 1 << 26}
