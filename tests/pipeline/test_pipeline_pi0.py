@@ -35,3 +35,26 @@ def test_the_recorded_regenerate_command_names_what_changes_the_result():
     assert _regenerate_command(out, PretrainConfig()) == f"capvector pretrain -o {out} --overwrite"  # as shipped
     pi0 = PretrainConfig(threads=1, workers=1, policy={"embedder": "minilm", "policy_type": "tiny-pi0"})
     assert _regenerate_command(Path("o"), pi0) == "capvector pretrain --policy tiny-pi0 --threads 1 -o o --overwrite"
+
+
+def test_the_pipeline_policy_qualifies_presets_and_picks_its_shipped_weights(tmp_path):
+    import pytest
+
+    from capvector.errors import CapvectorError
+    from capvector.pipeline import PipelineConfig
+    from capvector.pipeline.recipe import resolve_pretrained
+    from capvector.policy import read_policy_config, type_of
+
+    cfg = PipelineConfig.for_mode("quick", policy="tiny-pi0")
+    assert cfg.vector_preset == "tiny-pi0:vlm+expert" and cfg.preset_sweep == ("tiny-pi0:vlm",)
+    assert PipelineConfig().vector_preset == "tiny-vla:vlm+expert"  # what runs recorded before the field existed
+    shipped = resolve_pretrained(None, "tiny-pi0")
+    assert type_of(read_policy_config(shipped)).name == "tiny-pi0"
+    with pytest.raises(CapvectorError, match="preset 'tiny-vla:vlm' selects tiny-vla parameters but the policy is "
+                                             "tiny-pi0"):
+        PipelineConfig(policy="tiny-pi0", vector_preset="tiny-vla:vlm")
+    with pytest.raises(CapvectorError, match="policy must be one of"):
+        PipelineConfig(policy="tiny-nope")
+    with pytest.raises(CapvectorError, match="says policy_type 'tiny-pi0' but the pipeline config's policy is "
+                                             "'tiny-vla'"):
+        resolve_pretrained(str(shipped), "tiny-vla")

@@ -7,16 +7,20 @@ from pathlib import Path
 
 from capvector.errors import CapvectorError
 
-PRETRAINED_NAME = "tiny_vla_pretrained"
+PRETRAINED_NAMES = {"tiny-vla": "tiny_vla_pretrained", "tiny-pi0": "tiny_pi0_pretrained"}  # per policy type
 SCENE_TEACHER_NAME = "scene_teacher"
 
 
-def pretrained_policy_dir() -> Path:
-    """The shipped θ_pre: a policy directory (config.json, model.safetensors, recipe.json with its numbers)."""
-    path = Path(str(files("capvector.assets") / PRETRAINED_NAME))
+def pretrained_policy_dir(policy: str = "tiny-vla") -> Path:
+    """The shipped θ_pre of a policy type: a policy directory (config.json, model.safetensors, recipe.json with its
+    numbers)."""
+    if policy not in PRETRAINED_NAMES:
+        raise CapvectorError(f"no shipped pretrained weights for policy type {policy!r}; shipped: "
+                             f"{sorted(PRETRAINED_NAMES)}")
+    path = Path(str(files("capvector.assets") / PRETRAINED_NAMES[policy]))
     if not (path / "model.safetensors").is_file():
         raise CapvectorError(f"{path}: the shipped pretrained weights are missing; regenerate them with "
-                             "`capvector pretrain` or pass --pretrained DIR")
+                             f"`capvector pretrain --policy {policy}` or pass --pretrained DIR")
     return path
 
 

@@ -31,6 +31,8 @@ def demo_command(
                                                               "choices, GSE vs LoRA, 1500 steps.")] = False,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/demo-<mode>).")] = None,
     pretrained: Annotated[Path | None, typer.Option(help="θ_pre policy dir (default: the shipped weights).")] = None,
+    policy: Annotated[str, typer.Option(help="Architecture: tiny-vla | tiny-pi0 (its shipped θ_pre unless "
+                                             "--pretrained).")] = "tiny-vla",
 ) -> None:
     """The CapVector recipe end to end on the embedded MetaWorld benchmark, with a report. Reruns resume."""
     from capvector.pipeline import PipelineConfig, run_pipeline
@@ -39,8 +41,8 @@ def demo_command(
     if quick and extended:
         raise CapvectorError("choose one of --quick and --extended")
     mode = "quick" if quick else "extended" if extended else "default"
-    cfg = PipelineConfig.for_mode(mode, pretrained=str(pretrained) if pretrained else None)
-    run_dir = run_dir or Path(f"runs/demo-{mode}")
+    cfg = PipelineConfig.for_mode(mode, policy=policy, pretrained=str(pretrained) if pretrained else None)
+    run_dir = run_dir or Path(f"runs/demo-{mode}" + ("" if policy == "tiny-vla" else f"-{policy}"))
     started = time.perf_counter()
     typer.echo(f"capvector demo ({mode} mode) in {run_dir}")
     _finish(run_pipeline(cfg, run_dir, log=typer.echo), run_dir, started)

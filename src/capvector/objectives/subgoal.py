@@ -36,8 +36,12 @@ PRIVILEGED = "privileged simulator state"
 class SubgoalTeacher:
     """The plan targets of a batch, from its `state` (B, 39) and `state_ahead` (B, len(STATE_AHEAD_STEPS), 39)."""
 
-    reads = "queries"  # which tokens the objective supervises (spatial teachers: the visual tokens)
     target_dim = 4 * len(STATE_AHEAD_STEPS) + 9  # 3 hand moves + 3 positions, xyz each; one gripper per step
+
+    def __init__(self, reads: str = "queries") -> None:
+        # which tokens the objective built on these targets supervises: the action queries (sub-goal prediction)
+        # or latent thought tokens (capvector.objectives.latent); spatial teachers supervise the visual tokens
+        self.reads = reads
 
     @torch.no_grad()
     def __call__(self, batch: Mapping[str, Any], grid: int) -> torch.Tensor:
@@ -67,10 +71,10 @@ class SubgoalPrediction(nn.Module):
         self.weight = weight
         self.head = AlignmentProjector(width, target_dim, hidden_dim, layernorm)
 
-    def forward(self, query_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Unweighted loss of (B, K, width) query states against (B, target_dim) plan targets."""
-        if query_hidden.dim() != 3 or targets.dim() != 2 or query_hidden.shape[0] != targets.shape[0]:
-            raise CapvectorError(f"sub-goal prediction: query states {tuple(query_hidden.shape)} and targets "
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Unweighted loss of (B, K, width) token states (pooled over K) against (B, target_dim) plan targets."""
+        if hidden.dim() != 3 or targets.dim() != 2 or hidden.shape[0] != targets.shape[0]:
+            raise CapvectorError(f"{self.part_name} objective: {self.reads} states {tuple(hidden.shape)} and targets "
                                  f"{tuple(targets.shape)} do not pair up (expected (B, K, width) and (B, D))")
-        pred = self.head(query_hidden.mean(dim=1))
+        pred = self.head(hidden.mean(dim=1))
         return F.smooth_l1_loss(pred.float(), targets.to(pred.device).float())

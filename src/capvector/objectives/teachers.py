@@ -152,19 +152,21 @@ class PrecomputedTeacher:
         return torch.stack(rows)
 
 
-TEACHERS = ("foundation", "geometry", "geometry-residual", "precomputed", "subgoal")
+TEACHERS = ("foundation", "geometry", "geometry-residual", "precomputed", "subgoal", "latent-reasoning")
+_PLAN_OBJECTIVES = {"subgoal": "sub-goal prediction", "latent-reasoning": "latent reasoning"}
 
 
 def objective_name(teacher: str) -> str:
     """What the auxiliary loss built with this teacher is called in reports."""
-    return "sub-goal prediction" if teacher == "subgoal" else "spatial alignment"
+    return _PLAN_OBJECTIVES.get(teacher, "spatial alignment")
 
 
 def make_teacher(kind: str, path: str | Path | None = None) -> Teacher:
     """'foundation' (the frozen scene network's features; `path` = a teacher directory, default the shipped one),
     'geometry' (simulator depth, centred per sample), 'geometry-residual' (centred per token over the batch) or
     'precomputed' (needs `path`); 'subgoal' gives plan targets for the action queries instead
-    (capvector.objectives.subgoal: another objective family, same α and layer options)."""
+    (capvector.objectives.subgoal: another objective family, same α and layer options), 'latent-reasoning' the same
+    targets for latent thought tokens (capvector.objectives.latent)."""
     if kind == "foundation":
         from capvector.objectives.foundation import FoundationTeacher, SceneNet, default_teacher_dir
 
@@ -177,6 +179,10 @@ def make_teacher(kind: str, path: str | Path | None = None) -> Teacher:
         from capvector.objectives.subgoal import SubgoalTeacher
 
         return SubgoalTeacher()
+    if kind == "latent-reasoning":
+        from capvector.objectives.subgoal import SubgoalTeacher
+
+        return SubgoalTeacher(reads="thoughts")
     if kind == "precomputed":
         if path is None:
             raise CapvectorError("teacher 'precomputed' needs a feature path (--teacher-path)")

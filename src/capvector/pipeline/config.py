@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ class PipelineConfig:
     """
 
     mode: str = "default"
-    pretrained: str | None = None  # policy directory; None = the weights shipped with capvector
+    policy: str = "tiny-vla"  # the architecture: "tiny-vla" (OFT-style) or "tiny-pi0" (VLM + flow-matching expert)
+    pretrained: str | None = None  # a `policy` directory; None = that policy's weights shipped with capvector
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # ≥ 5: the training seed is the unit of every test
     # task splits: None = the named split of `capvector.sim.tasks.SPLITS`; a list of MetaWorld v3 task names
     pretrain_tasks: tuple[str, ...] | None = None  # what θ_pre was trained on (checked disjoint from the others)
@@ -45,11 +46,14 @@ class PipelineConfig:
     aux_weight: float = 0.5
     aux_layer: int | None = None
     # The objective chosen on the validation ranges (docs/policy.md §5, E5/E8/E9: the frozen scene teacher had the
-    # best aux − SFT at the short budget); "geometry" (0.1's default), "geometry-residual", "subgoal" stay options.
+    # best aux − SFT at the short budget); "geometry" (0.1's default), "geometry-residual", "subgoal" stay options;
+    # "latent-reasoning" is the second objective family that applies to both policies (docs/policy.md §3).
     teacher: str = "foundation"
     # merge
     vector_weight: float = 1.0
-    vector_preset: str = "tiny-vla:vlm+expert"
+    # selections: "family:group", or a bare group of `policy` ("vlm+expert" → "tiny-vla:vlm+expert"), qualified
+    # when the config is built so pipeline.json and the stages name the full preset
+    vector_preset: str = "vlm+expert"
     # The default demo answers the CapVector question within 45 minutes on 2 cores; the studies beside it (merge
     # choices, the L_orth control and sweep, the tuner comparison) are `--extended` (docs/demo.md, Time).
     weight_sweep: tuple[float, ...] = ()  # extra λ values for the merge-choice experiment
@@ -82,6 +86,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise CapvectorError(f"pipeline config: mode must be one of {MODES}, found {self.mode!r}")
+        self._qualify_presets()
         if not self.seeds:
             raise CapvectorError("pipeline config: seeds must not be empty")
         chosen_on = sorted(s for s in self.seeds if s in VALIDATION_TRAIN_SEEDS)
@@ -102,6 +107,23 @@ class PipelineConfig:
             raise CapvectorError(f"pipeline config: unknown tuners {sorted(unknown)}; use full, lora, gse")
         if any(getattr(self, f"{role}_tasks") is not None for role in TASK_ROLES):
             self._check_tasks()
+
+    def _qualify_presets(self) -> None:
+        from capvector.policy.registry import policy_types
+
+        if self.policy not in policy_types():
+            raise CapvectorError(f"pipeline config: policy must be one of {sorted(policy_types())}, "
+                                 f"found {self.policy!r}")
+
+        def qualified(name: str) -> str:
+            family = name.split(":", 1)[0] if ":" in name else self.policy
+            if family != self.policy:
+                raise CapvectorError(f"pipeline config: preset {name!r} selects {family} parameters but the "
+                                     f"policy is {self.policy}; use a {self.policy}:… preset or a bare group name")
+            return name if ":" in name else f"{self.policy}:{name}"
+
+        object.__setattr__(self, "vector_preset", qualified(self.vector_preset))
+        object.__setattr__(self, "preset_sweep", tuple(qualified(p) for p in self.preset_sweep))
 
     def tasks(self, role: str) -> tuple[str, ...]:
         """The task list of a role ("pretrain", "cap", "down"): the configured one, else the named split."""
@@ -164,11 +186,11 @@ MODE_SETTINGS: dict[str, dict[str, Any]] = {
     # Every stage kind runs as in the other modes, at the smallest sizes that still do: one demo and one 30-step
     # rollout per task, batch 8. One training thread: on a busy machine two made a 40-step run 7× slower.
     "quick": dict(seeds=(0,), cap_episodes=1, down_episodes=1, cap_steps=40, down_budgets=(20, 40), tuner_steps=40,
-                  batch_size=8, threads=1, weight_sweep=(0.5,), preset_sweep=("tiny-vla:vlm",), orth_control=True,
+                  batch_size=8, threads=1, weight_sweep=(0.5,), preset_sweep=("vlm",), orth_control=True,
                   tuners=("full", "lora", "gse"), eval_episodes=1, ood_episodes=1, max_steps=30,
                   ood_perturbations=("camera:0.5",)),
     "default": {},
-    "extended": dict(weight_sweep=(0.5, 1.5, 2.0), preset_sweep=("tiny-vla:vlm",), orth_control=True,
+    "extended": dict(weight_sweep=(0.5, 1.5, 2.0), preset_sweep=("vlm",), orth_control=True,
                      orth_sweep=(1e-5, 1e-3), tuners=("full", "lora", "gse"), down_budgets=(150, 400, 1500)),
 }
 
@@ -177,7 +199,7 @@ def _from_dict(data: dict[str, Any], source: str) -> PipelineConfig:
     reject_unknown_keys(data, PipelineConfig, source, "pipeline config")
     tuples = {f.name for f in fields(PipelineConfig) if str(f.type).startswith("tuple")}
     data = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()}
-    return replace(PipelineConfig(), **data)
+    return PipelineConfig(**data)
 
 
 __all__ = ["MODES", "MODE_SETTINGS", "PipelineConfig"]

@@ -21,7 +21,7 @@ from capvector.errors import CapvectorError
 from capvector.pipeline.config import PipelineConfig
 from capvector.pipeline.stages import Stage
 from capvector.pipeline.work import DATASET, Collect, Evaluate, Extract, Merge, Train, TrainSettings
-from capvector.policy import read_policy_config
+from capvector.policy import read_policy_config, type_of
 from capvector.train import OrthSettings, snapshot_dir
 
 MAIN_METHODS = ("sft", "aux", "capvector", "capvector_no_orth")
@@ -89,7 +89,7 @@ class DemoGraph:
     # ---- the graph ----------------------------------------------------------------------------
     def _build(self) -> None:
         c = self.cfg
-        pretrained = resolve_pretrained(c.pretrained)
+        pretrained = resolve_pretrained(c.pretrained, c.policy)
         pre = self._add("pretrained", CopyPolicy(pretrained), label="pretrained policy θ_pre")
         size = read_policy_config(pretrained).image_size  # demos are rendered at θ_pre's resolution
         cap_data = self._add("data/cap",
@@ -219,15 +219,19 @@ class CopyPolicy:
         return {"source": str(self.source), "parameters": count_parameters(model)}
 
 
-def resolve_pretrained(path: str | None) -> Path:
-    """The user's policy directory, or the tiny VLA weights shipped inside the package."""
+def resolve_pretrained(path: str | None, policy: str = "tiny-vla") -> Path:
+    """The user's policy directory (checked to be a `policy`), or that policy's weights shipped in the package."""
     if path is None:
         from capvector.assets import pretrained_policy_dir
 
-        return pretrained_policy_dir()
+        return pretrained_policy_dir(policy)
     p = Path(path)
     if not ((p / "model.safetensors").is_file() and (p / "config.json").is_file()):
         raise CapvectorError(f"pretrained policy {p}: expected a directory with config.json and model.safetensors")
+    found = type_of(read_policy_config(p)).name
+    if found != policy:
+        raise CapvectorError(f"pretrained policy {p}: its config.json says policy_type {found!r} but the pipeline "
+                             f"config's policy is {policy!r}; set \"policy\": \"{found}\"")
     return p
 
 

@@ -43,11 +43,13 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(width, width)
         self.o_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attend(x)[0]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attend(x, mask)[0]
 
-    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The attention output and the per-head keys and values (B, heads, T, d/heads) another stream may read."""
+    def attend(self, x: torch.Tensor, mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The attention output and the per-head keys and values (B, heads, T, d/heads) another stream may read;
+        `mask` (T, T) bool: True where query row i may attend to key column j (None: everything)."""
         b, t, d = x.shape
         h = self.heads
 
@@ -56,7 +58,7 @@ class Attention(nn.Module):
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d)), k, v
 
 
@@ -81,12 +83,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.width, int(cfg.width * cfg.mlp_ratio))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_kv(x)[0]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_kv(x, mask)[0]
 
-    def forward_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_kv(self, x: torch.Tensor, mask: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block's output and its attention's keys and values (what a pi0-style action expert attends to)."""
-        a, k, v = self.attn.attend(self.norm1(x))
+        a, k, v = self.attn.attend(self.norm1(x), mask)
         x = x + self.drop(a)
         return x + self.drop(self.mlp(self.norm2(x))), k, v
 
@@ -129,6 +132,30 @@ class Trunk(nn.Module):
         self.norm = nn.LayerNorm(cfg.width)
 
 
+def run_trunk(trunk: Trunk, tokens: torch.Tensor, thoughts: torch.Tensor | None = None,
+              hidden_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The trunk over (B, T, width) `tokens` → (their normed outputs, every token's hidden state at `hidden_layer`
+    or None).
+
+    `thoughts` (B, M, width), training-only latent tokens (capvector.objectives.latent), are appended after
+    `tokens`: they attend to every token, no token attends to them, so the outputs for `tokens` are those of a
+    pass without them and a policy trained with them acts the same once they are dropped. Their hidden states
+    are the captured rows T: .
+    """
+    n = tokens.shape[1]
+    x, mask = tokens, None
+    if thoughts is not None:
+        x = torch.cat([tokens, thoughts.to(tokens.dtype)], dim=1)
+        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device)
+        mask[:n, n:] = False
+    captured = x if hidden_layer == 0 else None
+    for i, block in enumerate(trunk.layers, start=1):
+        x = block(x, mask)
+        if hidden_layer == i:
+            captured = x
+    return trunk.norm(x[:, :n]), captured
+
+
 class VLM(nn.Module):
     """Everything a capability-vector 'vlm' preset selects: vision, language projection, trunk."""
 
@@ -158,6 +185,7 @@ class PolicyOutput:
     actions: torch.Tensor  # (B, K, action_dim)
     visual_hidden: torch.Tensor | None  # (B, V·N, width) at the requested layer, else None
     query_hidden: torch.Tensor | None = None  # (B, K, width): the action queries at the same layer
+    thought_hidden: torch.Tensor | None = None  # (B, M, width): the latent thought tokens at the same layer
 
 
 class TinyPolicy(nn.Module):
@@ -181,7 +209,7 @@ class TinyPolicy(nn.Module):
         return self.embedder(list(instructions)).to(self.device)
 
     def _check_inputs(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor,
-                      hidden_layer: int | None = None) -> None:
+                      hidden_layer: int | None = None, thoughts: torch.Tensor | None = None) -> None:
         c = self.config
         want = (c.num_cameras, 3, c.image_size, c.image_size)
         if image.dim() != 5 or tuple(image.shape[1:]) != want:
@@ -196,6 +224,9 @@ class TinyPolicy(nn.Module):
                                  f"found {tuple(text.shape)}")
         if hidden_layer is not None and not 0 <= hidden_layer <= c.depth:
             raise CapvectorError(f"hidden_layer must be in [0, {c.depth}], found {hidden_layer}")
+        if thoughts is not None and (thoughts.dim() != 3 or thoughts.shape[0] != b or thoughts.shape[2] != c.width):
+            raise CapvectorError(f"policy input 'thoughts': expected ({b}, M, {c.width}), "
+                                 f"found {tuple(thoughts.shape)}")
 
     @staticmethod
     def _config_of(config_class: type, config: object):
@@ -252,7 +283,7 @@ class TinyPolicy(nn.Module):
 class TinyVLA(TinyPolicy, PyTorchModelHubMixin, library_name="capvector", tags=["capvector", "vla"]):
     """A few-hundred-thousand to few-million parameter VLA for CPU experiments (see module docstring)."""
 
-    hidden_streams = ("visual", "queries")
+    hidden_streams = ("visual", "queries", "thoughts")
 
     def __init__(self, config: PolicyConfig | dict | None = None) -> None:
         super().__init__()
@@ -267,14 +298,16 @@ class TinyVLA(TinyPolicy, PyTorchModelHubMixin, library_name="capvector", tags=[
         proprio: torch.Tensor,
         instruction_embedding: torch.Tensor,
         hidden_layer: int | None = None,
+        thoughts: torch.Tensor | None = None,
     ) -> PolicyOutput:
-        """Predict the action chunk; optionally also return the visual tokens' and action queries' hidden states
-        at `hidden_layer`.
+        """Predict the action chunk; optionally also return the visual tokens', action queries' (and `thoughts`')
+        hidden states at `hidden_layer`.
 
         `image` is uint8 (B, V, 3, H, W) (or float in [0, 1]); `hidden_layer` counts like HF hidden states:
-        0 is the token embeddings, i the output of block i (1..depth).
+        0 is the token embeddings, i the output of block i (1..depth). `thoughts`: training-only latent tokens
+        that read the sequence without changing it (`run_trunk`).
         """
-        self._check_inputs(image, proprio, instruction_embedding, hidden_layer)
+        self._check_inputs(image, proprio, instruction_embedding, hidden_layer, thoughts)
         pixels = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         b = pixels.shape[0]
         vis = self.vlm.vision(pixels)
@@ -288,18 +321,13 @@ class TinyVLA(TinyPolicy, PyTorchModelHubMixin, library_name="capvector", tags=[
             ],
             dim=1,
         )
-        captured = tokens if hidden_layer == 0 else None
-        x = tokens
-        for i, block in enumerate(self.vlm.trunk.layers, start=1):
-            x = block(x)
-            if hidden_layer == i:
-                captured = x
-        x = self.vlm.trunk.norm(x)
-        k = self.config.chunk
+        x, captured = run_trunk(self.vlm.trunk, tokens, thoughts, hidden_layer)
+        n, k = tokens.shape[1], self.config.chunk
         actions = self.action_expert.head(x[:, -k:])
         if captured is None:
             return PolicyOutput(actions=actions, visual_hidden=None)
-        return PolicyOutput(actions=actions, visual_hidden=captured[:, :n_vis], query_hidden=captured[:, -k:])
+        return PolicyOutput(actions=actions, visual_hidden=captured[:, :n_vis], query_hidden=captured[:, n - k:n],
+                            thought_hidden=captured[:, n:] if thoughts is not None else None)
 
     def predict_chunk(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self(image, proprio, text).actions
@@ -340,9 +368,10 @@ def action_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
 
 def chunk_l1_loss(model: nn.Module, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor,
                   actions: torch.Tensor, mask: torch.Tensor | None, denominator: torch.Tensor | None,
-                  hidden_layer: int | None) -> tuple[str, torch.Tensor, PolicyOutput]:
+                  hidden_layer: int | None, thoughts: torch.Tensor | None = None
+                  ) -> tuple[str, torch.Tensor, PolicyOutput]:
     """TinyVLA's training loss: L1 between the parallel-decoded chunk and the expert's (`model` may be wrapped)."""
-    out = model(image, proprio, text, hidden_layer=hidden_layer)
+    out = model(image, proprio, text, hidden_layer=hidden_layer, thoughts=thoughts)
     return "action_l1", action_l1(out.actions, actions, mask, denominator), out
 
 

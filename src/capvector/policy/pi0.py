@@ -37,7 +37,7 @@ from torch import nn
 
 from capvector.errors import CapvectorError
 from capvector.policy.config import Pi0Config
-from capvector.policy.model import MLP, VLM, TinyPolicy, init_linear, masked_mean
+from capvector.policy.model import MLP, VLM, TinyPolicy, init_linear, masked_mean, run_trunk
 
 TIME_MIN_PERIOD, TIME_MAX_PERIOD = 4e-3, 4.0  # sinusoidal time embedding: periods spanning t's resolution to > 1
 BETA_ALPHA = 1.5
@@ -113,6 +113,7 @@ class FlowOutput:
     velocity: torch.Tensor  # (B, K, action_dim): v_θ(x_t, t)
     visual_hidden: torch.Tensor | None  # (B, V·N, width) at the requested VLM layer, else None
     query_hidden: torch.Tensor | None = None  # the VLM has no action queries: always None
+    thought_hidden: torch.Tensor | None = None  # (B, M, width): latent thought tokens at the requested VLM layer
 
 
 def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -135,6 +136,8 @@ class TinyPi0(TinyPolicy, PyTorchModelHubMixin, library_name="capvector", tags=[
     """A CPU-sized pi0-style policy (see the module docstring): same inputs, `act()` and directory layout as
     `TinyVLA`, a flow-matching action expert instead of parallel-decoded queries."""
 
+    hidden_streams = ("visual", "thoughts")
+
     def __init__(self, config: Pi0Config | dict | None = None) -> None:
         super().__init__()
         self.config = config = self._config_of(Pi0Config, config)
@@ -149,19 +152,18 @@ class TinyPi0(TinyPolicy, PyTorchModelHubMixin, library_name="capvector", tags=[
         self.apply(init_linear)
 
     def prefix(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor,
-               hidden_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The VLM over [visual | instruction | state] tokens → (final normed tokens, visual tokens at
-        `hidden_layer` or None); `hidden_layer` counts like `TinyVLA.forward`'s."""
+               hidden_layer: int | None = None, thoughts: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The VLM over [visual | instruction | state] tokens → (final normed tokens, visual tokens and `thoughts`
+        at `hidden_layer`, else None); `hidden_layer` counts like `TinyVLA.forward`'s, `thoughts` as there."""
         pixels = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         vis = self.vlm.vision(pixels)
         n_vis = vis.shape[1]
         x = torch.cat([vis, self.vlm.language(text.float()), self.state_proj(proprio.float()).unsqueeze(1)], dim=1)
-        captured = x if hidden_layer == 0 else None
-        for i, block in enumerate(self.vlm.trunk.layers, start=1):
-            x = block(x)
-            if hidden_layer == i:
-                captured = x
-        return self.vlm.trunk.norm(x), None if captured is None else captured[:, :n_vis]
+        ctx, captured = run_trunk(self.vlm.trunk, x, thoughts, hidden_layer)
+        if captured is None:
+            return ctx, None, None
+        return ctx, captured[:, :n_vis], captured[:, x.shape[1]:] if thoughts is not None else None
 
     def velocity(self, ctx_kv: list[tuple[torch.Tensor, torch.Tensor]], noisy_actions: torch.Tensor,
                  time: torch.Tensor) -> torch.Tensor:
@@ -172,17 +174,19 @@ class TinyPi0(TinyPolicy, PyTorchModelHubMixin, library_name="capvector", tags=[
         return self.action_out_proj(self.action_expert(tokens, ctx_kv))
 
     def forward(self, image: torch.Tensor, proprio: torch.Tensor, instruction_embedding: torch.Tensor,
-                noisy_actions: torch.Tensor, time: torch.Tensor, hidden_layer: int | None = None) -> FlowOutput:
+                noisy_actions: torch.Tensor, time: torch.Tensor, hidden_layer: int | None = None,
+                thoughts: torch.Tensor | None = None) -> FlowOutput:
         """The velocity field at (x_t, t) for a batch of observations (the training forward pass)."""
-        self._check_inputs(image, proprio, instruction_embedding, hidden_layer)
+        self._check_inputs(image, proprio, instruction_embedding, hidden_layer, thoughts)
         c, b = self.config, image.shape[0]
         if tuple(noisy_actions.shape) != (b, c.chunk, c.action_dim):
             raise CapvectorError(f"policy input 'noisy_actions': expected ({b}, {c.chunk}, {c.action_dim}), "
                                  f"found {tuple(noisy_actions.shape)}")
         if tuple(time.shape) != (b,):
             raise CapvectorError(f"policy input 'time': expected ({b},), found {tuple(time.shape)}")
-        ctx, visual = self.prefix(image, proprio, instruction_embedding, hidden_layer)
-        return FlowOutput(self.velocity(self.action_expert.context(ctx), noisy_actions, time), visual)
+        ctx, visual, thought = self.prefix(image, proprio, instruction_embedding, hidden_layer, thoughts)
+        return FlowOutput(self.velocity(self.action_expert.context(ctx), noisy_actions, time), visual,
+                          thought_hidden=thought)
 
     def sample_actions(self, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor,
                        generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
@@ -209,13 +213,14 @@ class TinyPi0(TinyPolicy, PyTorchModelHubMixin, library_name="capvector", tags=[
 
 def flow_matching_loss(model: nn.Module, image: torch.Tensor, proprio: torch.Tensor, text: torch.Tensor,
                        actions: torch.Tensor, mask: torch.Tensor | None, denominator: torch.Tensor | None,
-                       hidden_layer: int | None, noise: torch.Tensor | None = None,
-                       time: torch.Tensor | None = None) -> tuple[str, torch.Tensor, FlowOutput]:
+                       hidden_layer: int | None, thoughts: torch.Tensor | None = None,
+                       noise: torch.Tensor | None = None, time: torch.Tensor | None = None
+                       ) -> tuple[str, torch.Tensor, FlowOutput]:
     """TinyPi0's training loss (module docstring); ε and t come from the global RNG (the trainer's seeded,
     checkpointed stream) unless given. `model` may be wrapped (PEFT, DDP): it is called, not inspected."""
     a = actions.float()
     noise = torch.randn_like(a) if noise is None else noise.to(a)
     time = sample_time(a.shape[0], a.device) if time is None else time.to(a)
     t = time[:, None, None]
-    out = model(image, proprio, text, t * noise + (1 - t) * a, time, hidden_layer=hidden_layer)
+    out = model(image, proprio, text, t * noise + (1 - t) * a, time, hidden_layer=hidden_layer, thoughts=thoughts)
     return "flow_mse", masked_mean((out.velocity - (noise - a)) ** 2, mask, denominator), out

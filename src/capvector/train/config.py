@@ -64,12 +64,13 @@ class TrainConfig:
     also_train: list[str] = cli_field([], "Base-parameter glob to train too (repeatable).", metavar="<glob>")
     aux_weight: float = cli_field(0.0, "α of the auxiliary loss (0 = off).")
     aux_layer: int | None = cli_field(None, "Trunk layer the auxiliary loss reads (visual tokens; action queries for "
-                                         "subgoal; default ≈ 3/4 of the depth).")
+                                         "subgoal; thought tokens for latent-reasoning; default ≈ 3/4 of the "
+                                         "depth).")
     aux_hidden: int | None = cli_field(None, "Hidden width of the auxiliary projector (default: the larger of policy "
                                           "and teacher width).")
     aux_layernorm: bool = cli_field(True, "Layer-normalise the hidden states before the auxiliary projector.")
     teacher: str = cli_field("geometry", "foundation | geometry | geometry-residual | precomputed (spatial alignment) "
-                                      "| subgoal (plan prediction).")
+                                      "| subgoal (plan prediction) | latent-reasoning (plan in thought tokens).")
     teacher_path: str | None = cli_field(None, "Feature file/dir (precomputed) or teacher dir (foundation).", path=True)
     log_every: int = cli_field(10, "Steps between metric records.")
     checkpoint_every: int = cli_field(0, "Steps between checkpoints (0: final only).")

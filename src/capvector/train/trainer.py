@@ -32,7 +32,14 @@ from capvector import engines
 from capvector.errors import CapvectorError
 from capvector.io.atomic import AtomicOutputDir, atomic_save_safetensors, atomic_write_text, publish_dir
 from capvector.loss_terms import tuner_aux_loss
-from capvector.objectives import SpatialAlignment, SubgoalPrediction, Teacher, make_teacher
+from capvector.objectives import (
+    LatentReasoning,
+    SpatialAlignment,
+    SubgoalPrediction,
+    Teacher,
+    make_teacher,
+    objective_for,
+)
 from capvector.policy import PolicyConfig, TinyPolicy, build_policy, count_parameters, load_policy, type_of
 from capvector.policy.registry import PolicyLoss
 from capvector.progress import ProgressBar
@@ -70,12 +77,15 @@ class _LossModule(nn.Module):
                 mask: torch.Tensor | None, targets: torch.Tensor | None,
                 denominator: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         layer = self.alignment.layer if self.alignment is not None else None
+        latent = isinstance(self.alignment, LatentReasoning)
+        thoughts = self.alignment.thought_tokens(image.shape[0]) if latent else None
         name, action_loss, out = self.action_loss(self.model, image, proprio, text, actions, mask, denominator,
-                                                  layer)
+                                                  layer, thoughts)
         parts = {name: action_loss}
         total = action_loss
         if self.alignment is not None:
-            hidden = out.query_hidden if self.alignment.reads == "queries" else out.visual_hidden
+            hidden = {"visual": out.visual_hidden, "queries": out.query_hidden,
+                      "thoughts": out.thought_hidden}[self.alignment.reads]
             aux = self.alignment(hidden, targets)
             parts[self.alignment.part_name] = aux
             total = total + self.alignment.weight * aux
@@ -203,7 +213,7 @@ class Trainer:
         if not 0 <= layer <= pc.depth:
             raise CapvectorError(f"aux_layer must be in [0, {pc.depth}] for this policy, found {layer}")
         teacher_dim = self.teacher.target_dim
-        objective = SubgoalPrediction if getattr(self.teacher, "reads", "visual") == "queries" else SpatialAlignment
+        objective = objective_for(getattr(self.teacher, "reads", "visual"))
         if objective.reads not in self.policy.hidden_streams:
             raise CapvectorError(f"teacher {cfg.teacher!r} supervises the {objective.reads} tokens, which a "
                                  f"{type_of(self.policy).name} policy does not have (it has "
