@@ -58,6 +58,9 @@ class PipelineConfig:
     # choices, the L_orth control and sweep, the tuner comparison) are `--extended` (docs/demo.md, Time).
     weight_sweep: tuple[float, ...] = ()  # extra λ values for the merge-choice experiment
     preset_sweep: tuple[str, ...] = ()  # extra selections for the merge-choice experiment
+    # Vectors that combine (CapVector's Finding 4): for each teacher here, a second vector from aux-SFT with that
+    # objective, and CapVector from it alone and from it added to the main vector (docs/demo.md)
+    combine_teachers: tuple[str, ...] = ()
     # downstream
     down_budgets: tuple[int, ...] = (150, 400)
     down_lr: float = 3e-4
@@ -102,6 +105,9 @@ class PipelineConfig:
                      "down_episodes"):
             if getattr(self, name) <= 0:
                 raise CapvectorError(f"pipeline config: {name} must be positive, found {getattr(self, name)}")
+        if self.teacher in self.combine_teachers or len(set(self.combine_teachers)) != len(self.combine_teachers):
+            raise CapvectorError(f"pipeline config: combine_teachers {list(self.combine_teachers)} must be distinct "
+                                 f"and differ from the main teacher {self.teacher!r}")
         unknown = set(self.tuners) - {"full", "lora", "gse"}
         if unknown:
             raise CapvectorError(f"pipeline config: unknown tuners {sorted(unknown)}; use full, lora, gse")

@@ -36,6 +36,11 @@ METHOD_LABELS = {
 }
 
 
+def combination_method(*teachers: str) -> str:
+    """The downstream method that starts from θ_pre plus the vectors of these objectives (the combination study)."""
+    return f"capvector[{'+'.join(teachers)}]"
+
+
 @dataclass(frozen=True)
 class Run:
     """One downstream fine-tune: which method it is, its seed, the stage that trains it, its evaluated budgets."""
@@ -109,7 +114,7 @@ class DemoGraph:
         for who, stage in (("pretrained", pre), ("sft", cap_runs["sft"]), ("aux", cap_runs["aux"])):
             self._eval(self._policy(stage), c.split_spec("cap"), (stage,), f"eval/cap/{who}")
         vectors = {c.vector_preset: self._vector(c.vector_preset, pre, cap_runs)}
-        meta = self._meta(pre, vectors[c.vector_preset], c.vector_weight, "meta/main")
+        meta = self._meta(pre, (vectors[c.vector_preset],), c.vector_weight, "meta/main")
         # CapVector's one-time work, before any downstream fine-tune: role → stage
         self.extraction = {**cap_runs, "extract": vectors[c.vector_preset], "merge": meta}
         # Step 0 of the downstream curves: each starting point on D_down before any downstream training.
@@ -135,16 +140,19 @@ class DemoGraph:
         # Merge choices, compared at the first budget with the main CapVector run's snapshot there.
         short = (c.down_budgets[0],)
         for w in c.weight_sweep:
-            m = self._meta(pre, vectors[c.vector_preset], w, f"meta/weight={w:g}")
+            m = self._meta(pre, (vectors[c.vector_preset],), w, f"meta/weight={w:g}")
             for seed in c.seeds:
                 self._downstream(f"capvector@weight={w:g}", seed, short, init=m, ood=False,
                                  orth=(vectors[c.vector_preset], c.orth_weight), **down_kwargs)
         for preset in c.preset_sweep:
             vectors[preset] = self._vector(preset, pre, cap_runs)
-            m = self._meta(pre, vectors[preset], c.vector_weight, f"meta/{slug(preset)}")
+            m = self._meta(pre, (vectors[preset],), c.vector_weight, f"meta/{slug(preset)}")
             for seed in c.seeds:
                 self._downstream(f"capvector@{slug(preset)}", seed, short, init=m, ood=False,
                                  orth=(vectors[preset], c.orth_weight), **down_kwargs)
+
+        for teacher in c.combine_teachers:
+            self._combination(teacher, pre, cap_data, cap_runs, vectors[c.vector_preset], down_kwargs)
 
         # Tuners from θ_pre; full fine-tuning (at down_lr) is the `sft` method when the budgets agree.
         for tuner in c.tuners:
@@ -157,14 +165,36 @@ class DemoGraph:
                     continue
                 self._downstream(f"tuner-{tuner}", seed, (c.tuner_steps,), init=pre, tuner=tuner, **down_kwargs)
 
-    def _vector(self, preset: str, pre: str, cap_runs: dict[str, str]) -> str:
+    def _vector(self, preset: str, pre: str, cap_runs: dict[str, str], name: str | None = None) -> str:
         work = Extract(self._policy(cap_runs["sft"]), self._policy(cap_runs["aux"]), self._policy(pre), preset)
-        return self._add(f"vector/{slug(preset)}", work, (pre, cap_runs["sft"], cap_runs["aux"]),
-                         label=f"extract τ_cap ({preset})")
+        return self._add(name or f"vector/{slug(preset)}", work, (pre, cap_runs["sft"], cap_runs["aux"]),
+                         label=f"extract τ_cap ({preset}{'' if name is None else ', ' + name})")
 
-    def _meta(self, pre: str, vector: str, weight: float, name: str) -> str:
-        work = Merge(self._policy(pre), str(self.dir(vector) / "vector"), weight)
-        return self._add(name, work, (pre, vector), label=f"merge θ_meta = θ_pre + {weight:g}·τ_cap")
+    def _meta(self, pre: str, vectors: tuple[str, ...], weight: float, name: str) -> str:
+        work = Merge(self._policy(pre), tuple(str(self.dir(v) / "vector") for v in vectors), (weight,) * len(vectors))
+        terms = " + ".join(f"{weight:g}·τ" + (f"_{i + 1}" if len(vectors) > 1 else "_cap") for i in range(len(vectors)))
+        return self._add(name, work, (pre, *vectors), label=f"merge θ_meta = θ_pre + {terms}")
+
+    def _combination(self, teacher: str, pre: str, cap_data: str, cap_runs: dict[str, str], main: str,
+                     down_kwargs: dict[str, str]) -> None:
+        """Vectors that combine (CapVector's Finding 4): aux-SFT on D_cap with another objective, its vector, and
+        CapVector from θ_pre + λ·τ_that and from θ_pre + λ·(τ_main + τ_that), each with L_orth to its own shift."""
+        c = self.cfg
+        settings = self._train_settings(c.cap_steps, c.seeds[0], c.cap_lr, aux_weight=c.aux_weight,
+                                        aux_layer=c.aux_layer, teacher=teacher)
+        aux = self._add(f"cap/aux-{teacher}", Train(self._policy(pre), self._data(cap_data), settings),
+                        (pre, cap_data), resumable=True, label=f"θ_aux with {teacher} on D_cap")
+        vector = self._vector(c.vector_preset, pre, {"sft": cap_runs["sft"], "aux": aux}, f"vector/{teacher}")
+        alone = self._meta(pre, (vector,), c.vector_weight, f"meta/{teacher}")
+        both = self._meta(pre, (main, vector), c.vector_weight, f"meta/{c.teacher}+{teacher}")
+        shift = self._add(f"vector/{c.teacher}+{teacher}",
+                          Extract(self._policy(pre), self._policy(both), self._policy(pre), c.vector_preset),
+                          (pre, both), label=f"θ_meta − θ_pre of the combined merge ({c.teacher} + {teacher})")
+        for method, init, orth in ((combination_method(teacher), alone, vector),
+                                   (combination_method(c.teacher, teacher), both, shift)):
+            for seed in c.seeds:
+                self._downstream(method, seed, c.down_budgets, init=init, ood=False, orth=(orth, c.orth_weight),
+                                 **down_kwargs)
 
     def _downstream(self, method: str, seed: int, budgets: tuple[int, ...], *, init: str, pre: str, data: str,
                     aux: bool = False, orth: tuple[str, float] | None = None, tuner: str = "full",

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from capvector.pipeline.recipe import MAIN_METHODS, METHOD_LABELS, DemoGraph
+from capvector.pipeline.recipe import MAIN_METHODS, METHOD_LABELS, DemoGraph, combination_method
 from capvector.pipeline.stages import MARKER
 from capvector.pipeline.work import read_eval
 from capvector.stats import bootstrap_difference, newcombe_difference, seed_difference, wilson_interval
@@ -126,6 +126,13 @@ class ResultsBuilder:
         if "capvector_no_orth" in methods:
             finding(f"orth_keeps_gain@{final}", f"L_orth keeps CapVector's gain at the longest budget ({final} steps)",
                     methods["capvector"]["budgets"][final], methods["capvector_no_orth"]["budgets"][final], "greater")
+        for teacher in c.combine_teachers:
+            both, alone = methods[combination_method(c.teacher, teacher)], methods[combination_method(teacher)]
+            for b in map(str, c.down_budgets):
+                for key, other, text in (("main", methods["capvector"], f"τ_{c.teacher} alone"),
+                                         ("other", alone, f"τ_{teacher} alone"), ("sft", methods["sft"], "SFT")):
+                    finding(f"combined_{teacher}_beats_{key}@{b}", f"CapVector from τ_{c.teacher} + τ_{teacher} "
+                            f"beats {text} at {b} steps", both["budgets"][b], other["budgets"][b], "greater")
         finding("capvector_ood_beats_sft", "CapVector beats SFT under the OOD perturbations (pooled)",
                 methods["capvector"]["ood_pooled"], methods["sft"]["ood_pooled"], "greater")
         tuners = {m.removeprefix("tuner-"): methods[m] for m in methods if m.startswith("tuner-")}

@@ -113,17 +113,23 @@ class Extract:
 
 @dataclass(frozen=True)
 class Merge:
+    """θ_pre + Σ_i λ_i·τ_i (one vector for θ_meta; several for the vector-combination study)."""
+
     base: str
-    vector: str
-    weight: float
+    vectors: tuple[str, ...]
+    weights: tuple[float, ...]
 
     def params(self) -> dict[str, Any]:
-        return {"kind": "merge", "weight": self.weight}
+        # One vector keeps the fingerprint runs recorded before several were possible.
+        if len(self.vectors) == 1:
+            return {"kind": "merge", "weight": self.weights[0]}
+        return {"kind": "merge", "weights": list(self.weights)}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
         from capvector.vectors.merge import VectorWeight, merge
 
-        recipe = merge(self.base, [VectorWeight(self.vector, self.weight)], directory / "policy", progress=False)
+        recipe = merge(self.base, [VectorWeight(v, w) for v, w in zip(self.vectors, self.weights, strict=True)],
+                       directory / "policy", progress=False)
         return {"merged_tensors": recipe["merged_tensors"], "total_tensors": recipe["total_tensors"]}
 
 
