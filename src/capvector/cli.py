@@ -44,6 +44,7 @@ COMMANDS = (
     ("demo", pipeline.demo_command),
     ("pipeline", pipeline.pipeline_command),
     ("report", pipeline.report_command),
+    ("compare", pipeline.compare_command),
     ("collect", sim.collect_command),
     ("train", train.train_command),
     ("eval", sim.eval_command),

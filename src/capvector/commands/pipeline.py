@@ -70,6 +70,20 @@ def report_command(run_dir: Annotated[Path, typer.Argument(help="A finished demo
     typer.echo(f"wrote {run_dir / 'report.md'}")
 
 
+def compare_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Finished pipeline run directories (one row each).")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the table to this file.")] = None,
+) -> None:
+    """Set finished runs side by side: per architecture × objective, aux-SFT and CapVector against SFT."""
+    from capvector.io.atomic import atomic_write_text
+    from capvector.pipeline.compare import render_comparison
+
+    table = render_comparison(run_dirs)
+    if output is not None:
+        atomic_write_text(output, table)
+    typer.echo(table)
+
+
 @with_config_options(PretrainConfig)
 def pretrain_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Policy directory to write.")],

@@ -13,7 +13,8 @@ PLOTS = ("success_vs_steps.png", "methods.png", "ood.png", "merge_choices.png", 
          "tuners.png")
 
 
-def _pc(r: dict[str, Any] | None) -> str:
+def rate_cell(r: dict[str, Any] | None) -> str:
+    """A pooled success rate as "pc [lo, hi] (n=…)", "-" when there is none."""
     if not r or r.get("pc") is None:
         return "-"
     lo, hi = r["ci95"]
@@ -62,8 +63,8 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
             f"auxiliary objective: {objective_name(c['teacher'])} (teacher `{c['teacher']}`), weight α = "
             f"{c['aux_weight']}. Rollouts on the D_cap tasks:", "",
             "| policy | success % |", "| --- | --- |",
-            f"| θ_pre (no fine-tuning) | {_pc(cap['pretrained'])} |", f"| θ_sft | {_pc(cap['sft'])} |",
-            f"| θ_aux | {_pc(cap['aux'])} |", ""]
+            f"| θ_pre (no fine-tuning) | {rate_cell(cap['pretrained'])} |", f"| θ_sft | {rate_cell(cap['sft'])} |",
+            f"| θ_aux | {rate_cell(cap['aux'])} |", ""]
     if res.get("vector"):
         out.append(f"τ_cap = θ_aux − θ_sft ({c['vector_preset']}): {res['vector'].get('tensors')} tensors, "
                    f"‖τ‖ = {res['vector'].get('norm', float('nan')):.4g}; θ_meta = θ_pre + {c['vector_weight']}·τ_cap.")
@@ -74,8 +75,8 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
     for m, v in methods.items():
         if m.startswith("tuner-") or not all(b in v["budgets"] for b in budgets):
             continue
-        out.append(f"| {v['label']} | {_pc(v.get('start'))} | " + " | ".join(_pc(v["budgets"][b]) for b in budgets)
-                   + " |")
+        out.append(f"| {v['label']} | {rate_cell(v.get('start'))} | "
+                   + " | ".join(rate_cell(v["budgets"][b]) for b in budgets) + " |")
     out += ["", f"Per training seed ({', '.join(map(str, c['seeds']))}), success %:", "",
             "| method | " + " | ".join(f"{b} steps" for b in budgets) + " |",
             "| --- | " + " | ".join("---" for _ in budgets) + " |"]
@@ -96,18 +97,18 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
     out += ["| method | " + " | ".join(variants) + " | pooled |", "| --- |" + " --- |" * (len(variants) + 1)]
     for v in methods.values():
         if v["ood"]:
-            out.append(f"| {v['label']} | " + " | ".join(_pc(v["ood"].get(x)) for x in variants)
-                       + f" | {_pc(v['ood_pooled'])} |")
+            out.append(f"| {v['label']} | " + " | ".join(rate_cell(v["ood"].get(x)) for x in variants)
+                       + f" | {rate_cell(v['ood_pooled'])} |")
     out += ["", "![ood](ood.png)", "", f"## Merge choices (CapVector at {budgets[0]} steps)", "",
             "| variant | λ | selection | success % |", "| --- | --- | --- | --- |"]
     for r in res["merge_choices"]:
-        out.append(f"| {r['variant']} | {r['weight']:g} | {r['preset']} | {_pc(r)} |")
+        out.append(f"| {r['variant']} | {r['weight']:g} | {r['preset']} | {rate_cell(r)} |")
     if len(res["merge_choices"]) > 1:
         out += ["", "![merge choices](merge_choices.png)", ""]
     else:
         out += ["", "No λ or selection sweep in this mode (run `capvector demo --extended`).", ""]
     out += [f"## λ_orth sweep (at {budgets[-1]} steps)", "", "| λ_orth | success % |", "| --- | --- |"]
-    out += [f"| {r['orth_weight']:g} | {_pc(r)} |" for r in res["orth_sweep"]]
+    out += [f"| {r['orth_weight']:g} | {rate_cell(r)} |" for r in res["orth_sweep"]]
     if len(res["orth_sweep"]) > 1:
         out += ["", "![orth sweep](orth_sweep.png)", ""]
     else:
@@ -122,7 +123,7 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
         for t in res["tuners"]:
             v = methods[f"tuner-{t}"]
             out.append(f"| {v['label']} | {_count(v['cost'].get('trainable_parameters'))} | "
-                       f"{_pc(v['budgets'][str(c['tuner_steps'])])} | {_pc(v['ood_pooled'])} |")
+                       f"{rate_cell(v['budgets'][str(c['tuner_steps'])])} | {rate_cell(v['ood_pooled'])} |")
         out += ["", "![tuners](tuners.png)", ""]
     if videos:
         out += ["## Rollout videos", ""] + [f"- [{Path(v).name}]({v})" for v in videos] + [""]
