@@ -87,13 +87,23 @@ def merge_command(
         metavar="<old=new>",
         help="OLD=NEW prefix rule for vector names (repeatable; the longest matching OLD wins).")] = None,
     family: FamilyOption = None,
+    combine: Annotated[str, typer.Option(
+        metavar="sum|ties|dare|dare-ties",
+        help="How the weighted vectors combine per tensor: their sum, or TIES/DARE sign and magnitude conflict "
+             "handling (docs/capability-vectors.md).")] = "sum",
+    density: Annotated[float | None, typer.Option(
+        help="ties: fraction of each tensor's largest |τ| kept; dare: keep probability. In (0, 1].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of DARE's random drops (default 0, recorded).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the recipe as JSON.")] = False,
 ) -> None:
-    """θ_meta = θ_pre + Σ λ_i·τ_i, written with the base's layout, config and tokenizer files."""
+    """θ_meta = θ_pre + Σ λ_i·τ_i (or its TIES/DARE variant), written with the base's layout, config and
+    tokenizer files."""
+    from capvector.vectors.combine import Combine
     from capvector.vectors.merge import VectorWeight, load_weights_file
     from capvector.vectors.merge import merge as run
     from capvector.vectors.rename import parse_prefix_rule
 
+    how = Combine(combine, density, seed)
     if weight and weights:
         raise CapvectorError("give either --weight or --weights, not both")
     specs: list[float | dict[str, float] | None]
@@ -109,7 +119,7 @@ def merge_command(
     options = dict(dtype=dtype, allow_missing=allow_missing, overwrite=overwrite, max_shard_size=max_shard_size,
                    hash_sources=not no_hash, progress=sys.stderr.isatty(),
                    prefix_map=[parse_prefix_rule(r) for r in map_prefix or ()],
-                   strip_prefix=strip_prefix, add_prefix=add_prefix)
+                   strip_prefix=strip_prefix, add_prefix=add_prefix, combine=how)
     if family:
         load_families()
         from capvector.integrations import merge_family
