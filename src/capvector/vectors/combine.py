@@ -49,11 +49,11 @@ class Combine:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise CapvectorError(f"combine method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.seed is not None and not self.drops:
+            raise CapvectorError(f"--seed applies to --combine dare or dare-ties; {self.method} is deterministic")
         if self.method == "sum":
-            for option, value in (("density", self.density), ("seed", self.seed)):
-                if value is not None:
-                    raise CapvectorError(f"--{option} applies to --combine ties, dare or dare-ties, not to the "
-                                         "plain sum")
+            if self.density is not None:
+                raise CapvectorError("--density applies to --combine ties, dare or dare-ties, not to the plain sum")
             return
         d = self.density
         if d is None:
@@ -63,8 +63,6 @@ class Combine:
             raise CapvectorError(f"--density must be a number in (0, 1], found {d!r}")
         object.__setattr__(self, "density", float(d))
         if not self.drops:
-            if self.seed is not None:
-                raise CapvectorError(f"--seed applies to --combine dare or dare-ties; {self.method} is deterministic")
             return
         seed = DEFAULT_SEED if self.seed is None else self.seed
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
