@@ -155,15 +155,21 @@ def inspect_command(
     other: Annotated[Path | None, typer.Option(help="Second vector/checkpoint for cosine similarity.")] = None,
     top: Annotated[int, typer.Option(help="How many largest tensors to list.")] = 10,
     plot: Annotated[Path | None, typer.Option(help="Write a per-layer PNG plot here.")] = None,
+    groups: Annotated[str | None, typer.Option(
+        metavar="FAMILY", help="Also summarise per parameter group, the presets FAMILY:<group> "
+                               "(e.g. tiny-pi0, pi0, openvla-oft; see `capvector presets`).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
 ) -> None:
-    """Per-tensor / per-layer norms, relative size, cosine between vectors, sparsity, largest modules."""
+    """Per-tensor / per-layer / per-group norms, relative size, cosine between vectors, sparsity, largest modules."""
     from capvector.vectors.inspect import check_plot_path, plot_layers
     from capvector.vectors.inspect import inspect as run
 
     if plot:
         check_plot_path(plot)
-    report = run(path, base=base, other=other, top=top)
+    if groups:
+        load_families()
+        import capvector.policy.presets  # noqa: F401 - registers the tiny policies' tiny-vla:/tiny-pi0: groups
+    report = run(path, base=base, other=other, top=top, groups=groups)
     if plot:
         plot_layers(report, plot)
     if as_json:
@@ -181,6 +187,14 @@ def inspect_command(
         table.add_row(row["layer"], f"{row['norm']:.4g}", f"{row['numel']:,}",
                       *([_fmt(row.get("rel_norm"))] if base else []), *([_fmt(row.get("cosine"))] if other else []))
     out.print(table)
+    if "groups" in report:
+        by_group = Table("group", "tensors", "norm", "elements", *(["‖τ‖/‖θ‖"] if base else []),
+                         *(["cosine"] if other else []))
+        for row in report["groups"]:
+            by_group.add_row(row["group"], str(row["tensors"]), f"{row['norm']:.4g}", f"{row['numel']:,}",
+                             *([_fmt(row.get("rel_norm"))] if base else []),
+                             *([_fmt(row.get("cosine"))] if other else []))
+        out.print(by_group)
     largest = Table("largest tensors", "shape", "dtype", "norm", "max |x|", "zeros")
     by_name = {t["name"]: t for t in report["tensors"]}
     for name in report["largest"]:
