@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from capvector import CapabilityVector, VectorWeight, extract, inspect, merge
+from capvector.errors import CapvectorError
 from capvector.vectors.merge import RECIPE_FILE
-from testing_common import write_st
+from testing_common import run_cli, write_st
 
 
 def load_dir(path) -> dict[str, torch.Tensor]:
@@ -169,6 +170,37 @@ def test_inspect_against_direct_norms_and_cosine(llama_trio, tmp_path):
     row = next(t for t in report["tensors"] if t["name"] == "lm_head.weight")
     assert math.isclose(row["max_abs"], float(t1["lm_head.weight"].abs().max()), rel_tol=1e-6)
     assert report["largest"][0] == max(t1, key=lambda n: float(t1[n].norm()))
+
+
+def test_inspect_groups_cosine_per_preset_group(tmp_path):
+    """`--groups tiny-pi0`: norms and cosines over each tiny-pi0 preset's tensors, against concatenated tensors."""
+    import capvector.policy.presets  # noqa: F401 - registers the tiny-pi0:<group> presets
+
+    gen = torch.Generator().manual_seed(6)
+    names = ["vlm.layers.0.q.weight", "vlm.embed.weight", "action_expert.layers.0.q.weight", "state_proj.weight",
+             "action_out_proj.bias"]
+    taus = [{n: torch.randn(6, 4, generator=gen) for n in names} for _ in range(2)]
+    taus[1]["vlm.embed.weight"] = -taus[0]["vlm.embed.weight"]  # the groups' cosines differ by construction
+    for i, tau in enumerate(taus):
+        write_st(tmp_path / f"zero{i}", {n: torch.zeros(6, 4) for n in names})
+        write_st(tmp_path / f"aux{i}", tau)
+        extract(tmp_path / f"zero{i}", tmp_path / f"aux{i}", tmp_path / f"v{i}", progress=False)
+    report = inspect(tmp_path / "v0", other=tmp_path / "v1", groups="tiny-pi0")
+    groups = {g["group"]: g for g in report["groups"]}
+    assert set(groups) == {"vlm", "action_expert", "action_heads", "vlm+expert", "full"}
+    members = {"vlm": names[:2], "action_expert": names[2:3], "action_heads": names[3:], "vlm+expert": names[:3],
+               "full": names}
+    for group, sel in members.items():
+        a = torch.cat([taus[0][n].reshape(-1) for n in sel]).double()
+        b = torch.cat([taus[1][n].reshape(-1) for n in sel]).double()
+        assert groups[group]["tensors"] == len(sel) and groups[group]["numel"] == a.numel()
+        assert math.isclose(groups[group]["norm"], float(a.norm()), rel_tol=1e-6)
+        assert math.isclose(groups[group]["cosine"], float(a @ b / a.norm() / b.norm()), rel_tol=1e-6, abs_tol=1e-9)
+    assert "groups" not in inspect(tmp_path / "v0", other=tmp_path / "v1")
+    with pytest.raises(CapvectorError, match="no presets named tiny-pi1:<group>.*tiny-pi0"):
+        inspect(tmp_path / "v0", groups="tiny-pi1")
+    r = run_cli("inspect", tmp_path / "v0", "--other", tmp_path / "v1", "--groups", "tiny-pi0")
+    assert r.code == 0 and "action_heads" in r.stdout and f"{groups['vlm']['cosine']:.4g}" in r.stdout
 
 
 @settings(max_examples=25, deadline=None)

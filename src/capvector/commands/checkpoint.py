@@ -87,13 +87,23 @@ def merge_command(
         metavar="<old=new>",
         help="OLD=NEW prefix rule for vector names (repeatable; the longest matching OLD wins).")] = None,
     family: FamilyOption = None,
+    combine: Annotated[str, typer.Option(
+        metavar="sum|ties|dare|dare-ties",
+        help="How the weighted vectors combine per tensor: their sum, or TIES/DARE sign and magnitude conflict "
+             "handling (docs/capability-vectors.md).")] = "sum",
+    density: Annotated[float | None, typer.Option(
+        help="ties: fraction of each tensor's largest |τ| kept; dare: keep probability. In (0, 1].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of DARE's random drops (default 0, recorded).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the recipe as JSON.")] = False,
 ) -> None:
-    """θ_meta = θ_pre + Σ λ_i·τ_i, written with the base's layout, config and tokenizer files."""
+    """θ_meta = θ_pre + Σ λ_i·τ_i (or its TIES/DARE variant), written with the base's layout, config and
+    tokenizer files."""
+    from capvector.vectors.combine import Combine
     from capvector.vectors.merge import VectorWeight, load_weights_file
     from capvector.vectors.merge import merge as run
     from capvector.vectors.rename import parse_prefix_rule
 
+    how = Combine(combine, density, seed)
     if weight and weights:
         raise CapvectorError("give either --weight or --weights, not both")
     specs: list[float | dict[str, float] | None]
@@ -109,7 +119,7 @@ def merge_command(
     options = dict(dtype=dtype, allow_missing=allow_missing, overwrite=overwrite, max_shard_size=max_shard_size,
                    hash_sources=not no_hash, progress=sys.stderr.isatty(),
                    prefix_map=[parse_prefix_rule(r) for r in map_prefix or ()],
-                   strip_prefix=strip_prefix, add_prefix=add_prefix)
+                   strip_prefix=strip_prefix, add_prefix=add_prefix, combine=how)
     if family:
         load_families()
         from capvector.integrations import merge_family
@@ -145,15 +155,21 @@ def inspect_command(
     other: Annotated[Path | None, typer.Option(help="Second vector/checkpoint for cosine similarity.")] = None,
     top: Annotated[int, typer.Option(help="How many largest tensors to list.")] = 10,
     plot: Annotated[Path | None, typer.Option(help="Write a per-layer PNG plot here.")] = None,
+    groups: Annotated[str | None, typer.Option(
+        metavar="FAMILY", help="Also summarise per parameter group, the presets FAMILY:<group> "
+                               "(e.g. tiny-pi0, pi0, openvla-oft; see `capvector presets`).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
 ) -> None:
-    """Per-tensor / per-layer norms, relative size, cosine between vectors, sparsity, largest modules."""
+    """Per-tensor / per-layer / per-group norms, relative size, cosine between vectors, sparsity, largest modules."""
     from capvector.vectors.inspect import check_plot_path, plot_layers
     from capvector.vectors.inspect import inspect as run
 
     if plot:
         check_plot_path(plot)
-    report = run(path, base=base, other=other, top=top)
+    if groups:
+        load_families()
+        import capvector.policy.presets  # noqa: F401 - registers the tiny policies' tiny-vla:/tiny-pi0: groups
+    report = run(path, base=base, other=other, top=top, groups=groups)
     if plot:
         plot_layers(report, plot)
     if as_json:
@@ -171,6 +187,14 @@ def inspect_command(
         table.add_row(row["layer"], f"{row['norm']:.4g}", f"{row['numel']:,}",
                       *([_fmt(row.get("rel_norm"))] if base else []), *([_fmt(row.get("cosine"))] if other else []))
     out.print(table)
+    if "groups" in report:
+        by_group = Table("group", "tensors", "norm", "elements", *(["‖τ‖/‖θ‖"] if base else []),
+                         *(["cosine"] if other else []))
+        for row in report["groups"]:
+            by_group.add_row(row["group"], str(row["tensors"]), f"{row['norm']:.4g}", f"{row['numel']:,}",
+                             *([_fmt(row.get("rel_norm"))] if base else []),
+                             *([_fmt(row.get("cosine"))] if other else []))
+        out.print(by_group)
     largest = Table("largest tensors", "shape", "dtype", "norm", "max |x|", "zeros")
     by_name = {t["name"]: t for t in report["tensors"]}
     for name in report["largest"]:

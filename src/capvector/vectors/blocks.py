@@ -76,10 +76,11 @@ def weighted_sum_into(runner: BlockRunner, out: torch.Tensor, x: torch.Tensor,
             out[s:e].copy_(acc)
         return lo_hi
 
-    return _range(runner.map(x.numel(), block))
+    return value_range(runner.map(x.numel(), block))
 
 
-def _range(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+def value_range(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """(min, max) over the blocks' `aminmax` results; NaN when any block holds one (torch propagates it)."""
     if not parts:
         return 0.0, 0.0
     return float(torch.stack([p[0] for p in parts]).min()), float(torch.stack([p[1] for p in parts]).max())
@@ -110,7 +111,7 @@ def difference_into(runner: BlockRunner, out: torch.Tensor, a: torch.Tensor, b: 
         return torch.aminmax(d), torch.dot(d, d), torch.count_nonzero(d)
 
     parts = runner.map(out.numel(), block)
-    lo, hi = _range([p[0] for p in parts])
+    lo, hi = value_range([p[0] for p in parts])
     if not parts or not (math.isfinite(lo) and math.isfinite(hi)):
         return ChunkStats(lo, hi, 0.0, 0)
     sumsq = float(torch.stack([p[1] for p in parts]).double().sum())

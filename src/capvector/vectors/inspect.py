@@ -11,6 +11,7 @@ from capvector.errors import CapvectorError
 from capvector.io import Checkpoint
 from capvector.io.atomic import atomic_file
 from capvector.io.hub import resolve_input
+from capvector.selection import Selection, make_selection, presets
 from capvector.vectors.card import read_card
 from capvector.vectors.format import CapabilityVector, is_vector_dir
 from capvector.vectors.stats import RunningStats, row_chunks
@@ -55,14 +56,17 @@ class _Tensors:
 
 
 def inspect(path: str | Path, *, base: str | Path | None = None, other: str | Path | None = None,
-            top: int = 10) -> dict:
+            top: int = 10, groups: str | None = None) -> dict:
     """Per-tensor and per-layer statistics as a JSON-ready dict.
 
     `base`: a checkpoint to report ‖τ‖/‖θ‖ against. `other`: a second vector or checkpoint for
-    cosine similarity (global and per layer) over the tensors both contain.
+    cosine similarity (global and per layer) over the tensors both contain. `groups`: a family whose
+    registered presets `FAMILY:<group>` (e.g. `tiny-pi0:vlm`, `pi0:action_expert`) also summarise the
+    statistics per parameter group (groups may overlap, as `vlm+expert` does).
     """
     if top < 0:
         raise CapvectorError(f"--top must be 0 or more, found {top}")
+    selections = family_groups(groups) if groups is not None else {}
     main = _Tensors(path)
     refs: dict[str, _Tensors] = {}
     try:
@@ -73,6 +77,7 @@ def inspect(path: str | Path, *, base: str | Path | None = None, other: str | Pa
             _check_comparable(main, ref, key)
         tensors = []
         layers: dict[str, dict[str, float]] = {}
+        by_group: dict[str, dict[str, float]] = {g: _new_sums() for g in selections}
         total = RunningStats()
         for name in main.names:
             row = _tensor_row(main, name, refs)
@@ -80,22 +85,22 @@ def inspect(path: str | Path, *, base: str | Path | None = None, other: str | Pa
             total.sumsq += row["norm"] ** 2
             total.numel += row["numel"]
             total.zeros += round(row["zero_fraction"] * row["numel"])
-            agg = layers.setdefault(layer_of(name), {"sumsq": 0.0, "base_sumsq": 0.0, "dot": 0.0, "other_sumsq": 0.0,
-                                                      "numel": 0})
-            agg["sumsq"] += row["norm"] ** 2
-            agg["numel"] += row["numel"]
-            agg["base_sumsq"] += row.get("base_norm", 0.0) ** 2
-            agg["dot"] += row.get("dot", 0.0)
-            agg["other_sumsq"] += row.get("other_norm", 0.0) ** 2
+            _add(layers.setdefault(layer_of(name), _new_sums()), row)
+            for group, selection in selections.items():
+                if selection.matches(name):
+                    _add(by_group[group], row)
         report = {
             "path": str(main.path),
             "kind": main.kind,
             "tensors": tensors,
-            "layers": [_layer_row(k, v, refs) for k, v in layers.items()],
+            "layers": [{"layer": k, **_summary(v, refs)} for k, v in layers.items()],
             "totals": {"tensors": len(tensors), "numel": total.numel, "norm": total.norm,
                        "zero_fraction": total.zeros / total.numel if total.numel else 0.0},
             "largest": [t["name"] for t in sorted(tensors, key=lambda t: -t["norm"])[:top]],
         }
+        if groups is not None:
+            report["groups"] = [{"group": g, "tensors": int(v["tensors"]), **_summary(v, refs)}
+                                for g, v in by_group.items()]
         if main.vector is not None:
             report["meta"] = {k: v for k, v in main.vector.meta.items() if k != "tensors"}
             report["card"] = read_card(main.path)
@@ -158,8 +163,33 @@ def _tensor_row(main: _Tensors, name: str, refs: dict[str, _Tensors]) -> dict:
     return row
 
 
-def _layer_row(layer: str, agg: dict[str, float], refs: dict) -> dict:
-    row: dict = {"layer": layer, "norm": math.sqrt(agg["sumsq"]), "numel": int(agg["numel"])}
+def family_groups(family: str) -> dict[str, Selection]:
+    """The registered presets `FAMILY:<group>` as {group: selection}."""
+    found = {name.split(":", 1)[1]: make_selection(preset=name) for name in presets()
+             if name.startswith(f"{family}:")}
+    if not found:
+        known = sorted({name.split(":", 1)[0] for name in presets() if ":" in name})
+        raise CapvectorError(f"--groups {family!r}: no presets named {family}:<group>; families with presets: "
+                             f"{', '.join(known) or 'none'}")
+    return found
+
+
+def _new_sums() -> dict[str, float]:
+    return {"sumsq": 0.0, "base_sumsq": 0.0, "dot": 0.0, "other_sumsq": 0.0, "numel": 0, "tensors": 0}
+
+
+def _add(agg: dict[str, float], row: dict) -> None:
+    """Add one tensor row's squares and dot products to a layer's or group's sums."""
+    agg["sumsq"] += row["norm"] ** 2
+    agg["numel"] += row["numel"]
+    agg["tensors"] += 1
+    agg["base_sumsq"] += row.get("base_norm", 0.0) ** 2
+    agg["dot"] += row.get("dot", 0.0)
+    agg["other_sumsq"] += row.get("other_norm", 0.0) ** 2
+
+
+def _summary(agg: dict[str, float], refs: dict) -> dict:
+    row: dict = {"norm": math.sqrt(agg["sumsq"]), "numel": int(agg["numel"])}
     if "base" in refs:
         row["rel_norm"] = math.sqrt(agg["sumsq"] / agg["base_sumsq"]) if agg["base_sumsq"] else None
     if "other" in refs:

@@ -6,13 +6,14 @@ import datetime as dt
 import json
 import math
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -33,8 +34,9 @@ from capvector.io.hashing import SourceHashes
 from capvector.io.hub import resolve_input
 from capvector.io.prefetch import Prefetcher
 from capvector.progress import ProgressBar
-from capvector.vectors.blocks import BlockRunner, weighted_sum_into
+from capvector.vectors.blocks import BlockRunner
 from capvector.vectors.card import CARD_FILE
+from capvector.vectors.combine import Combine, KeepRule, combine_into
 from capvector.vectors.format import CapabilityVector
 from capvector.vectors.merge_files import render_merge_card, split_base_files
 from capvector.vectors.rename import PrefixMap
@@ -42,6 +44,15 @@ from capvector.vectors.stats import check_cast, check_cast_tensor, parse_dtype, 
 
 RECIPE_FILE = "capvector-merge.json"
 WeightSpec = float | Mapping[str, float]
+
+
+class Contribution(NamedTuple):
+    """One vector's part in one base tensor: its position in the merge, the vector, its key there, λ."""
+
+    index: int
+    vector: CapabilityVector
+    key: str
+    weight: float
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,7 @@ def merge(
     prefix_map: PrefixMap | Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     strip_prefix: str | None = None,
     add_prefix: str | None = None,
+    combine: Combine | None = None,
 ) -> dict:
     """Merge capability vectors into a base checkpoint; returns the resolved recipe (also saved).
 
@@ -136,7 +148,10 @@ def merge(
     rename the vectors' keys to the base's names, e.g. a StarVLA vector (`qwen_vl_interface.model.*`)
     merged into a plain Hugging Face Qwen-VL directory. Keys no rule renames are an error
     (`allow_missing` skips and reports them), as are renamed keys the base lacks.
+    `combine` adds the weighted vectors (the default) or resolves their conflicts TIES/DARE-style
+    (`capvector.vectors.combine`).
     """
+    combine = combine or Combine()
     items = [v if isinstance(v, VectorWeight) else VectorWeight(Path(v)) for v in vectors]
     if not items:
         raise CapvectorError("no vector given to merge")
@@ -170,7 +185,8 @@ def merge(
         ]
         plan = _plan(base_ckpt, specs, max_shard_size)
         contributions = {
-            name: [(vec, keys[name], w) for vec, keys, item in zip(opened, keymaps, items, strict=True)
+            name: [Contribution(index, vec, keys[name], w)
+                   for index, (vec, keys, item) in enumerate(zip(opened, keymaps, items, strict=True))
                    if name in keys and (w := item.weight_for(keys[name])) != 0.0]
             for name in base_ckpt.keys()
         }
@@ -187,7 +203,7 @@ def merge(
             sharded = ShardedWriter(tmp, plan, {"format": "pt"})
             bar = ProgressBar("merge", total_bytes, unit="bytes", enabled=progress)
             with BackgroundWriter(sharded) as writer, bar:
-                _stream_merge(base_ckpt, plan.order(), contributions, out_dtypes, writer, bar,
+                _stream_merge(base_ckpt, plan.order(), contributions, out_dtypes, writer, bar, combine,
                               hashes.hashed if hash_sources else None)
             copied, skipped_files = split_base_files(base_ckpt.non_weight_files())
             for rel in copied:
@@ -196,7 +212,8 @@ def merge(
             recipe = {
                 "tool_version": __version__,
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "definition": "theta_meta = theta_base + sum_i weight_i * tau_i (fp32, cast to output dtype)",
+                "definition": combine.to_json()["definition"],
+                "combine": combine.to_json(),
                 "base": {"path": str(Path(base).resolve()),
                          "hash": hashes.digest(base_ckpt) if hash_sources else None},
                 "vectors": [
@@ -311,13 +328,14 @@ def _plan(base: Checkpoint, specs: list, max_shard_size: str | int | None) -> Sh
 
 
 def _stream_merge(
-    base: Checkpoint, order: list[str], contributions: dict[str, list[tuple[CapabilityVector, str, float]]],
-    out_dtypes: dict[str, torch.dtype], writer: BackgroundWriter, bar: ProgressBar,
+    base: Checkpoint, order: list[str], contributions: dict[str, list[Contribution]],
+    out_dtypes: dict[str, torch.dtype], writer: BackgroundWriter, bar: ProgressBar, combine: Combine,
     hashed: Callable[[], Future[None]] | None = None,
 ) -> None:
     """Chunk by chunk: reads run ahead on a thread, fp32 arithmetic here in cache-sized blocks on two threads,
     writes behind on another thread. `hashed()`, when given, is a future for the provenance hash of everything
-    read so far: an input buffer is reused only after it completes."""
+    read so far: an input buffer is reused only after it completes. TIES's per-tensor thresholds are found on
+    the reader thread when it reaches a tensor's first chunk (two streamed passes over each vector's tensor)."""
     jobs = [(name, start, count) for name in order for start, count in row_chunks(base.info(name).shape)]
     chunk = max((count for _, _, count in jobs), default=1)
     base_item = max(i.dtype.itemsize for i in base.infos.values())
@@ -325,27 +343,38 @@ def _stream_merge(
     region = -(-chunk * max(base_item, 4) // 8) * 8  # 8-byte aligned so every region can be viewed as its dtype
     inputs = BufferPool(region * (1 + n_vec), count=4)
     outputs = BufferPool(chunk * max(4, *(d.itemsize for d in out_dtypes.values())), count=4)
+    rules: dict[str, list[KeepRule]] = {}  # the tensor being read; jobs come in tensor order
 
-    def load(job: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], Future | None]:
+    def keep_rules(name: str) -> list[KeepRule]:
+        if name not in rules:
+            rules.clear()
+            shape = base.info(name).shape
+            rules[name] = [combine.keep_rule(name, c.index, math.prod(shape), partial(_chunks, c, shape))
+                           for c in contributions[name]]
+        return rules[name]
+
+    def load(job: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[KeepRule],
+                                                 Future | None]:
         name, start, count = job
+        keep = keep_rules(name)
         buf = inputs.acquire()
         x = base.read_flat(name, start, count, into=buf[:region])
-        vs = [vec.read_flat(key, start, count, into=buf[region * (k + 1) : region * (k + 2)])
-              for k, (vec, key, _) in enumerate(contributions[name])]
-        return buf, x, vs, hashed() if hashed else None
+        vs = [c.vector.read_flat(c.key, start, count, into=buf[region * (k + 1) : region * (k + 2)])
+              for k, c in enumerate(contributions[name])]
+        return buf, x, vs, keep, hashed() if hashed else None
 
     # closed on any exit: the reader thread stops before the command exits (a thread still inside a read
     # when the interpreter finalises aborts the process)
     with BlockRunner() as blocks, \
-            closing(iter(Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0], after=r[3])))) as items:
-        for (name, _start, count), (buf, x, vs, done) in items:
+            closing(iter(Prefetcher(jobs, load, discard=lambda r: inputs.release(r[0], after=r[4])))) as items:
+        for (name, start, count), (buf, x, vs, keep, done) in items:
             out_dtype = out_dtypes[name]
             out_buf = outputs.acquire()
             out = out_buf[: count * out_dtype.itemsize].view(out_dtype)
             try:
                 if contributions[name]:
-                    terms = [(weight, v) for (_, _, weight), v in zip(contributions[name], vs, strict=True)]
-                    lo, hi = weighted_sum_into(blocks, out, x, terms)
+                    terms = [(c.weight, v, k) for c, v, k in zip(contributions[name], vs, keep, strict=True)]
+                    lo, hi = combine_into(blocks, out, x, terms, combine, start)
                     if not (math.isfinite(lo) and math.isfinite(hi)):
                         raise CapvectorError(f"key {name!r}: merged values are not finite "
                                              "(check the vector and weights)")
@@ -360,3 +389,9 @@ def _stream_merge(
                 inputs.release(buf, after=done)
             writer.write(name, out, done=partial(outputs.release, out_buf))
             bar.advance(count * base.info(name).dtype.itemsize)
+
+
+def _chunks(contribution: Contribution, shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
+    """The fp32 values of one vector's tensor, chunk by chunk (a TIES threshold pass)."""
+    for start, count in row_chunks(shape):
+        yield contribution.vector.read_flat(contribution.key, start, count)

@@ -26,6 +26,15 @@ TRAINING_FILES = (
     "trainer_state.json", "training_args.bin", "metadata.pt", "events.out.tfevents.*", "zero_to_fp32.py",
 )
 TRAINING_DIRS = ("runs", "wandb", "training_state", "checkpoint-*", "global_step*", "logs", "tensorboard")
+# the card's first line per combine method (capvector.vectors.combine)
+FORMULAS = {
+    "sum": "θ_meta = θ_base + Σ_i λ_i·τ_i",
+    "ties": "θ_meta = θ_base + TIES(λ_i·τ_i): each τ_i trimmed to its largest magnitudes per tensor, a sign elected "
+            "per element, the values agreeing with it averaged",
+    "dare": "θ_meta = θ_base + Σ_i λ_i·DARE(τ_i): elements dropped at random, the survivors divided by the keep "
+            "probability",
+    "dare-ties": "θ_meta = θ_base + TIES sign election and disjoint mean of λ_i·DARE(τ_i)",
+}
 
 
 def is_training_state(rel: PurePath) -> bool:
@@ -83,15 +92,21 @@ def render_merge_card(recipe: Mapping[str, Any], base: Path, base_root: Path | N
     title = f"Merged model: {base_model or Path(recipe['base']['path']).name} + capability vectors"
     body = "\n".join([
         f"# {_escape(title)}", "",
-        "θ_meta = θ_base + Σ_i λ_i·τ_i, computed in fp32 and cast to the output dtype by "
+        f"{FORMULAS[recipe['combine']['method']]}, computed in fp32 and cast to the output dtype by "
         f"capvector {recipe['tool_version']} on {recipe['created']}.", "",
         f"- base: `{base_model or recipe['base']['path']}`",
+        f"- combine: {_combine_line(recipe['combine'])}",
         f"- output dtype: {recipe['dtype']}",
         f"- merged tensors: {recipe['merged_tensors']} of {recipe['total_tensors']}", "",
         "| vector | λ |", "| --- | --- |", *rows, "",
         "The full recipe (paths, hashes of the sources, prefix map, warnings) is in `capvector-merge.json`.", "",
     ])
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def _combine_line(combine: Mapping[str, Any]) -> str:
+    params = [f"{k} {combine[k]:g}" for k in ("density", "seed") if combine.get(k) is not None]
+    return f"{combine['method']}" + (f" ({', '.join(params)})" if params else "")
 
 
 def _escape(text: str) -> str:
