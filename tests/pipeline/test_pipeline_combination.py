@@ -37,6 +37,21 @@ def test_the_combination_adds_one_objective_and_two_capvector_starts(tmp_path):
         PipelineConfig(teacher="foundation", combine_teachers=("foundation",))
 
 
+def test_each_combine_method_is_one_more_arm_with_its_merge_options(tmp_path):
+    cfg = PipelineConfig.for_mode("quick", teacher="foundation", combine_teachers=("subgoal",),
+                                  combine_methods=("sum", "ties:0.2"))
+    g = DemoGraph(cfg, tmp_path)
+    stages = {s.name: s for s in g.stages}
+    ties = stages["meta/foundation+subgoal|ties:0.2"]
+    assert (ties.run.combine, ties.run.density) == ("ties", 0.2) and ties.params["combine"] == "ties"
+    assert "combine" not in stages["meta/foundation+subgoal"].params  # the sum keeps its fingerprint
+    methods = {r.method for r in g.runs}
+    assert {"capvector[subgoal]", "capvector[foundation+subgoal]", "capvector[foundation+subgoal|ties:0.2]"} <= methods
+    for bad, why in (("ties", "density"), ("ties:x", "is not a number"), ("mean:0.5", "is not one of")):
+        with pytest.raises(CapvectorError, match=f"combine method '{bad}'.*{why}"):
+            PipelineConfig(combine_methods=(bad,))
+
+
 def test_the_two_vector_merge_is_the_weighted_sum(tmp_path):
     import capvector
 

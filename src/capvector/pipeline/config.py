@@ -61,6 +61,9 @@ class PipelineConfig:
     # Vectors that combine (CapVector's Finding 4): for each teacher here, a second vector from aux-SFT with that
     # objective, and CapVector from it alone and from it added to the main vector (docs/demo.md)
     combine_teachers: tuple[str, ...] = ()
+    # how the combined vectors are merged, one CapVector arm each: "sum", or "ties:0.2", "dare:0.5", "dare-ties:0.5"
+    # (`capvector merge --combine METHOD --density D`)
+    combine_methods: tuple[str, ...] = ("sum",)
     # downstream
     down_budgets: tuple[int, ...] = (150, 400)
     down_lr: float = 3e-4
@@ -108,6 +111,8 @@ class PipelineConfig:
         if self.teacher in self.combine_teachers or len(set(self.combine_teachers)) != len(self.combine_teachers):
             raise CapvectorError(f"pipeline config: combine_teachers {list(self.combine_teachers)} must be distinct "
                                  f"and differ from the main teacher {self.teacher!r}")
+        for spec in self.combine_methods:
+            combine_spec(spec)  # names a bad method or density now, not when its stage runs
         unknown = set(self.tuners) - {"full", "lora", "gse"}
         if unknown:
             raise CapvectorError(f"pipeline config: unknown tuners {sorted(unknown)}; use full, lora, gse")
@@ -199,6 +204,22 @@ MODE_SETTINGS: dict[str, dict[str, Any]] = {
     "extended": dict(weight_sweep=(0.5, 1.5, 2.0), preset_sweep=("vlm",), orth_control=True,
                      orth_sweep=(1e-5, 1e-3), tuners=("full", "lora", "gse"), down_budgets=(150, 400, 1500)),
 }
+
+
+def combine_spec(spec: str) -> tuple[str, float | None]:
+    """"ties:0.2" → ("ties", 0.2); "sum" → ("sum", None); checked by `capvector.vectors.combine.Combine`."""
+    from capvector.vectors.combine import Combine
+
+    method, _, density = spec.partition(":")
+    try:
+        value = float(density) if density else None
+    except ValueError:
+        raise CapvectorError(f"pipeline config: combine method {spec!r}: density {density!r} is not a number") from None
+    try:
+        Combine(method, value)
+    except CapvectorError as e:
+        raise CapvectorError(f"pipeline config: combine method {spec!r}: {e}") from None
+    return method, value
 
 
 def _from_dict(data: dict[str, Any], source: str) -> PipelineConfig:

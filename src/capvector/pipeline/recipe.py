@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError
-from capvector.pipeline.config import PipelineConfig
+from capvector.pipeline.config import PipelineConfig, combine_spec
 from capvector.pipeline.stages import Stage
 from capvector.pipeline.work import DATASET, Collect, Evaluate, Extract, Merge, Train, TrainSettings
 from capvector.policy import read_policy_config, type_of
@@ -36,9 +36,10 @@ METHOD_LABELS = {
 }
 
 
-def combination_method(*teachers: str) -> str:
-    """The downstream method that starts from θ_pre plus the vectors of these objectives (the combination study)."""
-    return f"capvector[{'+'.join(teachers)}]"
+def combination_method(*teachers: str, combine: str = "sum") -> str:
+    """The downstream method that starts from θ_pre plus the vectors of these objectives (the combination study),
+    merged by `combine` (a `PipelineConfig.combine_methods` entry)."""
+    return f"capvector[{'+'.join(teachers)}{'' if combine == 'sum' else '|' + combine}]"
 
 
 @dataclass(frozen=True)
@@ -170,10 +171,13 @@ class DemoGraph:
         return self._add(name or f"vector/{slug(preset)}", work, (pre, cap_runs["sft"], cap_runs["aux"]),
                          label=f"extract τ_cap ({preset}{'' if name is None else ', ' + name})")
 
-    def _meta(self, pre: str, vectors: tuple[str, ...], weight: float, name: str) -> str:
-        work = Merge(self._policy(pre), tuple(str(self.dir(v) / "vector") for v in vectors), (weight,) * len(vectors))
+    def _meta(self, pre: str, vectors: tuple[str, ...], weight: float, name: str, combine: str = "sum") -> str:
+        method, density = combine_spec(combine)
+        work = Merge(self._policy(pre), tuple(str(self.dir(v) / "vector") for v in vectors), (weight,) * len(vectors),
+                     method, density)
         terms = " + ".join(f"{weight:g}·τ" + (f"_{i + 1}" if len(vectors) > 1 else "_cap") for i in range(len(vectors)))
-        return self._add(name, work, (pre, *vectors), label=f"merge θ_meta = θ_pre + {terms}")
+        how = "" if method == "sum" else f" ({combine})"
+        return self._add(name, work, (pre, *vectors), label=f"merge θ_meta = θ_pre + {terms}{how}")
 
     def _combination(self, teacher: str, pre: str, cap_data: str, cap_runs: dict[str, str], main: str,
                      down_kwargs: dict[str, str]) -> None:
@@ -186,12 +190,15 @@ class DemoGraph:
                         (pre, cap_data), resumable=True, label=f"θ_aux with {teacher} on D_cap")
         vector = self._vector(c.vector_preset, pre, {"sft": cap_runs["sft"], "aux": aux}, f"vector/{teacher}")
         alone = self._meta(pre, (vector,), c.vector_weight, f"meta/{teacher}")
-        both = self._meta(pre, (main, vector), c.vector_weight, f"meta/{c.teacher}+{teacher}")
-        shift = self._add(f"vector/{c.teacher}+{teacher}",
-                          Extract(self._policy(pre), self._policy(both), self._policy(pre), c.vector_preset),
-                          (pre, both), label=f"θ_meta − θ_pre of the combined merge ({c.teacher} + {teacher})")
-        for method, init, orth in ((combination_method(teacher), alone, vector),
-                                   (combination_method(c.teacher, teacher), both, shift)):
+        arms = [(combination_method(teacher), alone, vector)]
+        for combine in c.combine_methods:
+            pair = f"{c.teacher}+{teacher}" + ("" if combine == "sum" else f"|{combine}")
+            both = self._meta(pre, (main, vector), c.vector_weight, f"meta/{pair}", combine)
+            shift = self._add(f"vector/{pair}",
+                              Extract(self._policy(pre), self._policy(both), self._policy(pre), c.vector_preset),
+                              (pre, both), label=f"θ_meta − θ_pre of the combined merge ({pair})")
+            arms.append((combination_method(c.teacher, teacher, combine=combine), both, shift))
+        for method, init, orth in arms:
             for seed in c.seeds:
                 self._downstream(method, seed, c.down_budgets, init=init, ood=False, orth=(orth, c.orth_weight),
                                  **down_kwargs)

@@ -126,13 +126,16 @@ class ResultsBuilder:
         if "capvector_no_orth" in methods:
             finding(f"orth_keeps_gain@{final}", f"L_orth keeps CapVector's gain at the longest budget ({final} steps)",
                     methods["capvector"]["budgets"][final], methods["capvector_no_orth"]["budgets"][final], "greater")
-        for teacher in c.combine_teachers:
-            both, alone = methods[combination_method(c.teacher, teacher)], methods[combination_method(teacher)]
+        for teacher, combine in ((t, m) for t in c.combine_teachers for m in c.combine_methods):
+            both = methods[combination_method(c.teacher, teacher, combine=combine)]
+            alone = methods[combination_method(teacher)]
+            how = "" if combine == "sum" else f" ({combine})"
             for b in map(str, c.down_budgets):
                 for key, other, text in (("main", methods["capvector"], f"τ_{c.teacher} alone"),
                                          ("other", alone, f"τ_{teacher} alone"), ("sft", methods["sft"], "SFT")):
-                    finding(f"combined_{teacher}_beats_{key}@{b}", f"CapVector from τ_{c.teacher} + τ_{teacher} "
-                            f"beats {text} at {b} steps", both["budgets"][b], other["budgets"][b], "greater")
+                    finding(f"combined_{teacher}{how.strip()}_beats_{key}@{b}", f"CapVector from τ_{c.teacher} + "
+                            f"τ_{teacher}{how} beats {text} at {b} steps", both["budgets"][b], other["budgets"][b],
+                            "greater")
         finding("capvector_ood_beats_sft", "CapVector beats SFT under the OOD perturbations (pooled)",
                 methods["capvector"]["ood_pooled"], methods["sft"]["ood_pooled"], "greater")
         tuners = {m.removeprefix("tuner-"): methods[m] for m in methods if m.startswith("tuner-")}

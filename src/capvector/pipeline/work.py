@@ -113,23 +113,28 @@ class Extract:
 
 @dataclass(frozen=True)
 class Merge:
-    """θ_pre + Σ_i λ_i·τ_i (one vector for θ_meta; several for the vector-combination study)."""
+    """θ_pre + Σ_i λ_i·τ_i (one vector for θ_meta; several for the vector-combination study, added or combined
+    TIES/DARE-style: `combine` is a `capvector merge --combine` method, `density` its kept fraction)."""
 
     base: str
     vectors: tuple[str, ...]
     weights: tuple[float, ...]
+    combine: str = "sum"
+    density: float | None = None
 
     def params(self) -> dict[str, Any]:
         # One vector keeps the fingerprint runs recorded before several were possible.
         if len(self.vectors) == 1:
             return {"kind": "merge", "weight": self.weights[0]}
-        return {"kind": "merge", "weights": list(self.weights)}
+        combine = {} if self.combine == "sum" else {"combine": self.combine, "density": self.density}
+        return {"kind": "merge", "weights": list(self.weights), **combine}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
+        from capvector.vectors.combine import Combine
         from capvector.vectors.merge import VectorWeight, merge
 
         recipe = merge(self.base, [VectorWeight(v, w) for v, w in zip(self.vectors, self.weights, strict=True)],
-                       directory / "policy", progress=False)
+                       directory / "policy", progress=False, combine=Combine(self.combine, self.density))
         return {"merged_tensors": recipe["merged_tensors"], "total_tensors": recipe["total_tensors"]}
 
 
