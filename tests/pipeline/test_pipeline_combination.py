@@ -73,3 +73,18 @@ def test_the_two_vector_merge_is_the_weighted_sum(tmp_path):
     for n, t in theta.items():
         want = t + 0.5 * (moved[0][n] - t) + 2.0 * (moved[1][n] - t)
         assert torch.allclose(merged[n], want, atol=1e-6), n
+
+
+def test_runs_that_differ_only_in_the_objective_share_their_sft_stages(tmp_path):
+    from capvector.pipeline.stages import StageRunner
+
+    def fingerprints(teacher: str) -> dict[str, str]:
+        g, runner = DemoGraph(PipelineConfig.for_mode("quick", teacher=teacher), tmp_path), StageRunner(tmp_path)
+        for s in g.stages:
+            runner.fingerprints[s.name] = runner.fingerprint(s)
+        return runner.fingerprints
+
+    spatial, latent = fingerprints("foundation"), fingerprints("latent-reasoning")
+    shared = {name for name in spatial if spatial[name] == latent.get(name)}
+    assert {"cap/sft", "down/sft/seed0", "eval/down/sft/seed0/step40", "down/tuner-lora/seed0"} <= shared
+    assert not {"cap/aux", "down/aux/seed0", "meta/main", "down/capvector/seed0"} & shared

@@ -16,6 +16,10 @@ MODES = ("quick", "default", "extended")
 VALIDATION_TRAIN_SEEDS = range(100, 200)
 VALIDATION_EVAL_SEED = 3000
 TASK_ROLES = ("pretrain", "cap", "down")
+# The objective chosen on the validation ranges. Arms without the auxiliary loss are fingerprinted with it
+# whatever `teacher` says (the teacher plays no part in them), so runs that differ only in the objective share
+# their SFT stages.
+DEFAULT_TEACHER = "foundation"
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class PipelineConfig:
     # The objective chosen on the validation ranges (docs/policy.md §5, E5/E8/E9: the frozen scene teacher had the
     # best aux − SFT at the short budget); "geometry" (0.1's default), "geometry-residual", "subgoal" stay options;
     # "latent-reasoning" is the second objective family that applies to both policies (docs/policy.md §3).
-    teacher: str = "foundation"
+    teacher: str = DEFAULT_TEACHER
     # merge
     vector_weight: float = 1.0
     # selections: "family:group", or a bare group of `policy` ("vlm+expert" → "tiny-vla:vlm+expert"), qualified

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError
-from capvector.pipeline.config import PipelineConfig, combine_spec
+from capvector.pipeline.config import DEFAULT_TEACHER, PipelineConfig, combine_spec
 from capvector.pipeline.stages import Stage
 from capvector.pipeline.work import DATASET, Collect, Evaluate, Extract, Merge, Train, TrainSettings
 from capvector.policy import read_policy_config, type_of
@@ -109,7 +109,7 @@ class DemoGraph:
         cap_runs = {}
         for name, aux in (("sft", 0.0), ("aux", c.aux_weight)):
             settings = self._train_settings(c.cap_steps, cap_seed, c.cap_lr, aux_weight=aux, aux_layer=c.aux_layer,
-                                            teacher=c.teacher)
+                                            teacher=c.teacher if aux else DEFAULT_TEACHER)
             cap_runs[name] = self._add(f"cap/{name}", Train(self._policy(pre), self._data(cap_data), settings),
                                        (pre, cap_data), resumable=True, label=f"θ_{name}: {name} on D_cap")
         for who, stage in (("pretrained", pre), ("sft", cap_runs["sft"]), ("aux", cap_runs["aux"])):
@@ -210,7 +210,8 @@ class DemoGraph:
         steps = budgets[-1]
         lr = c.down_lr if tuner == "full" else c.tuner_lr
         extra: dict[str, Any] = {"aux_weight": c.aux_weight if aux else 0.0, "aux_layer": c.aux_layer,
-                                 "teacher": c.teacher, "snapshot_steps": list(budgets[:-1]), "tuner": tuner}
+                                 "teacher": c.teacher if aux else DEFAULT_TEACHER,
+                                 "snapshot_steps": list(budgets[:-1]), "tuner": tuner}
         if tuner != "full":
             extra |= {"also_train": ["action_expert.*"], "lora_r": c.lora_r, "lora_alpha": c.lora_r}
         if tuner == "gse":
