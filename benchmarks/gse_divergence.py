@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, threads: int, dataset: torch.utils.data.Datase
         recorder = Recorder(trainer.model, weight_steps)
         trainer.add_regularizer("record", recorder)
         start = time.process_time()
-        result = trainer.train(resume=False)
+        result = trainer.train(resume=False, stop_at=args.stop_at)
         cpu = time.process_time() - start
     return {"loss": [h["loss"] for h in result.history], "rec": recorder, "cpu_s": cpu}
 
@@ -107,6 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tuner", default="gse", choices=["gse", "lora"])
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--stop-at", type=int, default=None, help="stop after this many steps (schedule of --steps)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -119,7 +120,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the per-step record here")
     args = ap.parse_args()
     dataset = _Frozen(SyntheticDemoDataset(length=args.samples, seed=args.seed))
-    weight_steps = {0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, args.steps - 1} & set(range(args.steps))
+    last = min(args.steps, args.stop_at or args.steps) - 1
+    weight_steps = {0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, last} & set(range(last + 1))
     a = run(args, args.threads_a, dataset, weight_steps)
     b = (run(args, args.threads_a, dataset, weight_steps, args.perturb) if args.perturb
          else run(args, args.threads_b, dataset, weight_steps))
