@@ -137,3 +137,17 @@ def test_per_expert_dropout_keeps_the_init_exact() -> None:
     layer = GSELinear(base, "default", GSEConfig(r=10, num_experts=4, dropout=0.3, dropout_mask="per_expert")).train()
     torch.manual_seed(0)
     assert (layer(x) - base(x)).abs().max().item() <= 1e-5
+
+
+def test_top_singular_is_torch_svd_lowrank_with_the_same_probe() -> None:
+    """Same algorithm and random probe as `torch.svd_lowrank` (the reference's call), so the same factors to fp32
+    rounding, for tall and wide weights; orthonormal U and V."""
+    for m, n in ((96, 40), (40, 96)):
+        w = torch.randn(m, n, generator=torch.Generator().manual_seed(m)) * 0.1
+        u, s, v = gse_layer.top_singular(w, 8, 2, 42)
+        with torch.random.fork_rng():
+            torch.manual_seed(42)
+            u_ref, s_ref, v_ref = torch.svd_lowrank(w, q=8, niter=2)
+        assert torch.allclose(s, s_ref, atol=1e-5)
+        assert torch.allclose((u * s) @ v.T, (u_ref * s_ref) @ v_ref.T, atol=1e-5)
+        assert torch.allclose(u.T @ u, torch.eye(8), atol=1e-5) and torch.allclose(v.T @ v, torch.eye(8), atol=1e-5)

@@ -30,22 +30,29 @@ from .config import GSEConfig
 
 
 def top_singular(weight: torch.Tensor, r: int, niter: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """Top-r randomised SVD of W (m×n), seeded without touching the caller's RNG stream, returned in fp32.
+    """Top-r randomised SVD of W (m×n) in fp32, seeded without touching the caller's RNG stream.
 
-    Computed in fp64 and rounded to fp32 so that the result does not depend on torch's thread count: in
-    fp32 the BLAS reductions inside `svd_lowrank` are split differently with 1 and 2 threads and the
-    factors differed in the last bits (|ΔV| ≈ 3·10⁻⁷ on a 128×128 weight), which made whole GSE trainings
-    differ between thread counts (docs/gse.md, "Reproducibility"). In fp64 those differences (≈ 10⁻¹⁶
-    relative) almost never survive the rounding to fp32. Returns U (m×r), σ (r, descending), V (n×r)
-    with W ≈ U·diag(σ)·Vᵀ.
+    The algorithm and random probe of `torch.svd_lowrank(W, q=r, niter)` (Halko et al. 2009, Alg. 4.4 +
+    5.1: range finder with `niter` power iterations, then the SVD of the small r×n projection), written
+    out for one reason: LAPACK's SVD of that small matrix returned other last bits with 2 torch threads
+    than with 1 (|ΔV| ≈ 3–6·10⁻⁷ at r=16, widths 128–512), which made whole GSE trainings differ by
+    thread count (docs/gse.md, "Reproducibility"). Here that step runs in fp64 (cheap: r×n) and is
+    rounded to fp32; the large matmuls and QRs stay fp32 (thread-invariant with torch's CPU BLAS, tested
+    through the layer). Returns U (m×r), σ (r, descending), V (n×r) with W ≈ U·diag(σ)·Vᵀ.
     """
-    w = weight.detach().to(torch.float64)
+    w = weight.detach().to(torch.float32)
+    tall = w if w.shape[0] >= w.shape[1] else w.T
     devices = [w.device] if w.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        u, s, v = torch.svd_lowrank(w, q=r, niter=niter)
-    order = torch.argsort(s, descending=True)
-    return u[:, order].float(), s[order].float(), v[:, order].float()
+        probe = torch.randn(tall.shape[1], r, device=w.device)  # svd_lowrank's first draw after the seed
+    basis = torch.linalg.qr(tall @ probe).Q
+    for _ in range(niter):
+        basis = torch.linalg.qr(tall.T @ basis).Q
+        basis = torch.linalg.qr(tall @ basis).Q
+    u_small, sigma, vh = torch.linalg.svd((basis.T @ tall).double(), full_matrices=False)
+    u, v = basis @ u_small.float(), vh.T.float()
+    return (u, sigma.float(), v) if tall is w else (v, sigma.float(), u)
 
 
 def minor_singular(weight: torch.Tensor, r: int) -> tuple[torch.Tensor, ...]:
