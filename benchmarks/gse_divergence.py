@@ -8,7 +8,9 @@ between each token's k-th and (k+1)-th expert; at log-spaced steps the trainable
 the runs first differ (bits of the loss, the weights, any token's top-k set), the fraction of tokens whose
 top-k set differs per step, the near-tie statistics and the relative weight distance over steps.
 
-    OMP_NUM_THREADS=1 python benchmarks/gse_divergence.py --tuner gse --steps 200 [--gse '{"router_init": ...}']
+    OMP_NUM_THREADS=1 python benchmarks/gse_divergence.py --tuner gse --steps 40 --samples 128   # 1 vs 2 threads
+    OMP_NUM_THREADS=1 python benchmarks/gse_divergence.py --tuner gse --steps 200 --stop-at 130 --perturb 1e-7 \
+        [--gse '{"aux_loss_weight": 0.0}']
 """
 
 from __future__ import annotations
