@@ -179,6 +179,7 @@ def _init_child(target_params: float, threads: int) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import capvector.gse as gse
+    from capvector.gse.layer import top_singular
 
     torch.set_num_threads(threads)
     hidden, inter, vocab = 2048, 5632, 32000  # TinyLlama-1.1B widths; depth chosen to reach the size
@@ -194,9 +195,20 @@ def _init_child(target_params: float, threads: int) -> dict:
         for p in model.parameters():
             p.normal_(0.0, 0.02, generator=g)
     params = sum(p.numel() for p in model.parameters())
+    weights = [m.weight for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head")]
+    t = time.perf_counter()
+    for w in weights:  # baseline: torch.svd_lowrank, which the init called before (its result varied with threads)
+        torch.svd_lowrank(w.detach(), q=16, niter=2)
+    lowrank_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for w in weights:
+        top_singular(w, 16, 2, 42)
+    ours_s = time.perf_counter() - t
     t = time.perf_counter()
     peft.get_peft_model(model, gse.GSEConfig())
-    return {"init_s": time.perf_counter() - t, "params": params, "layers": layers}
+    return {"init_s": time.perf_counter() - t, "params": params, "layers": layers, "svd_lowrank_s": lowrank_s,
+            "top_singular_s": ours_s}
 
 
 def _run_child(variant: str, preset: str, a: argparse.Namespace, env: dict) -> dict:
@@ -279,7 +291,8 @@ def main() -> None:
         init = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
                           .stdout.strip().splitlines()[-1])
         print(f"SVD init (get_peft_model, default GSEConfig) on a {init['params'] / 1e9:.2f}B-parameter Llama "
-              f"({init['layers']} layers): {init['init_s']:.1f} s")
+              f"({init['layers']} layers): {init['init_s']:.1f} s; the SVDs alone: top_singular "
+              f"{init['top_singular_s']:.1f} s, torch.svd_lowrank {init['svd_lowrank_s']:.1f} s")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": vars(a), "results": results, "runs": runs, "init": init}, f, indent=2)

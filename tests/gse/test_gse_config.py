@@ -28,6 +28,8 @@ def test_rank_split_is_contiguous_balanced_and_leading_heavy(experts: int, extra
     ({"aux_loss_weight": -0.1}, "aux_loss_weight"),
     ({"svd_niter": -1}, "svd_niter"), ({"target_modules": None}, "target_modules"),
     ({"target_parameters": ["weight"]}, "target_parameters"), ({"num_experts": True}, "num_experts"),
+    ({"init_type": "gse"}, "init_type"), ({"dropout_mask": "per_rank"}, "dropout_mask"),
+    ({"init_type": "lora", "scaling": "gradient_balanced"}, "scaling"),
 ])
 def test_invalid_fields_are_named(kwargs: dict, field: str) -> None:
     with pytest.raises(GSEConfigError, match=rf"GSEConfig\.{field}: expected .*, found"):
@@ -37,10 +39,12 @@ def test_invalid_fields_are_named(kwargs: dict, field: str) -> None:
 def test_config_survives_the_json_round_trip(tmp_path) -> None:
     cfg = GSEConfig(r=12, num_experts=5, num_generalized_experts=2, top_k=3, dropout=0.1, eta=0.5, rho=4.0,
                     init_coefficient=0.5, aux_loss_weight=0.02, scaling="gradient_balanced", scaling_base=3.0,
-                    svd_niter=3, svd_seed=7, target_modules=["q_proj", "v_proj"])
+                    svd_niter=3, svd_seed=7, target_modules=["q_proj", "v_proj"], init_type="mgse",
+                    dropout_mask="per_expert")
     cfg.save_pretrained(tmp_path)
     raw = json.loads((tmp_path / "adapter_config.json").read_text())
     assert raw["peft_type"] == "GSE" and sorted(raw["target_modules"]) == ["q_proj", "v_proj"]
+    assert raw["init_type"] == "mgse" and raw["dropout_mask"] == "per_expert"
     loaded = PeftConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, GSEConfig)
     assert loaded.to_dict() == cfg.to_dict()

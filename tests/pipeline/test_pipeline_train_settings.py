@@ -35,3 +35,20 @@ def test_training_stages_carry_a_config_and_fingerprint_the_chosen_fields(tmp_pa
         chosen = stage.params["train"]
         assert {"steps", "batch_size", "lr", "seed"} <= set(chosen)
         assert all(chosen[k] == getattr(settings.config, k) for k in chosen)
+
+
+def test_gse_options_reach_the_gse_arm_and_bad_ones_fail_at_config_time(tmp_path):
+    plain = DemoGraph(PipelineConfig.for_mode("quick"), tmp_path)
+    options = {"init_type": "mgse", "dropout_mask": "per_expert"}
+    ablated = DemoGraph(PipelineConfig.for_mode("quick", gse_options=options), tmp_path)
+
+    def gse_options(graph: DemoGraph) -> dict:
+        stage = next(s for s in graph.stages if s.name.startswith("down/tuner-gse/"))
+        return stage.params["train"]["gse_options"]
+
+    assert gse_options(plain) == {"r": 16}  # unchanged without options, so cached GSE stages stay valid
+    assert gse_options(ablated) == {"r": 16, "init_type": "mgse", "dropout_mask": "per_expert"}
+    with pytest.raises(CapvectorError, match=r"gse_options has unknown GSEConfig fields \['init'\]"):
+        PipelineConfig.for_mode("quick", gse_options={"init": "mgse"})
+    with pytest.raises(CapvectorError, match=r"GSEConfig\.init_type: expected one of"):
+        PipelineConfig.for_mode("quick", gse_options={"init_type": "pissa"})

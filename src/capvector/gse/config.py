@@ -12,6 +12,8 @@ from capvector.errors import CapvectorError
 from ._peft_compat import peft_type_member
 
 SCALINGS = ("default", "gradient_balanced")
+INIT_TYPES = ("svd", "mgse", "lora")
+DROPOUT_MASKS = ("shared", "per_expert")
 
 
 class GSEConfigError(CapvectorError, ValueError):
@@ -37,6 +39,12 @@ class GSEConfig(PeftConfig):
     num_generalized_experts: int = field(default=1, metadata={"help": "Always-active experts (leading block)."})
     top_k: int = field(default=2, metadata={"help": "Routed specialized experts per token."})
     dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapter input path."})
+    dropout_mask: Literal["shared", "per_expert"] = field(
+        default="shared", metadata={"help": "'shared': one dropout mask for all experts; 'per_expert': an "
+                                            "independent mask per expert (the reference's behaviour)."})
+    init_type: Literal["svd", "mgse", "lora"] = field(
+        default="svd", metadata={"help": "'svd': experts from W's top-r singular components (the reference's "
+                                         "'gse'); 'mgse': from its r smallest; 'lora': random A, zero B, no SVD."})
     eta: float = field(default=1.0, metadata={"help": "η in s_j = sqrt(3·η·n / r_j)."})
     rho: float = field(default=10.0, metadata={"help": "ρ: factors carry 1/ρ of their singular block."})
     init_coefficient: float = field(default=1.0, metadata={"help": "c: share of the initial adapter subtracted "
@@ -105,6 +113,13 @@ class GSEConfig(PeftConfig):
             raise bad("aux_loss_weight", "a number ≥ 0", self.aux_loss_weight)
         if self.scaling not in SCALINGS:
             raise bad("scaling", f"one of {SCALINGS}", self.scaling)
+        if self.init_type not in INIT_TYPES:
+            raise bad("init_type", f"one of {INIT_TYPES}", self.init_type)
+        if self.init_type == "lora" and self.scaling == "gradient_balanced":
+            raise bad("scaling", "'default' with init_type='lora' (gradient balancing needs singular values)",
+                      self.scaling)
+        if self.dropout_mask not in DROPOUT_MASKS:
+            raise bad("dropout_mask", f"one of {DROPOUT_MASKS}", self.dropout_mask)
         if not is_int(self.svd_niter) or self.svd_niter < 0:
             raise bad("svd_niter", "an integer ≥ 0", self.svd_niter)
         if not is_int(self.svd_seed):

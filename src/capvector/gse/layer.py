@@ -32,15 +32,62 @@ from .config import GSEConfig
 def top_singular(weight: torch.Tensor, r: int, niter: int, seed: int) -> tuple[torch.Tensor, ...]:
     """Top-r randomised SVD of W (m×n) in fp32, seeded without touching the caller's RNG stream.
 
-    Returns U (m×r), σ (r, descending), V (n×r) with W ≈ U·diag(σ)·Vᵀ.
+    The algorithm and random probe of `torch.svd_lowrank(W, q=r, niter)` (Halko et al. 2009, Alg. 4.4 +
+    5.1: range finder with `niter` power iterations, then the SVD of the small r×n projection), written
+    out for one reason: LAPACK's SVD of that small matrix returned other last bits with 2 torch threads
+    than with 1 (|ΔV| ≈ 3–6·10⁻⁷ at r=16, widths 128–512), which made whole GSE trainings differ by
+    thread count (docs/gse.md, "Reproducibility"). Here that step runs in fp64 (cheap: r×n) and is
+    rounded to fp32; the large matmuls and QRs stay fp32 (thread-invariant with torch's CPU BLAS, tested
+    through the layer). Returns U (m×r), σ (r, descending), V (n×r) with W ≈ U·diag(σ)·Vᵀ.
     """
     w = weight.detach().to(torch.float32)
+    tall = w if w.shape[0] >= w.shape[1] else w.T
     devices = [w.device] if w.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        u, s, v = torch.svd_lowrank(w, q=r, niter=niter)
-    order = torch.argsort(s, descending=True)
-    return u[:, order], s[order], v[:, order]
+        probe = torch.randn(tall.shape[1], r, device=w.device)  # svd_lowrank's first draw after the seed
+    basis = torch.linalg.qr(tall @ probe).Q
+    for _ in range(niter):
+        basis = torch.linalg.qr(tall.T @ basis).Q
+        basis = torch.linalg.qr(tall @ basis).Q
+    u_small, sigma, vh = torch.linalg.svd((basis.T @ tall).double(), full_matrices=False)
+    u, v = basis @ u_small.float(), vh.T.float()
+    return (u, sigma.float(), v) if tall is w else (v, sigma.float(), u)
+
+
+def minor_singular(weight: torch.Tensor, r: int) -> tuple[torch.Tensor, ...]:
+    """The r smallest singular triplets of W (m×n) by a full fp64 SVD, as fp32, in descending σ order.
+
+    MiLoRA-style init (`init_type="mgse"`, the reference's minor components): a randomised SVD finds
+    only the leading subspace, so this pays for the full decomposition, as the reference does.
+    """
+    u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)
+    return u[:, -r:].float(), s[-r:].float(), vh[-r:].T.float()
+
+
+def initial_factors(weight: torch.Tensor, m: int, n: int,
+                    config: GSEConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stacked A (r×n), B (m×r) and per-rank scales (r) of `config.init_type` for frozen weight W (m×n).
+
+    "svd": expert j carries 1/ρ of its block of W's top-r singular components (the reference's "gse").
+    "mgse": the same from the r smallest components. "lora": A kaiming-uniform from the global RNG (as
+    `nn.Linear`), B = 0, no SVD (the reference's `skip_svd_init`); W itself is never modified.
+    """
+    ranks, r = config.expert_ranks(), config.r
+    if config.init_type == "lora":
+        a = torch.empty(r, n, device=weight.device, dtype=torch.float32)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        scales = torch.tensor([math.sqrt(3.0 * config.eta * n / rj) for rj in ranks])
+        rank_scale = torch.repeat_interleave(scales, torch.tensor(ranks)).to(weight.device)
+        return a, torch.zeros(m, r, device=weight.device), rank_scale
+    with gathered_weight(weight) as whole:  # the whole matrix under FSDP2 / ZeRO-3, read only
+        u, sigma, v = (minor_singular(whole, r) if config.init_type == "mgse"
+                       else top_singular(whole, r, config.svd_niter, config.svd_seed))
+    rank_scale = torch.repeat_interleave(
+        expert_scales(sigma, ranks, config.num_generalized_experts, n, config).to(u.device),
+        torch.tensor(ranks, device=u.device))
+    root = torch.sqrt(sigma.clamp_min(0) / (rank_scale * config.rho))
+    return root[:, None] * v.T, u * root[None, :], rank_scale
 
 
 def expert_scales(sigma: torch.Tensor, ranks: list[int], num_generalized: int, in_features: int,
@@ -112,6 +159,26 @@ def keep_mask_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
     return x * kept, 65536.0 / keep
 
 
+def per_expert_dropout_product(x: torch.Tensor, both_a: torch.Tensor, ranks: list[int],
+                               p: float) -> tuple[torch.Tensor, float]:
+    """[A; A0]·x̃_j with an independent dropout mask x̃_j per expert j (`dropout_mask="per_expert"`).
+
+    `both_a` is the stacked (2r×n) [A; A0]; expert j's rows in both halves see the same x̃_j, so the
+    anchor still cancels at init. Returns the N×2r product in the stacked column order and 1/keep.
+    One masked copy of x and one rank-2r_j matmul per expert: E draws and E× the input-side traffic
+    of the shared mask, the price of the reference's per-expert `nn.Dropout` (only in training).
+    """
+    r = sum(ranks)
+    parts, order, inv_keep, start = [], [], 1.0, 0
+    for rj in ranks:
+        rows = list(range(start, start + rj)) + list(range(r + start, r + start + rj))
+        dropped, inv_keep = keep_mask_dropout(x, p)
+        parts.append(F.linear(dropped, both_a[rows]))
+        order += rows
+        start += rj
+    return torch.cat(parts, dim=1)[:, torch.argsort(torch.tensor(order, device=x.device))], inv_keep
+
+
 def gate_map(ranks: list[int], num_generalized: int) -> torch.Tensor:
     """Constant (2·E_s + 1)×2r 0/1 matrix that spreads the stacked expert gates onto the stacked ranks.
 
@@ -150,7 +217,7 @@ class GSELayer(BaseTunerLayer):
         self.gse_gate_map = BufferDict(persistent=False)
         self.gse_dropout = nn.ModuleDict()
         self.gse_ranks: dict[str, list[int]] = {}
-        self.gse_settings: dict[str, dict[str, float]] = {}
+        self.gse_settings: dict[str, dict[str, float | bool]] = {}
         self._disable_adapters = False
         self.merged_adapters = []
         # per adapter, current branch of the last forward: logits, probabilities (with grad), top-k mask
@@ -168,26 +235,22 @@ class GSELayer(BaseTunerLayer):
         r, num_spec = config.r, config.num_specialized_experts
         if min(m, n) < r:
             raise CapvectorError(f"GSEConfig.r: expected ≤ min(out, in) = {min(m, n)} for this layer, found {r}")
+        # the router draws from the global RNG before any factor does, so every init_type gets the same router
+        router = torch.empty(num_spec, n, device=weight.device, dtype=torch.float32)
         if weight.device.type == "meta":  # structure only (e.g. low_cpu_mem_usage loading): weights come later
             a = torch.empty(r, n, device="meta")
             b = torch.empty(m, r, device="meta")
             rank_scale = torch.empty(r, device="meta")
         else:
-            with gathered_weight(weight) as whole:  # the whole matrix under FSDP2 / ZeRO-3, read only
-                u, sigma, v = top_singular(whole, r, config.svd_niter, config.svd_seed)
-            rank_scale = torch.repeat_interleave(expert_scales(sigma, ranks, g, n, config).to(u.device),
-                                                 torch.tensor(ranks, device=u.device))
-            root = torch.sqrt(sigma.clamp_min(0) / (rank_scale * config.rho))
-            a = root[:, None] * v.T
-            b = u * root[None, :]
-        router = torch.empty(num_spec, n, device=a.device, dtype=torch.float32)
-        if router.device.type != "meta":
             nn.init.kaiming_uniform_(router, a=math.sqrt(5))  # nn.Linear's default init, as the reference
+            a, b, rank_scale = initial_factors(weight, m, n, config)
         self.gse_A0[adapter_name] = a.detach().clone()
         self.gse_B0[adapter_name] = b.detach().clone()
         if not config.init_weights and a.device.type != "meta":  # start away from the anchors (tests)
-            a = a + a.square().mean().sqrt() * torch.randn_like(a)
-            b = b + b.square().mean().sqrt() * torch.randn_like(b)
+            a_rms = a.square().mean().sqrt()
+            b_rms = b.square().mean().sqrt()
+            a = a + a_rms * torch.randn_like(a)
+            b = b + (b_rms if b_rms > 0 else a_rms) * torch.randn_like(b)  # init_type "lora": B starts at 0
         self.gse_A[adapter_name] = nn.Parameter(a.contiguous())
         self.gse_B[adapter_name] = nn.Parameter(b.contiguous())
         self.gse_router[adapter_name] = nn.Parameter(router)
@@ -197,7 +260,8 @@ class GSELayer(BaseTunerLayer):
         self.gse_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.gse_ranks[adapter_name] = list(ranks)
         self.gse_settings[adapter_name] = {"num_generalized": g, "top_k": config.top_k,
-                                           "init_coefficient": float(config.init_coefficient)}
+                                           "init_coefficient": float(config.init_coefficient),
+                                           "per_expert_dropout": config.dropout_mask == "per_expert"}
         self.set_adapter(self.active_adapters)
 
     def cast_adapter(self, adapter_name: str, dtype: torch.dtype) -> None:
@@ -244,10 +308,15 @@ class GSELayer(BaseTunerLayer):
         spread = self.gse_gate_map[adapter]
         rank_gates = torch.addmm(spread[-1] * gen_value, gate.view(2 * num_spec, -1).t(), spread[:-1])  # N×2r
         drop = self.gse_dropout[adapter]
-        dropped, inv_keep = (keep_mask_dropout(flat, drop.p) if isinstance(drop, nn.Dropout) and drop.training
-                             else (flat, 1.0))
+        both_a = torch.cat([a, self.gse_A0[adapter]])
+        if not (isinstance(drop, nn.Dropout) and drop.training):
+            h, inv_keep = F.linear(flat, both_a), 1.0
+        elif settings["per_expert_dropout"]:
+            h, inv_keep = per_expert_dropout_product(flat, both_a, self.gse_ranks[adapter], drop.p)
+        else:
+            dropped, inv_keep = keep_mask_dropout(flat, drop.p)
+            h = F.linear(dropped, both_a)
         scale = self.gse_scale[adapter] * inv_keep if inv_keep != 1.0 else self.gse_scale[adapter]
-        h = F.linear(dropped, torch.cat([a, self.gse_A0[adapter]]))
         scaled_b = torch.cat([b * scale, self.gse_B0[adapter] * (-settings["init_coefficient"] * scale)], dim=1)
         out = F.linear(h * rank_gates, scaled_b)
         return out.reshape(*x.shape[:-1], self.out_features)

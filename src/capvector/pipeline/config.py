@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,9 @@ class PipelineConfig:
     tuners: tuple[str, ...] = ()  # any of "full", "lora", "gse"
     lora_r: int = 16
     gse_r: int = 16
+    # further GSEConfig fields of the GSE arm, e.g. {"init_type": "mgse", "dropout_mask": "per_expert"} for an
+    # ablation row (docs/gse.md); empty keeps the arm's stages (and their cache) as before
+    gse_options: dict[str, Any] = field(default_factory=dict)
     tuner_lr: float = 1e-3  # adapters want a larger step than full fine-tuning
     # evaluation
     eval_episodes: int = 10  # per task and seed (seeds, not episodes, are what varies between policies)
@@ -122,6 +125,18 @@ class PipelineConfig:
             raise CapvectorError(f"pipeline config: unknown tuners {sorted(unknown)}; use full, lora, gse")
         if any(getattr(self, f"{role}_tasks") is not None for role in TASK_ROLES):
             self._check_tasks()
+        if self.gse_options:
+            self._check_gse_options()
+
+    def _check_gse_options(self) -> None:
+        """Build the GSE arm's GSEConfig now, so a bad option fails before any stage runs (one line, the field)."""
+        from capvector.gse import GSEConfig
+
+        known = {f.name for f in fields(GSEConfig)} - {"r", "target_modules"}
+        unknown = sorted(set(self.gse_options) - known)
+        if unknown:
+            raise CapvectorError(f"pipeline config: gse_options has unknown GSEConfig fields {unknown}")
+        GSEConfig(r=self.gse_r, **self.gse_options)
 
     def _qualify_presets(self) -> None:
         from capvector.policy.registry import policy_types

@@ -215,7 +215,7 @@ class DemoGraph:
         if tuner != "full":
             extra |= {"also_train": ["action_expert.*"], "lora_r": c.lora_r, "lora_alpha": c.lora_r}
         if tuner == "gse":
-            extra["gse_options"] = {"r": c.gse_r}
+            extra["gse_options"] = {"r": c.gse_r, **c.gse_options}
         deps = (init, data)
         orth_settings = None
         if orth is not None:
