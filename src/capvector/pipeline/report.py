@@ -156,7 +156,8 @@ def _dcap_section(res: dict[str, Any], budgets: list[str]) -> list[str]:
            "", "| D_cap scene | ‖τ‖ | " + " | ".join(f"{b} steps" for b in budgets) + " | OOD pooled |",
            "| --- | --- | " + " | ".join("---" for _ in budgets) + " | --- |"]
     for r in rows:
-        out.append(f"| `{r['scene']}` | {_num(r['vector'].get('norm'), 4)} | "
+        norm = r["vector"].get("norm")
+        out.append(f"| `{r['scene']}` | {'-' if norm is None else f'{norm:.4g}'} | "
                    + " | ".join(rate_cell(r["budgets"].get(b)) for b in budgets) + f" | {rate_cell(r['ood_pooled'])} |")
     return out + [""]
 
@@ -293,8 +294,11 @@ def plot_all(res: dict[str, Any], directory: Path) -> list[Path]:
         labels, rows = [], []
         for t in res["tuners"]:
             v = methods[f"tuner-{t}"]
-            labels += [f"{v['label']}\nin dist.", f"{v['label']}\nOOD"]
-            rows += [v["budgets"][tb], v["ood_pooled"]]
+            labels.append(f"{v['label']}\nin dist.")
+            rows.append(v["budgets"][tb])
+            if v["ood_pooled"]["pc"] is not None:  # a run with perturbations
+                labels.append(f"{v['label']}\nOOD")
+                rows.append(v["ood_pooled"])
         _bars(ax, labels, rows)
         ax.set(ylabel="success %", title="Tuners from θ_pre", ylim=(0, 102))
         save(fig, "tuners.png")
