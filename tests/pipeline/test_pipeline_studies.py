@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,25 @@ def test_collection_records_its_scene(tmp_path):
     summary = Collect("reach-v3", 1, 0, 0.0, 32, scene="camera:0.5@3")(tmp_path)
     manifest = json.loads((tmp_path / DATASET / "manifest.json").read_text())
     assert summary["episodes"] == 1 and manifest["settings"]["perturbation"] == "camera:0.5@3"
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_shipped_study_configs_use_the_test_ranges_and_reuse_the_versatility_cell(tmp_path):
+    """Each study adds to configs/versatility/vla-spatial.json: a copy of that run's directory serves every stage
+    the study shares with it from the cache (same fingerprints); the novel environment shares the D_cap side."""
+    cell = _fingerprints(DemoGraph(PipelineConfig.from_file(CONFIGS / "versatility" / "vla-spatial.json"), tmp_path))
+    cap_side = {"pretrained", "data/cap", "cap/sft", "cap/aux", "eval/cap/pretrained", "eval/cap/sft", "eval/cap/aux",
+                "vector/tiny-vla-vlm_plus_expert", "meta/main"}
+    shared = {"novel_env": cap_side, "dcap_diversity": set(cell),
+              "forgetting": {n for n in cell if not n.endswith("/ood")}}
+    for name, expected in shared.items():
+        cfg = PipelineConfig.from_file(CONFIGS / f"{name}.json")
+        assert cfg.seeds == (0, 1, 2, 3, 4) and cfg.eval_seed == 5000 and cfg.down_budgets == (150,)
+        fps = _fingerprints(DemoGraph(cfg, tmp_path))
+        assert {n for n in cell if fps.get(n) == cell[n]} == expected, name
+    assert PipelineConfig.from_file(CONFIGS / "novel_env.json").down_scene.endswith("@1")
+    assert PipelineConfig.from_file(CONFIGS / "dcap_diversity.json").cap_scene_sweep
+    forgetting = PipelineConfig.from_file(CONFIGS / "forgetting.json")
+    assert forgetting.forgetting and forgetting.tuners == ("full", "lora", "gse") and forgetting.tuner_steps == 150
