@@ -137,7 +137,10 @@ class PipelineConfig:
                 return None
             if not isinstance(spec, str):
                 raise CapvectorError(f"pipeline config: {name} must be a scene spec string, found {spec!r}")
-            label = parse_scene(spec).label
+            try:
+                label = parse_scene(spec).label
+            except CapvectorError as e:
+                raise CapvectorError(f"pipeline config: {name}: {e}") from None
             return None if label == "none" else label
 
         down = canonical("down_scene", self.down_scene)
