@@ -22,12 +22,18 @@ EPISODES = 10  # per (variant) in each fabricated evaluation
 SEEDS = (0, 1, 2, 3, 4)
 # Successes out of EPISODES per method at each budget index; CapVector is made clearly better than SFT.
 SUCCESS = {"sft": [1, 2], "aux": [2, 3], "capvector": [4, 7], "capvector_no_orth": [4, 6], "tuner-lora": [3],
-           "tuner-gse": [5], "capvector@weight=0.5": [2], "capvector@tiny-vla-vlm": [3]}
+           "tuner-gse": [5], "capvector@weight=0.5": [2], "capvector@tiny-vla-vlm": [3],
+           "capvector[dcap=camera:0.5+colors:0.5]": [5, 9]}
+# Successes out of EPISODES on the pretraining tasks after each method's fine-tune (θ_pre: PRETRAIN_REFERENCE;
+# methods not named: 5).
+PRETRAIN_REFERENCE = 8
+PRETRAIN = {"sft": 4, "aux": 5, "capvector": 6, "tuner-lora": 7, "tuner-gse": 7}
 
 
-def _eval_json(k: int, variants: list[str]) -> dict:
-    per_variant = {v: {"n_episodes": EPISODES, "n_success": k if v == "none" else k // 2,
-                       "pc_success": 100.0 * (k if v == "none" else k // 2) / EPISODES} for v in variants}
+def _eval_json(k: int, variants: list[str], home: str = "none") -> dict:
+    """`home` is the in-distribution variant (the clean or the novel scene); the others succeed half as often."""
+    per_variant = {v: {"n_episodes": EPISODES, "n_success": k if v == home else k // 2,
+                       "pc_success": 100.0 * (k if v == home else k // 2) / EPISODES} for v in variants}
     return {"overall": {}, "per_variant": per_variant, "per_task": [], "episodes": []}
 
 
@@ -49,15 +55,23 @@ def _finish_fabricated(graph: DemoGraph, run_dir) -> None:
             variants = list(stage.params["perturbations"])
             if stage.name.startswith("eval/cap/"):
                 k = {"pretrained": 0, "sft": 3, "aux": 5}[stage.name.rsplit("/", 1)[1]]
-            elif stage.name in ("eval/down/pretrained", "eval/down/meta"):
+            elif stage.name.startswith("eval/down/") and stage.name.count("/") == 2:  # the starting points
                 k = 0 if stage.name.endswith("pretrained") else 1
+            elif stage.name == "eval/pretrain/pretrained":
+                k = PRETRAIN_REFERENCE
             else:
                 run = next(r for r in graph.runs if stage.name.startswith(f"eval/{r.stage}/"))
-                budget = int(stage.name.rsplit("step", 1)[1]) if "/step" in stage.name else run.budgets[-1]
-                k = SUCCESS[run.method][run.budgets.index(budget)] + _offset(run.method, run.seed)
-            (d / "eval.json").write_text(json.dumps(_eval_json(k, variants)))
+                if stage.name.endswith("/pretrain"):
+                    k = PRETRAIN.get(run.method, 5) + _offset(run.method, run.seed)
+                else:
+                    budget = int(stage.name.rsplit("step", 1)[1]) if "/step" in stage.name else run.budgets[-1]
+                    k = SUCCESS[run.method][run.budgets.index(budget)] + _offset(run.method, run.seed)
+            home = graph.down_variant if stage.params["split"] == graph.cfg.split_spec("down") else "none"
+            (d / "eval.json").write_text(json.dumps(_eval_json(k, variants, home)))
         elif stage.name.startswith("down/"):
             summary = {"samples_per_s": 400.0 if "/aux/" not in stage.name else 300.0, "trainable_parameters": 1000}
+        elif stage.name.startswith("vector/"):
+            summary = {"tensors": 12, "norm": 2.5 if "dcap" in stage.name else 1.5}
         files = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
                  for p in d.iterdir() if p.is_file() and p.name != MARKER}
         (d / MARKER).write_text(json.dumps({"fingerprint": fp, "seconds": 1.0, "summary": summary, "files": files}))
@@ -218,3 +232,55 @@ def test_training_speed_covers_the_whole_run_after_start_up():
     # where a median over the two intervals would say 300 and a single stalled interval would decide alone.
     assert _speed(history)["samples_per_s"] == pytest.approx(240.0)
     assert _speed(history[:1]) == {}
+
+
+def test_knowledge_preservation_against_theta_pre(tmp_path):
+    """Per method: pretraining-task success and its change vs θ_pre, seed by seed, with a t interval over seeds."""
+    run_dir, cfg = _fabricated_run(tmp_path, "default", forgetting=True)
+    res = regenerate_report(run_dir)
+    assert res["pretrain_reference"]["pc"] == 10.0 * PRETRAIN_REFERENCE
+    sft = res["methods"]["sft"]["pretrain"]
+    assert sft["by_seed"] == {str(s): 10.0 * (PRETRAIN["sft"] + s % 2) for s in SEEDS}
+    # per-seed changes −40, −30, −40, −30, −40 pp: mean −36, s² = 30, so −36 ± t(0.975, 4)·√(30/5)
+    half = 2.776445 * math.sqrt(30 / 5)
+    assert math.isclose(sft["change"]["diff_pp"], -36.0) and sft["change"]["test"] == "paired t over seeds"
+    assert math.isclose(sft["change"]["ci95_pp"][0], -36 - half, abs_tol=1e-4)
+    assert math.isclose(sft["change"]["ci95_pp"][1], -36 + half, abs_tol=1e-4)
+    assert res["methods"]["tuner-full"]["pretrain"]["by_seed"] == sft["by_seed"]  # full fine-tuning is the sft run
+    findings = {f["key"]: f for f in res["findings"]}
+    assert math.isclose(findings["lora_forgets_less_than_full"]["diff_pp"], 30.0)
+    assert findings["lora_forgets_less_than_full"]["verdict"] == "shown"
+    assert findings["gse_forgets_like_lora"]["verdict"] == "consistent (no significant difference)"
+    assert "capvector_forgets_like_sft" in findings
+    text = (run_dir / "report.md").read_text()
+    assert "## Knowledge preservation" in text and "| θ_pre (no fine-tuning) | 0 | 80.0 [" in text
+    assert f"| SFT from θ_pre | {cfg.down_steps} | 44.0 [" in text and "| -36.0 pp [" in text
+
+
+def test_a_d_cap_scene_sweep_is_judged_against_the_main_vector(tmp_path):
+    scene = "camera:0.5+colors:0.5"
+    run_dir, cfg = _fabricated_run(tmp_path, "default", cap_scene_sweep=(scene,))
+    res = regenerate_report(run_dir)
+    findings = {f["key"]: f for f in res["findings"]}
+    final = cfg.down_steps
+    f = findings[f"dcap_{scene}_beats_main@{final}"]
+    assert math.isclose(f["diff_pp"], 10.0 * (SUCCESS[f"capvector[dcap={scene}]"][-1] - SUCCESS["capvector"][-1])
+                        - 10.0 * sum(s % 3 == 0 for s in SEEDS) / len(SEEDS))
+    assert f"dcap_{scene}_beats_sft@{final}" in findings and f"dcap_{scene}_beats_main_ood" in findings
+    assert [r["scene"] for r in res["dcap_scenes"]] == ["none", scene]
+    assert [r["vector"]["norm"] for r in res["dcap_scenes"]] == [1.5, 2.5]
+    text = (run_dir / "report.md").read_text()
+    assert "## Vector quality: D_cap scenes" in text and f"| `{scene}` | 2.5 |" in text
+
+
+def test_a_novel_environment_run_reads_its_own_scene(tmp_path):
+    scene = "camera:0.5+colors:0.5@7"
+    run_dir, cfg = _fabricated_run(tmp_path, "default", down_scene=scene, ood_perturbations=())
+    res = regenerate_report(run_dir)
+    cap = res["methods"]["capvector"]["budgets"][str(cfg.down_steps)]
+    assert cap["k"] == sum(SUCCESS["capvector"][-1] + _offset("capvector", s) for s in SEEDS)  # the scene's episodes
+    assert res["methods"]["capvector"]["start"]["k"] == 1
+    assert not any("ood" in f["key"] for f in res["findings"])
+    text = (run_dir / "report.md").read_text()
+    assert f"fixed scene `{scene}`" in text and "No perturbation suite in this run" in text
+    assert not (run_dir / "ood.png").exists()

@@ -117,6 +117,24 @@ def test_perturbed_collection_varies_the_camera_per_episode(dataset, tmp_path):
         collect(moved, ["reach-v3"], 2, seed=1, sim=SIM, progress=False)  # resuming needs the same settings
 
 
+def test_a_fixed_scene_records_every_episode_in_one_novel_environment(dataset, tmp_path):
+    """camera:0.5+colors:0.5@7: one camera pose shared by all episodes, unlike the clean dataset's; label kept."""
+    from capvector.sim.perturb import parse_scene
+
+    manifest = collect(tmp_path / "novel", ["reach-v3"], 2, seed=1, sim=SIM, progress=False,
+                       perturbation=parse_scene("colors:0.5+camera:0.5@7"))
+    assert manifest["settings"]["perturbation"] == "camera:0.5+colors:0.5@7"
+    poses, images = [], []
+    for entry in manifest["episodes"]:
+        with np.load(tmp_path / "novel" / entry["file"]) as z:
+            poses.append(z["cam_to_world"][0])
+            images.append(z["image"][0])
+    with np.load(dataset / json.loads((dataset / "manifest.json").read_text())["episodes"][0]["file"]) as z:
+        clean_pose = z["cam_to_world"][0]
+    assert np.array_equal(poses[0], poses[1]) and not np.allclose(poses[0], clean_pose)
+    assert not np.array_equal(images[0], images[1])  # same environment, another layout
+
+
 def test_rendered_demos_round_trip_through_lerobot_v3(dataset, tmp_path):
     """Real renders (flat colours, depth, camera geometry) export to LeRobotDataset v3.0 and read back identical."""
     from capvector.data.lerobot import LeRobotDemoDataset, export_lerobot

@@ -26,12 +26,20 @@ def test_collect_then_eval_expert(tmp_path):
     summary = json.loads(out.output)
     assert summary["episodes"] == 1 and len(open_dataset(tmp_path / "d")) == summary["steps"]
     res = runner.invoke(_app(), ["eval", "--policy", "expert", "--split", "reach-v3", "--episodes", "2",
-                                 "--image-size", "32", "--perturb", "lighting:0.5", "-o", str(tmp_path / "e.json"),
-                                 "--videos", "1"])
+                                 "--image-size", "32", "--perturb", "lighting:0.5", "--perturb",
+                                 "distractors:0.5+lighting:0.5@3", "-o", str(tmp_path / "e.json"), "--videos", "1"])
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "e.json").read_text())
-    assert info["overall"]["n_success"] == 2 and info["per_variant"]["lighting:0.5"]["pc_success"] == 100.0
+    assert info["overall"]["n_success"] == 4 and info["per_variant"]["lighting:0.5"]["pc_success"] == 100.0
+    assert info["per_variant"]["lighting:0.5+distractors:0.5@3"]["n_episodes"] == 2
     assert (tmp_path / "videos" / "reach-v3_lighting-0.5_0.gif").stat().st_size > 0
+
+
+def test_a_bad_scene_is_a_user_error(tmp_path):
+    res = CliRunner().invoke(_app(), ["collect", "-o", str(tmp_path / "d"), "--split", "reach-v3",
+                                      "--perturb", "camera:0.5@seven"])
+    assert isinstance(res.exception, CapvectorError) and "integer seed after '@'" in str(res.exception)
+    assert not (tmp_path / "d").exists()
 
 
 def test_bad_policy_path_is_a_user_error(tmp_path):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from capvector.errors import CapvectorError
-from capvector.sim.perturb import parse_perturbation
+from capvector.sim.perturb import parse_scene
 from capvector.sim.tasks import split_tasks
 from capvector.train.policies import open_policy
 
@@ -41,7 +41,8 @@ def collect_command(
     max_steps: Annotated[int, typer.Option(help="Episode step limit.")] = 200,
     keep_failed: Annotated[bool, typer.Option(help="Also keep episodes the expert failed.")] = False,
     perturb: Annotated[str, typer.Option(
-        help="Vary every episode's scene: NAME[:SEVERITY], e.g. camera:0.5 (a camera pose per episode).")] = "none",
+        help="Every episode's scene: NAME[:SEVERITY] joined by '+', e.g. camera:0.5 (a camera pose per episode); "
+             "'@SEED' holds it fixed: camera:0.5+colors:0.5@7 is one novel environment.")] = "none",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Record scripted-expert demonstrations (images, depth, camera geometry, proprio, actions)."""
@@ -51,7 +52,7 @@ def collect_command(
         raise CapvectorError(f"--episodes: expected ≥ 1, found {episodes}")
     manifest = collect(output, split_tasks(split), episodes, seed=seed, noise=noise,
                        sim=_sim_config(image_size, cameras, max_steps), keep_failed=keep_failed,
-                       progress=sys.stderr.isatty(), split=split, perturbation=parse_perturbation(perturb))
+                       progress=sys.stderr.isatty(), split=split, perturbation=parse_scene(perturb))
     eps = manifest["episodes"]
     summary = {"output": str(output), "episodes": len(eps), "steps": sum(e["length"] for e in eps),
                "bytes": sum(e["bytes"] for e in eps), "collect_s": manifest["collect_s"]}
@@ -69,7 +70,8 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Base seed (episode layouts and perturbations).")] = 1000,
     perturb: Annotated[list[str] | None, typer.Option(
         metavar="<name[:severity]>",
-        help="Variant NAME[:SEVERITY] (repeatable): none, camera, lighting, colors, distractors, init_noise.")] = None,
+        help="Variant NAME[:SEVERITY] (repeatable): none, camera, lighting, colors, distractors, init_noise; "
+             "'+' combines them, '@SEED' holds them fixed (e.g. camera:0.5+colors:0.5@7).")] = None,
     execute: Annotated[int | None, typer.Option(help="Actions run per chunk before re-querying (default all).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     image_size: Annotated[int, typer.Option(help="Rendered image side in pixels.")] = 64,
@@ -83,7 +85,7 @@ def eval_command(
     """Roll out a policy in the simulator; success rates with 95% Wilson intervals."""
     from capvector.sim.evaluate import EvalConfig, evaluate
 
-    perts = tuple(parse_perturbation(p) for p in (perturb or ["none"]))
+    perts = tuple(parse_scene(p) for p in (perturb or ["none"]))
     if videos and video_dir is None:
         video_dir = (output.parent if output else Path(".")) / "videos"
     cfg = EvalConfig(tasks=tuple(split_tasks(split)), episodes=episodes, seed=seed, perturbations=perts,

@@ -21,11 +21,11 @@ from capvector.progress import ProgressBar
 from capvector.sim.env import SimConfig, SimEnv
 from capvector.sim.evaluate import episode_seed
 from capvector.sim.experts import ScriptedExpert
-from capvector.sim.perturb import Perturbation
+from capvector.sim.perturb import Perturbation, Scene, as_scene
 
 
 def record_episode(env: SimEnv, expert: ScriptedExpert, seed: int,
-                   perturbation: Perturbation | None = None) -> tuple[dict[str, np.ndarray], bool]:
+                   perturbation: Perturbation | Scene | None = None) -> tuple[dict[str, np.ndarray], bool]:
     """Run the expert once, rendering every step; returns (arrays, success)."""
     env.reset(seed, perturbation)
     expert.bind(env)
@@ -52,17 +52,19 @@ def record_episode(env: SimEnv, expert: ScriptedExpert, seed: int,
 def collect(output: str | Path, tasks: list[str], episodes: int, seed: int = 0, noise: float = 0.0,
             sim: SimConfig | None = None, keep_failed: bool = False, max_attempts_factor: int = 3,
             progress: bool = True, split: str | None = None,
-            perturbation: Perturbation | None = None) -> dict[str, Any]:
+            perturbation: Perturbation | Scene | None = None) -> dict[str, Any]:
     """Write (or resume) a dataset of `episodes` kept episodes per task; returns the manifest.
 
-    `perturbation` varies each episode's scene (e.g. camera:0.5 draws a camera pose per episode from its
-    seed), so the recorded images, depth and camera extrinsics cover that variation."""
+    `perturbation` sets each episode's scene (e.g. camera:0.5 draws a camera pose per episode from its seed; a
+    fixed scene such as camera:0.5+colors:0.5@7 records every episode in one novel environment), so the recorded
+    images, depth and camera extrinsics follow it."""
     root = Path(output)
     sim = sim or SimConfig()
     settings = {"tasks": list(tasks), "episodes_per_task": episodes, "seed": seed, "noise": noise,
                 "sim": asdict(sim), "keep_failed": keep_failed, "split": split}
-    if perturbation is not None and perturbation.name != "none":
-        settings["perturbation"] = perturbation.label  # absent otherwise, so older datasets still resume
+    scene = as_scene(perturbation)
+    if scene.parts:
+        settings["perturbation"] = scene.label  # absent otherwise, so older datasets still resume
     settings = json.loads(json.dumps(settings))  # as stored (tuples become lists), so a resume compares equal
     if (root / MANIFEST).exists():
         manifest = read_manifest(root)
@@ -97,7 +99,7 @@ def collect(output: str | Path, tasks: list[str], episodes: int, seed: int = 0, 
                         raise CapvectorError(f"collect {task}: only {kept}/{episodes} successful episodes in "
                                              f"{attempt} attempts; use --keep-failed or lower --noise")
                     ep_seed = episode_seed(seed, task, attempt)
-                    arrays, success = record_episode(env, expert, ep_seed, perturbation)
+                    arrays, success = record_episode(env, expert, ep_seed, scene)
                     attempt += 1
                     manifest["attempts"][task] = attempt
                     if success or keep_failed:

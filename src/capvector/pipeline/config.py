@@ -86,6 +86,19 @@ class PipelineConfig:
     # ablation row (docs/gse.md); empty keeps the arm's stages (and their cache) as before
     gse_options: dict[str, Any] = field(default_factory=dict)
     tuner_lr: float = 1e-3  # adapters want a larger step than full fine-tuning
+    # Scenes (capvector.sim.perturb.Scene specs, docs/simulator.md); "none" or null = the clean scene. The studies
+    # of issue 16 (docs/demo.md, configs/):
+    # a novel environment (CapVector's Finding 3): a fixed scene (…@SEED) in which D_down is collected and every
+    # D_down rollout runs; θ_pre, D_cap, θ_sft and θ_aux never see it
+    down_scene: str | None = None
+    # the scene D_cap is recorded (and its rollouts run) in, e.g. per-episode random task-irrelevant visuals
+    cap_scene: str | None = None
+    # vector quality (Finding 5): for each scene, D_cap recorded in it, its own θ_sft/θ_aux and vector, and
+    # CapVector from that vector beside the main one (`capvector[dcap=SCENE]`)
+    cap_scene_sweep: tuple[str, ...] = ()
+    # knowledge preservation (VLA-GSE): rollouts on the pretraining tasks after every downstream fine-tune
+    forgetting: bool = False
+    forgetting_episodes: int = 3  # per pretraining task and seed
     # evaluation
     eval_episodes: int = 10  # per task and seed (seeds, not episodes, are what varies between policies)
     eval_seed: int = 5000  # the test range's rollout base seed (1000 was used for choices in 0.1)
@@ -112,7 +125,7 @@ class PipelineConfig:
         if not self.down_budgets or list(self.down_budgets) != sorted(set(self.down_budgets)):
             raise CapvectorError(f"pipeline config: down_budgets must be increasing, found {self.down_budgets}")
         for name in ("cap_steps", "tuner_steps", "eval_episodes", "ood_episodes", "batch_size", "cap_episodes",
-                     "down_episodes"):
+                     "down_episodes", "forgetting_episodes"):
             if getattr(self, name) <= 0:
                 raise CapvectorError(f"pipeline config: {name} must be positive, found {getattr(self, name)}")
         if self.teacher in self.combine_teachers or len(set(self.combine_teachers)) != len(self.combine_teachers):
@@ -125,8 +138,41 @@ class PipelineConfig:
             raise CapvectorError(f"pipeline config: unknown tuners {sorted(unknown)}; use full, lora, gse")
         if any(getattr(self, f"{role}_tasks") is not None for role in TASK_ROLES):
             self._check_tasks()
+        self._check_scenes()
         if self.gse_options:
             self._check_gse_options()
+
+    def _check_scenes(self) -> None:
+        """Parse every scene and store its canonical label (what the stages are fingerprinted by); 'none' is unset."""
+        from capvector.sim.perturb import parse_scene
+
+        def canonical(name: str, spec: str | None) -> str | None:
+            if spec is None:
+                return None
+            if not isinstance(spec, str):
+                raise CapvectorError(f"pipeline config: {name} must be a scene spec string, found {spec!r}")
+            try:
+                label = parse_scene(spec).label
+            except CapvectorError as e:
+                raise CapvectorError(f"pipeline config: {name}: {e}") from None
+            return None if label == "none" else label
+
+        down = canonical("down_scene", self.down_scene)
+        if down is not None and parse_scene(down).fixed is None:
+            raise CapvectorError(f"pipeline config: down_scene {down!r} must be a fixed scene (add '@SEED', e.g. "
+                                 f"{down}@1): a novel environment is one environment, the same in every episode")
+        if down is not None and self.ood_perturbations:
+            raise CapvectorError(f"pipeline config: down_scene {down!r} with ood_perturbations "
+                                 f"{list(self.ood_perturbations)}: the perturbation suite is defined on the clean "
+                                 "scene; set ood_perturbations to [] for a novel-environment run")
+        cap = canonical("cap_scene", self.cap_scene)
+        sweep = tuple(canonical("cap_scene_sweep", s) or "none" for s in self.cap_scene_sweep)
+        if len(set(sweep)) != len(sweep) or (cap or "none") in sweep:
+            raise CapvectorError(f"pipeline config: cap_scene_sweep {list(sweep)} must be distinct scenes other than "
+                                 f"the main D_cap's ({cap or 'none'})")
+        object.__setattr__(self, "down_scene", down)
+        object.__setattr__(self, "cap_scene", cap)
+        object.__setattr__(self, "cap_scene_sweep", sweep)
 
     def _check_gse_options(self) -> None:
         """Build the GSE arm's GSEConfig now, so a bad option fails before any stage runs (one line, the field)."""

@@ -6,7 +6,9 @@ D_down demos ─► downstream fine-tunes per method and seed ─► rollouts at
 
 Methods (downstream, on D_down): `sft` (SFT from θ_pre), `aux` (SFT + the auxiliary objective from θ_pre),
 `capvector` (SFT from θ_meta + L_orth), `capvector_no_orth` (SFT from θ_meta); plus the merge-choice and
-λ_orth variants of `capvector`, and LoRA / GSE tuners from θ_pre beside full fine-tuning (= `sft`).
+λ_orth variants of `capvector`, CapVector from vectors of other objectives or of D_cap recorded in other scenes,
+and LoRA / GSE tuners from θ_pre beside full fine-tuning (= `sft`). D_down and its rollouts may live in a fixed
+novel scene; with `forgetting`, every fine-tune is also rolled out on the pretraining tasks.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ def combination_method(*teachers: str, combine: str = "sum") -> str:
     return f"capvector[{'+'.join(teachers)}{'' if combine == 'sum' else '|' + combine}]"
 
 
+def dcap_method(scene: str) -> str:
+    """The downstream method that starts from θ_pre plus the vector extracted on D_cap recorded in `scene`."""
+    return f"capvector[dcap={scene}]"
+
+
 @dataclass(frozen=True)
 class Run:
     """One downstream fine-tune: which method it is, its seed, the stage that trains it, its evaluated budgets."""
@@ -61,6 +68,11 @@ class DemoGraph:
         self.runs: list[Run] = []
         self.evals: dict[tuple[str, int, int], str] = {}  # (method, seed, budget) → eval stage
         self.ood_evals: dict[tuple[str, int], str] = {}  # (method, seed) → perturbed eval at the final budget
+        self.forgetting_evals: dict[tuple[str, int], str] = {}  # (method, seed) → pretraining-task eval, final budget
+        self.forgetting_reference: str | None = None  # θ_pre's own pretraining-task eval
+        self.dcap_vectors: dict[str, str] = {}  # cap_scene_sweep scene → its vector stage
+        # the variant name D_down's in-distribution rollouts are recorded under in eval.json
+        self.down_variant = cfg.down_scene or "none"
         self._build()
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -84,43 +96,40 @@ class DemoGraph:
                                 log_every=25, checkpoint_every=max(50, steps // 4), **extra)
 
     def _eval(self, policy: str, split: str, deps: tuple[str, ...], name: str, perturbations: tuple[str, ...] = (),
-              videos: int = 0) -> str:
-        """Rollouts unperturbed (`eval_episodes` per task) or under `perturbations` (`ood_episodes` per task each)."""
+              videos: int = 0, scene: str | None = None, episodes: int | None = None) -> str:
+        """Rollouts in the split's own `scene` (clean when None; `eval_episodes` per task) or under `perturbations`
+        (`ood_episodes` per task each)."""
         c = self.cfg
-        episodes = c.ood_episodes if perturbations else c.eval_episodes
-        work = Evaluate(policy, split, episodes, c.eval_seed, c.max_steps, perturbations or ("none",), c.workers,
-                        videos)
+        episodes = episodes or (c.ood_episodes if perturbations else c.eval_episodes)
+        work = Evaluate(policy, split, episodes, c.eval_seed, c.max_steps, perturbations or (scene or "none",),
+                        c.workers, videos)
         return self._add(name, work, deps, label=f"rollouts {name.removeprefix('eval/')}")
+
+    def _down_eval(self, policy: str, deps: tuple[str, ...], name: str, videos: int = 0) -> str:
+        """In-distribution rollouts on D_down: its tasks, in its scene."""
+        return self._eval(policy, self.cfg.split_spec("down"), deps, name, videos=videos, scene=self.cfg.down_scene)
 
     # ---- the graph ----------------------------------------------------------------------------
     def _build(self) -> None:
         c = self.cfg
         pretrained = resolve_pretrained(c.pretrained, c.policy)
         pre = self._add("pretrained", CopyPolicy(pretrained), label="pretrained policy θ_pre")
-        size = read_policy_config(pretrained).image_size  # demos are rendered at θ_pre's resolution
-        cap_data = self._add("data/cap",
-                             Collect(c.split_spec("cap"), c.cap_episodes, c.collect_seed_cap, c.noise, size),
-                             resumable=True, label="collect D_cap demos")
-        down_data = self._add("data/down",
-                              Collect(c.split_spec("down"), c.down_episodes, c.collect_seed_down, c.noise, size),
+        self.image_size = read_policy_config(pretrained).image_size  # demos are rendered at θ_pre's resolution
+        cap_data, cap_runs = self._capability(pre, c.cap_scene)
+        down_data = self._add("data/down", Collect(c.split_spec("down"), c.down_episodes, c.collect_seed_down,
+                                                   c.noise, self.image_size, scene=c.down_scene),
                               resumable=True, label="collect D_down demos")
-        # Capability extraction: identical runs but for the auxiliary loss (same data, order, seed, steps).
-        cap_seed = c.seeds[0]
-        cap_runs = {}
-        for name, aux in (("sft", 0.0), ("aux", c.aux_weight)):
-            settings = self._train_settings(c.cap_steps, cap_seed, c.cap_lr, aux_weight=aux, aux_layer=c.aux_layer,
-                                            teacher=c.teacher if aux else DEFAULT_TEACHER)
-            cap_runs[name] = self._add(f"cap/{name}", Train(self._policy(pre), self._data(cap_data), settings),
-                                       (pre, cap_data), resumable=True, label=f"θ_{name}: {name} on D_cap")
         for who, stage in (("pretrained", pre), ("sft", cap_runs["sft"]), ("aux", cap_runs["aux"])):
-            self._eval(self._policy(stage), c.split_spec("cap"), (stage,), f"eval/cap/{who}")
+            self._eval(self._policy(stage), c.split_spec("cap"), (stage,), f"eval/cap/{who}", scene=c.cap_scene)
+        if c.forgetting:
+            self.forgetting_reference = self._eval(self._policy(pre), c.split_spec("pretrain"), (pre,),
+                                                   "eval/pretrain/pretrained", episodes=c.forgetting_episodes)
         vectors = {c.vector_preset: self._vector(c.vector_preset, pre, cap_runs)}
         meta = self._meta(pre, (vectors[c.vector_preset],), c.vector_weight, "meta/main")
         # CapVector's one-time work, before any downstream fine-tune: role → stage
         self.extraction = {**cap_runs, "extract": vectors[c.vector_preset], "merge": meta}
         # Step 0 of the downstream curves: each starting point on D_down before any downstream training.
-        self.init_evals = {init: self._eval(self._policy(init), c.split_spec("down"), (init,),
-                                            f"eval/down/{who}")
+        self.init_evals = {init: self._down_eval(self._policy(init), (init,), f"eval/down/{who}")
                            for init, who in ((pre, "pretrained"), (meta, "meta"))}
         self.init_of: dict[str, str] = {}  # method → its starting stage
 
@@ -154,6 +163,8 @@ class DemoGraph:
 
         for teacher in c.combine_teachers:
             self._combination(teacher, pre, cap_data, cap_runs, vectors[c.vector_preset], down_kwargs)
+        for scene in c.cap_scene_sweep:
+            self._dcap_scene(scene, pre, down_kwargs)
 
         # Tuners from θ_pre; full fine-tuning (at down_lr) is the `sft` method when the budgets agree.
         for tuner in c.tuners:
@@ -162,9 +173,42 @@ class DemoGraph:
                     sft = next(r for r in self.runs if r.method == "sft" and r.seed == seed)
                     self.runs.append(Run("tuner-full", seed, sft.stage, (c.down_steps,)))
                     self.evals[("tuner-full", seed, c.down_steps)] = self.evals[("sft", seed, c.down_steps)]
-                    self.ood_evals[("tuner-full", seed)] = self.ood_evals[("sft", seed)]
+                    for evals in (self.ood_evals, self.forgetting_evals):
+                        if ("sft", seed) in evals:
+                            evals[("tuner-full", seed)] = evals[("sft", seed)]
                     continue
                 self._downstream(f"tuner-{tuner}", seed, (c.tuner_steps,), init=pre, tuner=tuner, **down_kwargs)
+
+    def _capability(self, pre: str, scene: str | None, suffix: str = "") -> tuple[str, dict[str, str]]:
+        """D_cap recorded in `scene`, then SFT and aux-SFT on it: identical runs but for the auxiliary loss (same
+        data, order, seed, steps). Returns the data stage and {"sft": stage, "aux": stage}."""
+        c = self.cfg
+        where = f" in {scene}" if suffix else ""
+        data = self._add(f"data/cap{suffix}", Collect(c.split_spec("cap"), c.cap_episodes, c.collect_seed_cap,
+                                                      c.noise, self.image_size, scene=scene),
+                         resumable=True, label=f"collect D_cap demos{where}")
+        runs = {}
+        for name, aux in (("sft", 0.0), ("aux", c.aux_weight)):
+            settings = self._train_settings(c.cap_steps, c.seeds[0], c.cap_lr, aux_weight=aux, aux_layer=c.aux_layer,
+                                            teacher=c.teacher if aux else DEFAULT_TEACHER)
+            runs[name] = self._add(f"cap/{name}{suffix}", Train(self._policy(pre), self._data(data), settings),
+                                   (pre, data), resumable=True, label=f"θ_{name}: {name} on D_cap{where}")
+        return data, runs
+
+    def _dcap_scene(self, scene: str, pre: str, down_kwargs: dict[str, str]) -> None:
+        """Vector quality (CapVector's Finding 5): the same extraction on D_cap recorded in `scene` (same tasks,
+        layouts, seeds and steps), its vector and θ_meta, and CapVector from it at every budget, in and out of
+        distribution, beside the main vector's."""
+        c = self.cfg
+        suffix = f"@{slug(scene)}"
+        _, runs = self._capability(pre, None if scene == "none" else scene, suffix)
+        vector = self.dcap_vectors[scene] = self._vector(c.vector_preset, pre, runs, f"vector/dcap{suffix}")
+        meta = self._meta(pre, (vector,), c.vector_weight, f"meta/dcap{suffix}")
+        method = dcap_method(scene)
+        self.init_of[method] = meta
+        self.init_evals[meta] = self._down_eval(self._policy(meta), (meta,), f"eval/down/meta-dcap{suffix}")
+        for seed in c.seeds:
+            self._downstream(method, seed, c.down_budgets, init=meta, orth=(vector, c.orth_weight), **down_kwargs)
 
     def _vector(self, preset: str, pre: str, cap_runs: dict[str, str], name: str | None = None) -> str:
         work = Extract(self._policy(cap_runs["sft"]), self._policy(cap_runs["aux"]), self._policy(pre), preset)
@@ -230,12 +274,16 @@ class DemoGraph:
         for b in budgets:
             final = b == steps
             policy = str(self.dir(name)) if final else str(snapshot_dir(self.dir(name), b))
-            self.evals[(method, seed, b)] = self._eval(policy, c.split_spec("down"), (name,),
-                                                       f"eval/{name}/step{b}", videos=videos if final else 0)
+            self.evals[(method, seed, b)] = self._down_eval(policy, (name,), f"eval/{name}/step{b}",
+                                                            videos=videos if final else 0)
         if ood and c.ood_perturbations:
             self.ood_evals[(method, seed)] = self._eval(str(self.dir(name)), c.split_spec("down"), (name,),
                                                         f"eval/{name}/ood",
                                                         c.ood_perturbations, videos)
+        if c.forgetting:
+            self.forgetting_evals[(method, seed)] = self._eval(str(self.dir(name)), c.split_spec("pretrain"), (name,),
+                                                               f"eval/{name}/pretrain",
+                                                               episodes=c.forgetting_episodes)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
            f"Test ranges (this run): training seeds {c['seeds']}, rollout base seed {c['eval_seed']}, episodes "
            f"0–{c['eval_episodes'] - 1} per task and seed. Settings were chosen on the validation ranges (training "
            f"seeds {VALIDATION_TRAIN_SEEDS.start}–{VALIDATION_TRAIN_SEEDS.stop - 1}, rollout base seed "
-           f"{VALIDATION_EVAL_SEED}), which a reported run cannot use.", "",
+           f"{VALIDATION_EVAL_SEED}), which a reported run cannot use.", *_scene_lines(c), "",
            "## Findings against the papers", "", "| claim | measured difference | verdict |", "| --- | --- | --- |"]
     for f in res["findings"]:
         out.append(f"| {f['claim']} | {_diff(f)} ({f['a_pc']:.1f}% vs {f['b_pc']:.1f}%) | {f['verdict']} |")
@@ -94,12 +94,15 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
     out += _extraction_line(res.get("extraction_s"), c)
     out += ["", "![cost](cost.png)", "", "## Out of distribution (perturbed D_down, final budget)", ""]
     variants = sorted({k for v in methods.values() for k in v["ood"]})
-    out += ["| method | " + " | ".join(variants) + " | pooled |", "| --- |" + " --- |" * (len(variants) + 1)]
-    for v in methods.values():
-        if v["ood"]:
-            out.append(f"| {v['label']} | " + " | ".join(rate_cell(v["ood"].get(x)) for x in variants)
-                       + f" | {rate_cell(v['ood_pooled'])} |")
-    out += ["", "![ood](ood.png)", "", f"## Merge choices (CapVector at {budgets[0]} steps)", "",
+    if variants:
+        out += ["| method | " + " | ".join(variants) + " | pooled |", "| --- |" + " --- |" * (len(variants) + 1)]
+        out += [f"| {v['label']} | " + " | ".join(rate_cell(v["ood"].get(x)) for x in variants)
+                + f" | {rate_cell(v['ood_pooled'])} |" for v in methods.values() if v["ood"]]
+        out += ["", "![ood](ood.png)", ""]
+    else:
+        out += ["No perturbation suite in this run (`ood_perturbations` is empty).", ""]
+    out += _dcap_section(res, budgets) + _preservation_section(res)
+    out += [f"## Merge choices (CapVector at {budgets[0]} steps)", "",
             "| variant | λ | selection | success % |", "| --- | --- | --- | --- |"]
     for r in res["merge_choices"]:
         out.append(f"| {r['variant']} | {r['weight']:g} | {r['preset']} | {rate_cell(r)} |")
@@ -129,6 +132,56 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
         out += ["## Rollout videos", ""] + [f"- [{Path(v).name}]({v})" for v in videos] + [""]
     out += ["## Configuration", "", "```json", _json(c), "```", ""]
     return "\n".join(out)
+
+
+def _scene_lines(c: dict[str, Any]) -> list[str]:
+    """Where the data and rollouts were, when not the clean scene (runs recorded before scenes have no field)."""
+    out = []
+    if c.get("down_scene"):
+        out.append(f"Novel environment: D_down was collected and every D_down rollout ran in the fixed scene "
+                   f"`{c['down_scene']}` (docs/simulator.md), which θ_pre, D_cap, θ_sft and θ_aux never saw.")
+    if c.get("cap_scene"):
+        out.append(f"D_cap was recorded, and its rollouts ran, in the scene `{c['cap_scene']}`.")
+    return [""] + out if out else []
+
+
+def _dcap_section(res: dict[str, Any], budgets: list[str]) -> list[str]:
+    """Vector quality (CapVector's Finding 5): the same extraction on D_cap recorded in other scenes."""
+    rows = res.get("dcap_scenes") or []
+    if not rows:
+        return []
+    out = ["## Vector quality: D_cap scenes (CapVector's Finding 5)", "",
+           "Each row extracts τ from SFT and aux-SFT on D_cap recorded in that scene (same tasks, layouts, seeds and "
+           "steps) and fine-tunes CapVector from θ_pre + λ·τ; the findings above test each against the main vector.",
+           "", "| D_cap scene | ‖τ‖ | " + " | ".join(f"{b} steps" for b in budgets) + " | OOD pooled |",
+           "| --- | --- | " + " | ".join("---" for _ in budgets) + " | --- |"]
+    for r in rows:
+        norm = r["vector"].get("norm")
+        out.append(f"| `{r['scene']}` | {'-' if norm is None else f'{norm:.4g}'} | "
+                   + " | ".join(rate_cell(r["budgets"].get(b)) for b in budgets) + f" | {rate_cell(r['ood_pooled'])} |")
+    return out + [""]
+
+
+def _preservation_section(res: dict[str, Any]) -> list[str]:
+    """Knowledge preservation (VLA-GSE): success on the pretraining tasks after each downstream fine-tune."""
+    ref = res.get("pretrain_reference")
+    if not ref:
+        return []
+    out = ["## Knowledge preservation (pretraining tasks after downstream fine-tuning)", "",
+           "Rollouts on θ_pre's own pretraining tasks (clean scene, the same episodes for every policy) after each "
+           "fine-tune's final budget. The change vs θ_pre is the mean over training seeds of (seed's rate − θ_pre's "
+           "rate) with a t interval over seeds; negative is forgetting.", "",
+           "| method | steps | pretraining-task success % | change vs θ_pre | per seed |",
+           "| --- | --- | --- | --- | --- |",
+           f"| θ_pre (no fine-tuning) | 0 | {rate_cell(ref)} | - | - |"]
+    for v in res["methods"].values():
+        p = v.get("pretrain")
+        if p:
+            ch = p["change"]
+            lo, hi = ch["ci95_pp"]
+            out.append(f"| {v['label']} | {p['steps']} | {rate_cell(p)} | {ch['diff_pp']:+.1f} pp [{lo:+.1f}, "
+                       f"{hi:+.1f}] | {_seeds(p)} |")
+    return out + [""]
 
 
 def _extraction_line(ext: dict[str, float | None] | None, c: dict[str, Any]) -> list[str]:
@@ -199,18 +252,19 @@ def plot_all(res: dict[str, Any], directory: Path) -> list[Path]:
     ax.set(ylabel="success % (D_down)", title=f"Methods at {budgets[-1]} steps", ylim=(0, 102))
     save(fig, "methods.png")
 
-    fig, ax = plt.subplots(figsize=(7.5, 4))
     variants = sorted({k for m in main for k in methods[m]["ood"]})
-    width = 0.8 / max(1, len(main))
-    for i, m in enumerate(main):
-        rows = [methods[m]["ood"][x] for x in variants]
-        xs = [j + i * width for j in range(len(variants))]
-        ax.bar(xs, [r["pc"] for r in rows], width, label=methods[m]["label"],
-               yerr=[[r["pc"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["pc"] for r in rows]], capsize=2)
-    ax.set_xticks([j + width * (len(main) - 1) / 2 for j in range(len(variants))], variants, fontsize=8)
-    ax.set(ylabel="success %", title="Perturbed D_down (final budget)", ylim=(0, 102))
-    ax.legend(fontsize=7)
-    save(fig, "ood.png")
+    if variants:
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        width = 0.8 / max(1, len(main))
+        for i, m in enumerate(main):
+            rows = [methods[m]["ood"][x] for x in variants]
+            xs = [j + i * width for j in range(len(variants))]
+            ax.bar(xs, [r["pc"] for r in rows], width, label=methods[m]["label"],
+                   yerr=[[r["pc"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["pc"] for r in rows]], capsize=2)
+        ax.set_xticks([j + width * (len(main) - 1) / 2 for j in range(len(variants))], variants, fontsize=8)
+        ax.set(ylabel="success %", title="Perturbed D_down (final budget)", ylim=(0, 102))
+        ax.legend(fontsize=7)
+        save(fig, "ood.png")
 
     if len(res["merge_choices"]) > 1:
         fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -240,8 +294,11 @@ def plot_all(res: dict[str, Any], directory: Path) -> list[Path]:
         labels, rows = [], []
         for t in res["tuners"]:
             v = methods[f"tuner-{t}"]
-            labels += [f"{v['label']}\nin dist.", f"{v['label']}\nOOD"]
-            rows += [v["budgets"][tb], v["ood_pooled"]]
+            labels.append(f"{v['label']}\nin dist.")
+            rows.append(v["budgets"][tb])
+            if v["ood_pooled"]["pc"] is not None:  # a run with perturbations
+                labels.append(f"{v['label']}\nOOD")
+                rows.append(v["ood_pooled"])
         _bars(ax, labels, rows)
         ax.set(ylabel="success %", title="Tuners from θ_pre", ylim=(0, 102))
         save(fig, "tuners.png")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from capvector.pipeline.recipe import MAIN_METHODS, METHOD_LABELS, DemoGraph, combination_method
+from capvector.pipeline.recipe import MAIN_METHODS, METHOD_LABELS, DemoGraph, combination_method, dcap_method
 from capvector.pipeline.stages import MARKER
 from capvector.pipeline.work import read_eval
 from capvector.stats import bootstrap_difference, newcombe_difference, seed_difference, wilson_interval
@@ -48,6 +48,12 @@ def difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             "episode_diff_pp": 100 * d, "episode_ci95_pp": [100 * lo, 100 * hi]}
 
 
+def against_reference(arm: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """arm − one fixed policy's rate (θ_pre: the same weights for every training seed, rolled out on the same
+    episodes): each seed's rate minus the reference, a t interval over the arm's seeds."""
+    return difference(arm, dict(reference, by_seed={s: reference["pc"] for s in arm["by_seed"]}))
+
+
 def verdict(diff: dict[str, Any], claim: str, assessed: bool = True) -> str:
     """How a measured difference stands against a claim: 'greater' (a > b) or 'at_least' (a ≥ b), judged on the
     seed-level interval; runs that cannot support a claim (quick mode, too few seeds) say so."""
@@ -79,10 +85,11 @@ class ResultsBuilder:
 
     def method(self, method: str, variants: tuple[str, ...] = ("none",)) -> dict[str, Any]:
         runs = [r for r in self.g.runs if r.method == method]
+        seeds = [r.seed for r in runs]
         budgets: dict[str, Any] = {}
         for b in runs[0].budgets:
             budgets[str(b)] = pooled([self._eval(self.g.evals[(method, r.seed, b)]) for r in runs],
-                                     seeds=[r.seed for r in runs])
+                                     self.g.down_variant, seeds)
         ood_runs = [r for r in runs if (method, r.seed) in self.g.ood_evals]
         perturbed = [self._eval(self.g.ood_evals[(method, r.seed)]) for r in ood_runs]
         ood_seeds = [r.seed for r in ood_runs]
@@ -97,15 +104,24 @@ class ResultsBuilder:
                 "steps_per_run": max(runs[0].budgets),
                 "trainable_parameters": trains[0].get("trainable_parameters")}
         init = self.g.init_of.get(method)
-        start = pooled([self._eval(self.g.init_evals[init])]) if init else None
-        return {"label": METHOD_LABELS.get(method, method), "seeds": [r.seed for r in runs], "start": start,
-                "budgets": budgets,
-                "ood": ood, "ood_pooled": _pool_variants(ood), "cost": cost}
+        start = pooled([self._eval(self.g.init_evals[init])], self.g.down_variant) if init else None
+        out = {"label": METHOD_LABELS.get(method, method), "seeds": seeds, "start": start, "budgets": budgets,
+               "ood": ood, "ood_pooled": _pool_variants(ood), "cost": cost}
+        if self.g.forgetting_reference:
+            pretrain = pooled([self._eval(self.g.forgetting_evals[(method, s)]) for s in seeds], seeds=seeds)
+            out["pretrain"] = pretrain | {"steps": max(runs[0].budgets),
+                                          "change": against_reference(pretrain, self._pretrain_reference())}
+        return out
+
+    def _pretrain_reference(self) -> dict[str, Any]:
+        """θ_pre's success on its own pretraining tasks, on the episodes every fine-tune is rolled out on there."""
+        return pooled([self._eval(self.g.forgetting_reference)])
 
     def build(self, total_s: float | None = None) -> dict[str, Any]:
         c = self.cfg
         methods = {m: self.method(m) for m in dict.fromkeys(r.method for r in self.g.runs)}
-        cap = {who: pooled([self._eval(f"eval/cap/{who}")]) for who in ("pretrained", "sft", "aux")}
+        cap = {who: pooled([self._eval(f"eval/cap/{who}")], c.cap_scene or "none")
+               for who in ("pretrained", "sft", "aux")}
         final, short = str(c.down_budgets[-1]), str(c.down_budgets[0])
         findings = []
 
@@ -136,16 +152,43 @@ class ResultsBuilder:
                     finding(f"combined_{teacher}{how.strip()}_beats_{key}@{b}", f"CapVector from τ_{c.teacher} + "
                             f"τ_{teacher}{how} beats {text} at {b} steps", both["budgets"][b], other["budgets"][b],
                             "greater")
-        finding("capvector_ood_beats_sft", "CapVector beats SFT under the OOD perturbations (pooled)",
-                methods["capvector"]["ood_pooled"], methods["sft"]["ood_pooled"], "greater")
+        main_dcap = f"the {c.cap_scene} D_cap" if c.cap_scene else "the clean D_cap"
+        for scene in c.cap_scene_sweep:
+            other = methods[dcap_method(scene)]
+            for b in map(str, c.down_budgets):
+                finding(f"dcap_{scene}_beats_main@{b}", f"CapVector with τ from D_cap in {scene} beats τ from "
+                        f"{main_dcap} at {b} steps", other["budgets"][b], methods["capvector"]["budgets"][b], "greater")
+                finding(f"dcap_{scene}_beats_sft@{b}", f"CapVector with τ from D_cap in {scene} beats SFT at {b} "
+                        "steps", other["budgets"][b], methods["sft"]["budgets"][b], "greater")
+            if c.ood_perturbations:
+                finding(f"dcap_{scene}_beats_main_ood", f"CapVector with τ from D_cap in {scene} beats τ from "
+                        f"{main_dcap} under the OOD perturbations (pooled)", other["ood_pooled"],
+                        methods["capvector"]["ood_pooled"], "greater")
+        if c.ood_perturbations:
+            finding("capvector_ood_beats_sft", "CapVector beats SFT under the OOD perturbations (pooled)",
+                    methods["capvector"]["ood_pooled"], methods["sft"]["ood_pooled"], "greater")
         tuners = {m.removeprefix("tuner-"): methods[m] for m in methods if m.startswith("tuner-")}
         tb = str(c.tuner_steps)
         for other, label in (("lora", "LoRA"), ("full", "full fine-tuning")):
             if "gse" in tuners and other in tuners:
                 finding(f"gse_beats_{other}", f"VLA-GSE beats {label} in distribution", tuners["gse"]["budgets"][tb],
                         tuners[other]["budgets"][tb], "greater")
-                finding(f"gse_beats_{other}_ood", f"VLA-GSE beats {label} out of distribution (pooled perturbations)",
-                        tuners["gse"]["ood_pooled"], tuners[other]["ood_pooled"], "greater")
+                if c.ood_perturbations:
+                    finding(f"gse_beats_{other}_ood", f"VLA-GSE beats {label} out of distribution (pooled "
+                            "perturbations)", tuners["gse"]["ood_pooled"], tuners[other]["ood_pooled"], "greater")
+        if c.forgetting:
+            # VLA-GSE: full fine-tuning forgets, PEFT preserves, GSE preserves like LoRA; CapVector against SFT
+            for key, a, b, text, claim in (
+                    ("gse_forgets_less_than_full", "gse", "full", "VLA-GSE keeps more pretraining-task success than "
+                     "full fine-tuning", "greater"),
+                    ("lora_forgets_less_than_full", "lora", "full", "LoRA keeps more pretraining-task success than "
+                     "full fine-tuning", "greater"),
+                    ("gse_forgets_like_lora", "gse", "lora", "VLA-GSE keeps at least LoRA's pretraining-task success",
+                     "at_least")):
+                if a in tuners and b in tuners:
+                    finding(key, text, tuners[a]["pretrain"], tuners[b]["pretrain"], claim)
+            finding("capvector_forgets_like_sft", f"CapVector keeps at least SFT's pretraining-task success "
+                    f"({final} steps)", methods["capvector"]["pretrain"], methods["sft"]["pretrain"], "at_least")
         # CapVector's one-time cost, paid once per vector and shared by every downstream fine-tune
         extraction_s = {role: self._marker(stage).get("seconds") for role, stage in self.g.extraction.items()}
         sft_cost = methods["sft"]["cost"]["s_per_step"]
@@ -172,7 +215,16 @@ class ResultsBuilder:
             "cost_ratio_vs_sft": cost_ratio, "extraction_s": extraction_s, "merge_choices": merge_choices,
             "orth_sweep": sorted(orth_sweep, key=lambda r: r["orth_weight"]),
             "tuners": list(tuners),
+            "pretrain_reference": self._pretrain_reference() if c.forgetting else None,
+            "dcap_scenes": self._dcap_scenes(methods) if c.cap_scene_sweep else [],
         }
+
+    def _dcap_scenes(self, methods: dict[str, Any]) -> list[dict[str, Any]]:
+        """One row per D_cap scene: the main vector's, then each of cap_scene_sweep's: its vector and CapVector."""
+        rows = [("capvector", self.cfg.cap_scene or "none", self.g.extraction["extract"])]
+        rows += [(dcap_method(s), s, stage) for s, stage in self.g.dcap_vectors.items()]
+        return [{"scene": scene, "method": m, "vector": self._marker(stage).get("summary", {}),
+                 "budgets": methods[m]["budgets"], "ood_pooled": methods[m]["ood_pooled"]} for m, scene, stage in rows]
 
 
 def _pool_variants(ood: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -24,18 +24,22 @@ class Collect:
     noise: float
     image_size: int = 64
     camera: str = "corner3"
+    scene: str | None = None  # a scene label (capvector.sim.perturb); None = clean
 
     def params(self) -> dict[str, Any]:
-        return {"kind": "collect", **self.__dict__}
+        # Unset, the scene stays out of the fingerprint, so runs recorded before scenes stay valid.
+        return {"kind": "collect", **{k: v for k, v in self.__dict__.items() if k != "scene" or v is not None}}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
         from capvector.data.collect import collect
         from capvector.sim.env import SimConfig
+        from capvector.sim.perturb import parse_scene
         from capvector.sim.tasks import split_tasks
 
         manifest = collect(directory / DATASET, split_tasks(self.split), self.episodes, seed=self.seed,
                            noise=self.noise, sim=SimConfig(image_size=self.image_size, cameras=(self.camera,)),
-                           progress=stderr_is_tty(), split=self.split)
+                           progress=stderr_is_tty(), split=self.split,
+                           perturbation=parse_scene(self.scene) if self.scene else None)
         eps = manifest["episodes"]
         return {"episodes": len(eps), "steps": sum(e["length"] for e in eps), "collect_s": manifest["collect_s"]}
 
@@ -140,7 +144,7 @@ class Merge:
 
 @dataclass(frozen=True)
 class Evaluate:
-    """Rollouts of one policy on a split under one or more variants; writes `eval.json` (eval_info)."""
+    """Rollouts of one policy on a split under one or more variants (scene labels); writes `eval.json` (eval_info)."""
 
     policy: str
     split: str
@@ -158,13 +162,13 @@ class Evaluate:
         from capvector.io.atomic import atomic_write_json
         from capvector.sim.env import SimConfig
         from capvector.sim.evaluate import EvalConfig, evaluate
-        from capvector.sim.perturb import parse_perturbation
+        from capvector.sim.perturb import parse_scene
         from capvector.sim.tasks import split_tasks
         from capvector.train import load_trained
 
         policy = load_trained(self.policy)
         cfg = EvalConfig(tasks=tuple(split_tasks(self.split)), episodes=self.episodes, seed=self.seed,
-                         perturbations=tuple(parse_perturbation(p) for p in self.perturbations),
+                         perturbations=tuple(parse_scene(p) for p in self.perturbations),
                          workers=self.workers, videos=self.videos,
                          # render at the resolution the policy was trained for
                          sim=SimConfig(max_steps=self.max_steps, image_size=policy.config.image_size),

@@ -9,7 +9,7 @@ import mujoco
 import numpy as np
 
 from capvector.errors import CapvectorError
-from capvector.sim.perturb import Perturbation, apply_to_model, distractor_geoms
+from capvector.sim.perturb import Perturbation, Scene, apply_to_model, as_scene, distractor_geoms
 from capvector.sim.render import CameraRig
 from capvector.sim.tasks import INSTRUCTIONS
 
@@ -63,21 +63,23 @@ class SimEnv:
         self.steps = 0
         self.reward = 0.0  # MetaWorld's dense reward of the last step
 
-    def reset(self, seed: int, perturbation: Perturbation | None = None) -> np.ndarray:
-        """New episode: layout from `seed`, perturbation drawn from the same seed. Returns raw_obs."""
-        perturbation = perturbation or Perturbation()
+    def reset(self, seed: int, perturbation: Perturbation | Scene | None = None) -> np.ndarray:
+        """New episode: layout from `seed`; the scene's perturbations drawn from the same seed (or, for a fixed
+        scene, from its own). Returns raw_obs."""
+        streams = as_scene(perturbation).streams(seed)
         for k, v in self._orig.items():
             getattr(self.model, k)[:] = v
         self.model.vis.headlight.diffuse[:] = self._orig_head
-        rng = np.random.default_rng([seed, 7919])
-        apply_to_model(self.model, perturbation, rng, self.rig.camera_ids)
-        self.rig.extra_geoms = distractor_geoms(perturbation, rng)
+        for part, rng in streams:
+            apply_to_model(self.model, part, rng, self.rig.camera_ids)
+        self.rig.extra_geoms = [g for part, rng in streams for g in distractor_geoms(part, rng)]
         self.mw.seed(int(seed))
         self.raw_obs, _ = self.mw.reset()
-        if perturbation.name == "init_noise":
-            for _ in range(int(round(15 * perturbation.severity))):
-                self.raw_obs, *_ = self.mw.step(np.append(rng.uniform(-1, 1, 3), -1.0).astype(np.float32))
-            self.mw.curr_path_length = 0
+        for part, rng in streams:
+            if part.name == "init_noise":
+                for _ in range(int(round(15 * part.severity))):
+                    self.raw_obs, *_ = self.mw.step(np.append(rng.uniform(-1, 1, 3), -1.0).astype(np.float32))
+                self.mw.curr_path_length = 0
         mujoco.mj_forward(self.model, self.data)
         self.steps = 0
         self.reward = 0.0

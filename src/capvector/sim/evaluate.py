@@ -22,7 +22,7 @@ import numpy as np
 from capvector.errors import CapvectorError
 from capvector.io.atomic import atomic_file
 from capvector.sim.env import SimConfig, SimEnv
-from capvector.sim.perturb import Perturbation
+from capvector.sim.perturb import Perturbation, Scene
 from capvector.sim.policy_api import Policy
 from capvector.stats import wilson_interval
 
@@ -34,7 +34,7 @@ class EvalConfig:
     tasks: tuple[str, ...]
     episodes: int = 10
     seed: int = 0
-    perturbations: tuple[Perturbation, ...] = (Perturbation(),)
+    perturbations: tuple[Perturbation | Scene, ...] = (Perturbation(),)  # the variants (a scene is one variant)
     execute: int | None = None
     workers: int = 1
     sim: SimConfig = SimConfig()
@@ -111,7 +111,7 @@ def episode_seed(seed: int, task: str, episode: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(task.encode()) * 7919 + episode) % (2**31 - 1)
 
 
-def run_episode(env: SimEnv, policy: Policy, seed: int, pert: Perturbation, execute: int | None,
+def run_episode(env: SimEnv, policy: Policy, seed: int, pert: Perturbation | Scene, execute: int | None,
                 frames: list[np.ndarray] | None = None, rewards: list[float] | None = None) -> tuple[bool, int]:
     """One rollout; returns (success, steps), appending each step's reward to `rewards` when given."""
     env.reset(seed, pert)
@@ -141,7 +141,7 @@ _POLICY: Policy | None = None
 _ENVS: dict[str, SimEnv] = {}
 
 
-def _job(cfg: EvalConfig, job: tuple[str, Perturbation, int]) -> EpisodeResult:
+def _job(cfg: EvalConfig, job: tuple[str, Perturbation | Scene, int]) -> EpisodeResult:
     task, pert, ep = job
     if task not in _ENVS:
         _ENVS[task] = SimEnv(task, cfg.sim)
@@ -170,7 +170,7 @@ def _worker_init(threads: int) -> None:
         pass
 
 
-def _run_chunk(args: tuple[EvalConfig, list[tuple[str, Perturbation, int]]]) -> list[EpisodeResult]:
+def _run_chunk(args: tuple[EvalConfig, list[tuple[str, Perturbation | Scene, int]]]) -> list[EpisodeResult]:
     cfg, jobs = args
     return [_job(cfg, j) for j in jobs]
 

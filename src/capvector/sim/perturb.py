@@ -1,4 +1,5 @@
-"""LIBERO-Plus-like perturbations: named variants with a severity in (0, 1], applied at reset, seeded per episode.
+"""LIBERO-Plus-like perturbations: named variants with a severity in (0, 1], applied at reset, seeded per episode;
+and scenes that hold several of them, drawn per episode or once for a whole environment (a fixed novel scene).
 
 Model-side variants (camera pose, lighting, colours) edit the env's own MjModel copy and are undone at the
 next reset; distractors are extra visual-only geoms added to the rendered scene (no physics); initial-state
@@ -31,7 +32,13 @@ class Perturbation:
 
     @property
     def label(self) -> str:
-        return "none" if self.name == "none" else f"{self.name}:{self.severity:g}"
+        return "none" if self.name == "none" else f"{self.name}:{_number(self.severity)}"
+
+
+def _number(x: float) -> str:
+    """Short form ('0.5', '1') when it reads back exactly, else the shortest exact one (labels round-trip)."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(x)
 
 
 def parse_perturbation(spec: str) -> Perturbation:
@@ -42,6 +49,81 @@ def parse_perturbation(spec: str) -> Perturbation:
     except ValueError:
         raise CapvectorError(f"perturbation {spec!r}: severity {sev!r} is not a number") from None
     return Perturbation(name, severity)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Perturbations applied together at reset, each drawn from its own random stream.
+
+    Per episode (`fixed` None) the draws come from the episode seed; a fixed scene draws them once from `fixed`,
+    so every episode of the environment gets the same camera, lighting, colours and distractors (a novel
+    environment held fixed) while the object layout still follows the episode seed. A part's stream is keyed by
+    its name, so adding or removing another part leaves its draw unchanged; a lone per-episode perturbation keeps
+    the stream it always had (datasets and evaluations recorded before scenes reproduce bit for bit).
+    """
+
+    parts: tuple[Perturbation, ...] = ()
+    fixed: int | None = None
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.parts]
+        if "none" in names:
+            raise CapvectorError(f"scene {self._raw()}: 'none' (the clean scene) stands alone, without other "
+                                 "perturbations or '@SEED'")
+        if len(set(names)) != len(names):
+            raise CapvectorError(f"scene {self._raw()}: each perturbation may appear once, found {names}")
+        object.__setattr__(self, "parts", tuple(sorted(self.parts, key=lambda p: PERTURBATIONS.index(p.name))))
+        if self.fixed is not None:
+            if not self.parts:
+                raise CapvectorError(f"scene @{self.fixed}: a fixed scene needs at least one perturbation")
+            if "init_noise" in names:
+                raise CapvectorError(f"scene {self._raw()}: init_noise moves the hand per episode and cannot be part "
+                                     "of a fixed environment")
+            if not 0 <= self.fixed < 2**32:
+                raise CapvectorError(f"scene {self._raw()}: the seed after '@' must be in [0, 2**32), "
+                                     f"found {self.fixed}")
+
+    def _raw(self) -> str:
+        return "+".join(p.label for p in self.parts) + ("" if self.fixed is None else f"@{self.fixed}")
+
+    @property
+    def label(self) -> str:
+        """'camera:0.5+colors:0.5@7'; parts in PERTURBATIONS order; 'none' for the clean scene."""
+        return self._raw() if self.parts else "none"
+
+    def streams(self, episode_seed: int) -> list[tuple[Perturbation, np.random.Generator]]:
+        """Each part with the generator its draws come from in the episode with this seed."""
+        seed = episode_seed if self.fixed is None else self.fixed
+        if len(self.parts) == 1 and self.fixed is None:
+            return [(self.parts[0], np.random.default_rng([seed, 7919]))]
+        return [(p, np.random.default_rng([seed, 7919, 1 + PERTURBATIONS.index(p.name)])) for p in self.parts]
+
+
+def parse_scene(spec: str) -> Scene:
+    """'camera:0.5+colors:0.5+distractors:0.5@7' → a fixed scene; without '@SEED' the parts are drawn per episode;
+    'camera:0.5' is the lone perturbation as before; 'none' is the clean scene."""
+    body, at, seed = spec.strip().partition("@")
+    fixed = None
+    if at:
+        if not seed.strip().isdigit():
+            raise CapvectorError(f"scene {spec!r}: expected a non-negative integer seed after '@', found {seed!r}")
+        fixed = int(seed)
+    texts = body.split("+")
+    if any(not t.strip() for t in texts):
+        raise CapvectorError(f"scene {spec!r}: empty part; write NAME[:SEVERITY]+NAME[:SEVERITY][@SEED]")
+    parts = [parse_perturbation(t) for t in texts]
+    if len(parts) == 1 and parts[0].name == "none" and fixed is None:
+        return Scene()
+    return Scene(tuple(parts), fixed)
+
+
+def as_scene(variant: Perturbation | Scene | None) -> Scene:
+    """The scene of a reset argument: a lone perturbation is a one-part per-episode scene; None is clean."""
+    if isinstance(variant, Scene):
+        return variant
+    if variant is None or variant.name == "none":
+        return Scene()
+    return Scene((variant,))
 
 
 def _quat_z(angle: float) -> np.ndarray:
