@@ -27,6 +27,9 @@ def _write_run(path, policy: str, teacher: str, budgets: list[int], sft_pc: floa
 def test_rows_per_run_at_the_shared_budgets_and_the_settings_that_differ(tmp_path):
     _write_run(tmp_path / "a", "tiny-vla", "foundation", [150, 400], 40.0, 11.0, -5.0, [0, 1, 2, 3, 4])
     _write_run(tmp_path / "b", "tiny-pi0", "latent-reasoning", [150], 22.5, -3.5, -8.0, [0, 1, 2, 3, 5])
+    newer = json.loads((tmp_path / "b" / "results.json").read_text())
+    newer["config"]["forgetting"] = False
+    (tmp_path / "b" / "results.json").write_text(json.dumps(newer))
     r = run_cli("compare", tmp_path / "a", tmp_path / "b", "-o", tmp_path / "table.md")
     assert r.code == 0, r.stderr
     table = (tmp_path / "table.md").read_text()
@@ -37,6 +40,7 @@ def test_rows_per_run_at_the_shared_budgets_and_the_settings_that_differ(tmp_pat
     assert rows[1].startswith("| tiny-pi0 | latent reasoning (`latent-reasoning`) | 150 | 22.5 [16, 30] (n=200) | "
                               "-3.5 pp [-12.5, +5.5]")
     assert "seeds: [0, 1, 2, 3, 4] / [0, 1, 2, 3, 5]" in table and "down_budgets" in table
+    assert "forgetting" not in table  # a field one run does not record is not a difference
     assert table in r.stdout
 
 

@@ -69,9 +69,10 @@ def render_comparison(run_dirs: list[str | Path]) -> str:
 
 
 def _differing_settings(runs: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Config fields other than the architecture and the objective that are not the same in every run."""
-    keys = sorted(set().union(*(r["config"] for r in runs)) - {"policy", "teacher", "pretrained", "vector_preset",
-                                                                 "preset_sweep", "mode"})
+    """Config fields other than the architecture and the objective that are not the same in every run (fields an
+    older run does not record did not exist when it ran, so they are not compared)."""
+    keys = sorted(set.intersection(*(set(r["config"]) for r in runs)) - {"policy", "teacher", "pretrained",
+                                                                           "vector_preset", "preset_sweep", "mode"})
     values = {k: [r["config"].get(k) for r in runs] for k in keys}
     return {k: v for k, v in values.items() if any(x != v[0] for x in v)}
 
