@@ -18,7 +18,8 @@ torch.set_num_threads(1)
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files holding a test marked `long` run first, each file kept whole (module fixtures are built once), so a
-    parallel run (`./run.sh test`: `-n 2 --dist loadfile`) starts them early instead of ending waiting on one."""
+    parallel run (`./run.sh test`: `-n 2 --dist loadfile --no-loadscope-reorder`) starts them early instead of
+    ending waiting on one."""
     long_files = {item.path for item in items if item.get_closest_marker("long")}
     items.sort(key=lambda item: item.path not in long_files)
 
