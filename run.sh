@@ -52,7 +52,7 @@ case "$cmd" in
         ensure_system_packages
         ensure_venv
         export MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa
-        exec "$PY" -m pytest -q "$@"
+        exec "$PY" -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder "$@"  # two workers, whole files, long ones first (tests/conftest.py)
         ;;
     demo)
         ensure_system_packages

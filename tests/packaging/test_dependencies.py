@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Declared although nothing imports them, each for a stated reason.
 NOT_IMPORTED = {
     "ruff": "[dev]: a tool run as a command, never imported",
+    "pytest-xdist": "[dev]: the pytest plugin behind `./run.sh test`'s two workers (-n 2), loaded by pytest",
 }
 
 # The distribution a module comes from where its name says otherwise and it may not be installed here.

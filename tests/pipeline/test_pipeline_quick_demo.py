@@ -21,6 +21,7 @@ def _capvector(*args: str, cwd) -> subprocess.CompletedProcess:
                           text=True, timeout=1800)
 
 
+@pytest.mark.long
 def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     run = _capvector("demo", "--quick", "--run-dir", "run", cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -214,6 +214,7 @@ def test_presets_select_what_lerobot_pi0_presets_select(group):
     assert tiny and tiny == real
 
 
+@pytest.mark.long
 def test_overfits_a_fixed_batch(tiny_ds):
     """300 Adam steps on four samples (each repeated 8 times, so every step sees 8 noise draws per sample): the
     flow loss at a fixed set of (ε, t) falls several-fold, and chunks sampled from noise land near the

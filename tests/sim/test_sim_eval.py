@@ -23,6 +23,7 @@ def test_expert_implements_policy_and_solves_tasks():
     assert all(10 < e["length"] < 150 for e in res["episodes"])
 
 
+@pytest.mark.long
 def test_parallel_equals_sequential():
     cfg = dict(tasks=("reach-v3", "push-v3"), episodes=2, sim=SIM, seed=3,
                perturbations=(Perturbation(), Perturbation("init_noise", 1.0)))

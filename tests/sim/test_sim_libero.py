@@ -389,6 +389,7 @@ class PickAndPlace:
         return action[None]
 
 
+@pytest.mark.long
 def test_scripted_expert_completes_a_real_task():
     """LIBERO's success check after real manipulation: a scripted pick-and-place carries the alphabet soup
     into the basket (libero_object task 0, initial state 0) well within the suite's step budget."""

@@ -45,6 +45,7 @@ def _curve(run_dir):
     return [(r["step"], r["loss"], r["action_l1"], r["align"]) for r in rows]
 
 
+@pytest.mark.long
 def test_two_processes_match_one(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
