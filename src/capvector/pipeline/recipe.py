@@ -187,13 +187,20 @@ class DemoGraph:
         data = self._add(f"data/cap{suffix}", Collect(c.split_spec("cap"), c.cap_episodes, c.collect_seed_cap,
                                                       c.noise, self.image_size, scene=scene),
                          resumable=True, label=f"collect D_cap demos{where}")
-        runs = {}
-        for name, aux in (("sft", 0.0), ("aux", c.aux_weight)):
-            settings = self._train_settings(c.cap_steps, c.seeds[0], c.cap_lr, aux_weight=aux, aux_layer=c.aux_layer,
-                                            teacher=c.teacher if aux else DEFAULT_TEACHER)
-            runs[name] = self._add(f"cap/{name}{suffix}", Train(self._policy(pre), self._data(data), settings),
-                                   (pre, data), resumable=True, label=f"θ_{name}: {name} on D_cap{where}")
+        runs = {"sft": self._cap_run(f"cap/sft{suffix}", pre, data, DEFAULT_TEACHER, aux=False,
+                                     label=f"θ_sft: sft on D_cap{where}"),
+                "aux": self._cap_run(f"cap/aux{suffix}", pre, data, c.teacher, aux=True,
+                                     label=f"θ_aux: aux on D_cap{where}")}
         return data, runs
+
+    def _cap_run(self, name: str, pre: str, data: str, teacher: str, *, aux: bool, label: str) -> str:
+        """One extraction run on D_cap from θ_pre: the same steps, seed and order for every run, so SFT and each
+        aux-SFT differ only in the auxiliary loss (and, for aux-SFT, its teacher)."""
+        c = self.cfg
+        settings = self._train_settings(c.cap_steps, c.seeds[0], c.cap_lr, aux_weight=c.aux_weight if aux else 0.0,
+                                        aux_layer=c.aux_layer, teacher=teacher)
+        return self._add(name, Train(self._policy(pre), self._data(data), settings), (pre, data), resumable=True,
+                         label=label)
 
     def _dcap_scene(self, scene: str, pre: str, down_kwargs: dict[str, str]) -> None:
         """Vector quality (CapVector's Finding 5): the same extraction on D_cap recorded in `scene` (same tasks,
@@ -228,10 +235,8 @@ class DemoGraph:
         """Vectors that combine (CapVector's Finding 4): aux-SFT on D_cap with another objective, its vector, and
         CapVector from θ_pre + λ·τ_that and from θ_pre + λ·(τ_main + τ_that), each with L_orth to its own shift."""
         c = self.cfg
-        settings = self._train_settings(c.cap_steps, c.seeds[0], c.cap_lr, aux_weight=c.aux_weight,
-                                        aux_layer=c.aux_layer, teacher=teacher)
-        aux = self._add(f"cap/aux-{teacher}", Train(self._policy(pre), self._data(cap_data), settings),
-                        (pre, cap_data), resumable=True, label=f"θ_aux with {teacher} on D_cap")
+        aux = self._cap_run(f"cap/aux-{teacher}", pre, cap_data, teacher, aux=True,
+                            label=f"θ_aux with {teacher} on D_cap")
         vector = self._vector(c.vector_preset, pre, {"sft": cap_runs["sft"], "aux": aux}, f"vector/{teacher}")
         alone = self._meta(pre, (vector,), c.vector_weight, f"meta/{teacher}")
         arms = [(combination_method(teacher), alone, vector)]

@@ -83,7 +83,7 @@ class ResultsBuilder:
         marker = self.g.dir(stage) / MARKER
         return json.loads(marker.read_text()) if marker.is_file() else {}
 
-    def method(self, method: str, variants: tuple[str, ...] = ("none",)) -> dict[str, Any]:
+    def method(self, method: str) -> dict[str, Any]:
         runs = [r for r in self.g.runs if r.method == method]
         seeds = [r.seed for r in runs]
         budgets: dict[str, Any] = {}
