@@ -47,6 +47,42 @@ def batch_of(dataset, indices: list[int]) -> dict:
     return default_collate([dataset[i] for i in indices])
 
 
+@dataclass
+class PlanRun:
+    """A short trainer run with a plan objective: its loss on a fixed batch before and after, and what it left."""
+
+    before: float
+    after: float
+    result: object  # the trainer's TrainResult
+    rows: list[dict]  # metrics.jsonl
+    trainer: object
+
+
+def train_plan_objective(run_dir: Path, teacher: str, policy_config: object, part: str) -> PlanRun:
+    """60 steps of aux weight 1 at layer 1 on synthetic demos with `teacher` ("subgoal" or "latent-reasoning");
+    `part` is the objective's metric name. The fixed-batch loss draws the pi0's flow noise from a forked RNG seeded
+    alike before and after, so the two readings compare and the training stream is untouched."""
+    import json
+
+    from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
+
+    ds = SyntheticDemoDataset(length=96, chunk=4, seed=3, episode_len=16)
+    cfg = TrainConfig(output_dir=str(run_dir), steps=60, batch_size=16, lr=3e-3, warmup_steps=5, seed=0,
+                      aux_weight=1.0, aux_layer=1, teacher=teacher, log_every=10, progress=False)
+    trainer = Trainer(cfg, ds, policy_config=policy_config)
+    fixed = batch_of(ds, list(range(0, 96, 6)))
+
+    def plan_loss() -> float:
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(0)
+            return trainer.loss_module(*trainer._prepare(fixed))[1][part].item()
+
+    before = plan_loss()
+    result = trainer.train()
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return PlanRun(before, plan_loss(), result, rows, trainer)
+
+
 def write_st(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
     """A checkpoint directory holding one `model.safetensors` with `tensors`."""
     path.mkdir(parents=True, exist_ok=True)

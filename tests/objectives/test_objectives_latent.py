@@ -4,8 +4,6 @@ both architectures."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -13,8 +11,7 @@ from capvector.errors import CapvectorError
 from capvector.objectives import LatentReasoning, make_teacher, objective_name
 from capvector.policy import Pi0Config, TinyPi0, TinyVLA, load_policy
 from capvector.policy.model import run_trunk
-from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
-from testing_common import batch_of, small_config
+from testing_common import small_config, train_plan_objective
 
 
 def _pi0_config() -> Pi0Config:
@@ -88,25 +85,12 @@ def test_the_thoughts_loss_trains_the_vlm_and_not_the_action_readout():
 
 @pytest.mark.parametrize("kind", ["tiny-vla", "tiny-pi0"])
 def test_trainer_learns_the_plan_through_thought_tokens(tmp_path, kind):
-    ds = SyntheticDemoDataset(length=96, chunk=4, seed=3, episode_len=16)
-    cfg = TrainConfig(output_dir=str(tmp_path / "run"), steps=60, batch_size=16, lr=3e-3, warmup_steps=5, seed=0,
-                      aux_weight=1.0, aux_layer=1, teacher="latent-reasoning", log_every=10, progress=False)
     policy_config = small_config() if kind == "tiny-vla" else _pi0_config()
-    trainer = Trainer(cfg, ds, policy_config=policy_config)
-    assert isinstance(trainer.alignment, LatentReasoning)
-    fixed = batch_of(ds, list(range(0, 96, 6)))
-
-    def plan_loss() -> float:
-        with torch.no_grad():
-            torch.manual_seed(0)  # the pi0's flow noise
-            return trainer.loss_module(*trainer._prepare(fixed))[1]["latent"].item()
-
-    before = plan_loss()
-    result = trainer.train()
-    assert plan_loss() < 0.7 * before
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all("latent" in r and "subgoal" not in r for r in rows)
-    saved = load_policy(result.policy_dir)  # the thoughts and head stay outside the policy
+    run = train_plan_objective(tmp_path / "run", "latent-reasoning", policy_config, "latent")
+    assert isinstance(run.trainer.alignment, LatentReasoning)
+    assert run.after < 0.7 * run.before
+    assert all("latent" in r and "subgoal" not in r for r in run.rows)
+    saved = load_policy(run.result.policy_dir)  # the thoughts and head stay outside the policy
     fresh = (TinyVLA if kind == "tiny-vla" else TinyPi0)(policy_config)
     assert set(saved.state_dict()) == set(fresh.state_dict())
     assert objective_name("latent-reasoning") == "latent reasoning"

@@ -3,8 +3,6 @@ and loss against a direct formula, the real dataset's look-ahead, and a trainer 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -12,8 +10,8 @@ from capvector.data.format import STATE_AHEAD_STEPS
 from capvector.errors import CapvectorError
 from capvector.objectives import SubgoalPrediction, SubgoalTeacher, make_teacher
 from capvector.policy import TinyVLA, load_policy
-from capvector.train import SyntheticDemoDataset, TrainConfig, Trainer
-from testing_common import batch_of
+from capvector.train import SyntheticDemoDataset
+from testing_common import train_plan_objective
 
 
 def test_targets_read_the_plan_from_the_state():
@@ -74,20 +72,8 @@ def test_collected_demos_carry_the_state_ahead(tmp_path):
 
 
 def test_trainer_learns_the_plan_and_keeps_the_policy_format(tmp_path, tiny_cfg):
-    ds = SyntheticDemoDataset(length=96, chunk=4, seed=3, episode_len=16)
-    cfg = TrainConfig(output_dir=str(tmp_path / "run"), steps=60, batch_size=16, lr=3e-3, warmup_steps=5, seed=0,
-                      aux_weight=1.0, aux_layer=1, teacher="subgoal", log_every=10, progress=False)
-    trainer = Trainer(cfg, ds, policy_config=tiny_cfg)
-    fixed = batch_of(ds, list(range(0, 96, 6)))
-
-    def plan_loss() -> float:
-        with torch.no_grad():
-            return trainer.loss_module(*trainer._prepare(fixed))[1]["subgoal"].item()
-
-    before = plan_loss()
-    result = trainer.train()
-    assert plan_loss() < 0.6 * before
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all("subgoal" in r and "align" not in r for r in rows)
-    saved = load_policy(result.policy_dir)  # the head is training-only: the policy's tensors are unchanged in kind
+    run = train_plan_objective(tmp_path / "run", "subgoal", tiny_cfg, "subgoal")
+    assert run.after < 0.6 * run.before
+    assert all("subgoal" in r and "align" not in r for r in run.rows)
+    saved = load_policy(run.result.policy_dir)  # the head is training-only: the policy's tensors are unchanged in kind
     assert set(saved.state_dict()) == set(TinyVLA(tiny_cfg).state_dict())
