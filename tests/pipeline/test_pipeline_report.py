@@ -171,6 +171,32 @@ def test_default_mode_runs_the_capvector_question_only(tmp_path):
     assert not any((run_dir / name).exists() for name in ("tuners.png", "orth_sweep.png", "merge_choices.png"))
 
 
+def test_the_long_orth_study_drops_aux_and_judges_l_orth_at_every_budget(tmp_path):
+    """configs/orth_long.json's shape: no aux-SFT arm (nothing trains or judges it), L_orth against its control at
+    each budget (Finding 2: where it starts to matter) and the main λ_orth against each swept one."""
+    SUCCESS["capvector@orth=0.001"] = [3, 4]
+    try:
+        run_dir, cfg = _fabricated_run(tmp_path, "default", aux_arm=False, orth_control=True, orth_sweep=(1e-3,),
+                                       weight_sweep=(), preset_sweep=(), tuners=())
+        res = regenerate_report(run_dir)
+    finally:
+        del SUCCESS["capvector@orth=0.001"]
+    assert "aux" not in res["methods"] and not any(s.name.startswith("down/aux/")
+                                                   for s in DemoGraph(cfg, run_dir).stages)
+    keys = {f["key"]: f for f in res["findings"]}
+    assert not any(k.startswith(("down_aux", "capvector_matches_aux")) for k in keys)
+    assert "cap_aux_beats_sft" in keys  # θ_aux on D_cap still makes the vector
+    for i, b in enumerate(cfg.down_budgets):
+        # per seed: CapVector's successes minus the control's (both gain on odd seeds; CapVector on seeds 0, 3 too)
+        diffs = [10.0 * (SUCCESS["capvector"][i] - SUCCESS["capvector_no_orth"][i] + (s % 3 == 0)) for s in SEEDS]
+        assert math.isclose(keys[f"orth_keeps_gain@{b}"]["diff_pp"], sum(diffs) / len(diffs))
+    final = cfg.down_budgets[-1]
+    assert "(the longest budget)" in keys[f"orth_keeps_gain@{final}"]["claim"]
+    assert math.isclose(keys[f"orth_main_beats_0.001@{final}"]["diff_pp"], 10.0 * (7 - 4) + 10.0 * 2 / 5)
+    assert [r["orth_weight"] for r in res["orth_sweep"]] == [0.0, 1e-4, 1e-3]
+    assert "aux-SFT from θ_pre" not in (run_dir / "report.md").read_text()
+
+
 def test_a_run_recorded_before_orth_control_keeps_its_control(tmp_path):
     run_dir, _ = _fabricated_run(tmp_path, "default")
     data = json.loads((run_dir / CONFIG_FILE).read_text())

@@ -77,6 +77,9 @@ class PipelineConfig:
     orth_rank: int = 16
     orth_control: bool = False  # also run CapVector without L_orth (the control of the L_orth claims)
     orth_sweep: tuple[float, ...] = ()  # extra λ_orth values
+    # the downstream aux-SFT arm (the reference CapVector should match, ~2× SFT's cost per step); a study that
+    # compares only CapVector variants with SFT (the long λ_orth study, configs/orth_long.json) may drop it
+    aux_arm: bool = True
     # VLA-GSE vs LoRA vs full fine-tuning, from θ_pre on D_down
     tuner_steps: int = 400
     tuners: tuple[str, ...] = ()  # any of "full", "lora", "gse"

@@ -134,10 +134,10 @@ class DemoGraph:
         self.init_of: dict[str, str] = {}  # method → its starting stage
 
         down_kwargs = dict(pre=pre, data=down_data)
-        methods: dict[str, dict[str, Any]] = {
-            "sft": dict(init=pre), "aux": dict(init=pre, aux=True),
-            "capvector": dict(init=meta, orth=(vectors[c.vector_preset], c.orth_weight)),
-        }
+        methods: dict[str, dict[str, Any]] = {"sft": dict(init=pre)}
+        if c.aux_arm:
+            methods["aux"] = dict(init=pre, aux=True)
+        methods["capvector"] = dict(init=meta, orth=(vectors[c.vector_preset], c.orth_weight))
         if c.orth_control:
             methods["capvector_no_orth"] = dict(init=meta)
         for w in c.orth_sweep:
