@@ -11,7 +11,7 @@ import pytest
 from capvector.errors import CapvectorError
 from capvector.pipeline import CONFIG_FILE, PipelineConfig, regenerate_report
 from capvector.pipeline.config import MODE_SETTINGS
-from capvector.pipeline.recipe import DemoGraph
+from capvector.pipeline.recipe import DemoGraph, method_label
 from capvector.pipeline.report import PLOTS
 from capvector.pipeline.results import verdict
 from capvector.pipeline.stages import MARKER, StageRunner
@@ -310,3 +310,19 @@ def test_a_novel_environment_run_reads_its_own_scene(tmp_path):
     text = (run_dir / "report.md").read_text()
     assert f"fixed scene `{scene}`" in text and "No perturbation suite in this run" in text
     assert not (run_dir / "ood.png").exists()
+
+
+
+def test_every_swept_method_has_a_readable_label(tmp_path):
+    """The report and progress lines name each arm in words, not by its stage name."""
+    cfg = PipelineConfig.for_mode("extended", combine_teachers=("latent-reasoning",),
+                                  combine_methods=("sum", "ties:0.2"), cap_scene_sweep=("colors:0.5",))
+    labels = {r.method: method_label(r.method) for r in DemoGraph(cfg, tmp_path).runs}
+    assert labels["capvector@orth=0.001"] == "CapVector, λ_orth = 0.001"
+    assert labels["capvector@weight=1.5"] == "CapVector, λ = 1.5"
+    assert labels["capvector@tiny-vla-vlm"] == "CapVector, selection tiny-vla-vlm"
+    assert labels["capvector[dcap=colors:0.5]"] == "CapVector, τ from D_cap in colors:0.5"
+    assert labels["capvector[latent-reasoning]"] == "CapVector from τ_latent-reasoning"
+    assert labels["capvector[foundation+latent-reasoning|ties:0.2]"] == ("CapVector from τ_foundation + "
+                                                                         "τ_latent-reasoning (ties:0.2)")
+    assert not [m for m, label in labels.items() if label == m]

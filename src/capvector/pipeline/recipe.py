@@ -38,6 +38,25 @@ METHOD_LABELS = {
 }
 
 
+def method_label(method: str) -> str:
+    """What the report and progress lines call a method; the swept variants' names are built below."""
+    if method in METHOD_LABELS:
+        return METHOD_LABELS[method]
+    if method.startswith("capvector@orth="):
+        return f"CapVector, λ_orth = {method.split('=', 1)[1]}"
+    if method.startswith("capvector@weight="):
+        return f"CapVector, λ = {method.split('=', 1)[1]}"
+    if method.startswith("capvector[dcap="):
+        return f"CapVector, τ from D_cap in {method.removeprefix('capvector[dcap=').removesuffix(']')}"
+    if method.startswith("capvector["):
+        teachers, _, combine = method.removeprefix("capvector[").removesuffix("]").partition("|")
+        how = f" ({combine})" if combine else ""
+        return "CapVector from " + " + ".join(f"τ_{t}" for t in teachers.split("+")) + how
+    if method.startswith("capvector@"):
+        return f"CapVector, selection {method.split('@', 1)[1]}"
+    return method
+
+
 def combination_method(*teachers: str, combine: str = "sum") -> str:
     """The downstream method that starts from θ_pre plus the vectors of these objectives (the combination study),
     merged by `combine` (a `PipelineConfig.combine_methods` entry)."""
@@ -273,7 +292,7 @@ class DemoGraph:
         name = f"down/{method}/seed{seed}"
         work = Train(self._policy(init), self._data(data), self._train_settings(steps, seed, lr, **extra),
                      orth_settings)
-        self._add(name, work, deps, resumable=True, label=f"{METHOD_LABELS.get(method, method)}, seed {seed}")
+        self._add(name, work, deps, resumable=True, label=f"{method_label(method)}, seed {seed}")
         self.runs.append(Run(method, seed, name, budgets))
         videos = c.videos if seed == c.seeds[0] and method in ("sft", "capvector") else 0
         for b in budgets:

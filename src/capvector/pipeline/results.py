@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from capvector.pipeline.recipe import MAIN_METHODS, METHOD_LABELS, DemoGraph, combination_method, dcap_method
+from capvector.pipeline.recipe import MAIN_METHODS, DemoGraph, combination_method, dcap_method, method_label
 from capvector.pipeline.stages import MARKER
 from capvector.pipeline.work import read_eval
 from capvector.stats import bootstrap_difference, newcombe_difference, seed_difference, wilson_interval
@@ -105,7 +105,7 @@ class ResultsBuilder:
                 "trainable_parameters": trains[0].get("trainable_parameters")}
         init = self.g.init_of.get(method)
         start = pooled([self._eval(self.g.init_evals[init])], self.g.down_variant) if init else None
-        out = {"label": METHOD_LABELS.get(method, method), "seeds": seeds, "start": start, "budgets": budgets,
+        out = {"label": method_label(method), "seeds": seeds, "start": start, "budgets": budgets,
                "ood": ood, "ood_pooled": _pool_variants(ood), "cost": cost}
         if self.g.forgetting_reference:
             pretrain = pooled([self._eval(self.g.forgetting_evals[(method, s)]) for s in seeds], seeds=seeds)
