@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -34,12 +33,6 @@ def train(output_dir: str, stop_at: int | None = None) -> None:
             policy_config=PolicyConfig(width=32, depth=2, heads=2, embedder="hash", chunk=4)).train(stop_at=stop_at)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _curve(run_dir):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"], r["action_l1"], r["align"]) for r in rows]
@@ -54,8 +47,9 @@ def test_two_processes_match_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
     for stop_at in (["2"], []):  # stopped after the step-2 checkpoint, then resumed to the end
-        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                              "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+        # --standalone: torchrun binds its own free port (a port chosen here could be taken before it binds)
+        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              str(script),
                               str(tmp_path / "two"), *stop_at], env=env, capture_output=True, text=True, timeout=120)
         assert two.returncode == 0, two.stderr[-2000:]
     assert (tmp_path / "two" / "checkpoints" / "step_0000002" / "random_states_1.pkl").is_file()
