@@ -125,3 +125,14 @@ def run_cli(*args: object) -> CliResult:
 
     r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     return CliResult(r.exit_code, r.stdout, r.stderr)
+
+
+def stage_fingerprints(graph: object) -> dict[str, str]:
+    """Every stage's cache fingerprint in a pipeline `DemoGraph`, as a run of it would compute them (stage name →
+    fingerprint): equal fingerprints are what let one config's run serve another's stages from the cache."""
+    from capvector.pipeline.stages import StageRunner
+
+    runner = StageRunner(graph.root)
+    for stage in graph.stages:
+        runner.fingerprints[stage.name] = runner.fingerprint(stage)
+    return runner.fingerprints

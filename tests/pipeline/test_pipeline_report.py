@@ -23,7 +23,10 @@ SEEDS = (0, 1, 2, 3, 4)
 # Successes out of EPISODES per method at each budget index; CapVector is made clearly better than SFT.
 SUCCESS = {"sft": [1, 2], "aux": [2, 3], "capvector": [4, 7], "capvector_no_orth": [4, 6], "tuner-lora": [3],
            "tuner-gse": [5], "capvector@weight=0.5": [2], "capvector@tiny-vla-vlm": [3],
-           "capvector[dcap=camera:0.5+colors:0.5]": [5, 9]}
+           "capvector[dcap=camera:0.5+colors:0.5]": [5, 9], "tuner-gse[init_type=lora]": [3],
+           "tuner-gse[init_type=mgse]": [5], "tuner-gse[num_experts=4]": [6]}
+# Trainable parameters each training run records (methods not named: 1000); with 4 experts the router is smaller.
+PARAMS = {"tuner-gse[num_experts=4]": 952}
 # Successes out of EPISODES on the pretraining tasks after each method's fine-tune (θ_pre: PRETRAIN_REFERENCE;
 # methods not named: 5).
 PRETRAIN_REFERENCE = 8
@@ -69,7 +72,8 @@ def _finish_fabricated(graph: DemoGraph, run_dir) -> None:
             home = graph.down_variant if stage.params["split"] == graph.cfg.split_spec("down") else "none"
             (d / "eval.json").write_text(json.dumps(_eval_json(k, variants, home)))
         elif stage.name.startswith("down/"):
-            summary = {"samples_per_s": 400.0 if "/aux/" not in stage.name else 300.0, "trainable_parameters": 1000}
+            summary = {"samples_per_s": 400.0 if "/aux/" not in stage.name else 300.0,
+                       "trainable_parameters": PARAMS.get(stage.name.split("/")[1], 1000)}
         elif stage.name.startswith("vector/"):
             summary = {"tensors": 12, "norm": 2.5 if "dcap" in stage.name else 1.5}
         files = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
@@ -312,11 +316,11 @@ def test_a_novel_environment_run_reads_its_own_scene(tmp_path):
     assert not (run_dir / "ood.png").exists()
 
 
-
 def test_every_swept_method_has_a_readable_label(tmp_path):
     """The report and progress lines name each arm in words, not by its stage name."""
     cfg = PipelineConfig.for_mode("extended", combine_teachers=("latent-reasoning",),
-                                  combine_methods=("sum", "ties:0.2"), cap_scene_sweep=("colors:0.5",))
+                                  combine_methods=("sum", "ties:0.2"), cap_scene_sweep=("colors:0.5",),
+                                  gse_sweep=({"init_type": "mgse", "top_k": 1},))
     labels = {r.method: method_label(r.method) for r in DemoGraph(cfg, tmp_path).runs}
     assert labels["capvector@orth=0.001"] == "CapVector, λ_orth = 0.001"
     assert labels["capvector@weight=1.5"] == "CapVector, λ = 1.5"
@@ -325,4 +329,39 @@ def test_every_swept_method_has_a_readable_label(tmp_path):
     assert labels["capvector[latent-reasoning]"] == "CapVector from τ_latent-reasoning"
     assert labels["capvector[foundation+latent-reasoning|ties:0.2]"] == ("CapVector from τ_foundation + "
                                                                          "τ_latent-reasoning (ties:0.2)")
+    assert labels["tuner-gse[init_type=mgse,top_k=1]"] == "VLA-GSE, init_type=mgse,top_k=1"
     assert not [m for m, label in labels.items() if label == m]
+
+
+def test_gse_design_ablations_are_paired_with_the_gse_arm(tmp_path):
+    """VLA-GSE's Table 3: each row against the GSE arm seed by seed; the init rows stand as the paper's claims."""
+    rows = ({"init_type": "lora"}, {"init_type": "mgse"}, {"num_experts": 4})
+    run_dir, cfg = _fabricated_run(tmp_path, "default", gse_sweep=rows)
+    res = regenerate_report(run_dir)
+    table = {r["method"]: r for r in res["gse_ablations"]}
+    assert list(table) == ["tuner-gse", "tuner-gse[init_type=lora]", "tuner-gse[init_type=mgse]",
+                           "tuner-gse[num_experts=4]"]
+    assert res["tuners"] == ["full", "lora", "gse"]  # the rows are not tuners of the comparison above
+    lora = table["tuner-gse[init_type=lora]"]
+    # every seed: (3 + s%2) − (5 + s%2) successes of 10 in distribution → −20 pp; OOD halves (rounded down):
+    # (3 + s%2)//2 − (5 + s%2)//2 = −1 of 10 → −10 pp; no seed-to-seed spread, so the interval is the point
+    assert lora["vs_gse"]["diff_pp"] == pytest.approx(-20.0) and lora["vs_gse"]["ci95_pp"] == pytest.approx([-20] * 2)
+    assert lora["vs_gse_ood"]["diff_pp"] == pytest.approx(-10.0) and lora["vs_gse"]["seeds"] == list(SEEDS)
+    assert lora["success"]["k"] == sum(3 + s % 2 for s in SEEDS) and lora["options"] == {"init_type": "lora"}
+    assert table["tuner-gse"]["vs_gse"] is None and table["tuner-gse"]["options"] == {"r": 16}
+    assert [r["trainable_parameters"] for r in table.values()] == [1000, 1000, 1000, 952]
+    findings = {f["key"]: f for f in res["findings"]}
+    assert findings["gse_svd_init_beats_lora_init"]["diff_pp"] == pytest.approx(20.0)
+    assert findings["gse_svd_init_beats_lora_init"]["verdict"] == "shown"
+    assert findings["gse_svd_init_beats_mgse_init"]["verdict"] == "not shown (not significant)"
+    assert not any("num_experts" in k for k in findings)  # descriptive rows: no verdict
+    text = (run_dir / "report.md").read_text()
+    assert "## VLA-GSE design ablations (Table 3)" in text and "equal trainable parameters but for the router" in text
+    assert "| `tuner-gse[num_experts=4]` | num_experts=4 | 952 | -48 | 64.0 [" in text
+    assert "| `tuner-gse[init_type=lora]` | init_type=lora | 1,000 | +0 | 34.0 [" in text
+    assert "principal-component (SVD) init beats random LoRA-style init (no SVD) in distribution | +20.0 pp" in text
+    assert "| -20.0 pp [-20.0, -20.0] | " in text and "| -10.0 pp [-10.0, -10.0] |" in text
+    assert (run_dir / "gse_ablations.png").stat().st_size > 1000
+    plain, _ = _fabricated_run(tmp_path / "plain", "default")
+    regenerate_report(plain)
+    assert "design ablations" not in (plain / "report.md").read_text() and not (plain / "gse_ablations.png").exists()

@@ -12,7 +12,7 @@ import pytest
 from capvector.errors import CapvectorError
 from capvector.pipeline import PipelineConfig
 from capvector.pipeline.recipe import DemoGraph, dcap_method
-from capvector.pipeline.stages import StageRunner
+from testing_common import stage_fingerprints as _fingerprints
 
 NOVEL = "camera:0.5+colors:0.5+distractors:0.5@7"
 DIVERSE = "camera:0.3+lighting:0.5+colors:0.5+distractors:0.5"
@@ -22,13 +22,6 @@ DIVERSE = "camera:0.3+lighting:0.5+colors:0.5+distractors:0.5"
 # A change here invalidates every cached run: make it only on purpose, and say so in docs/demo.md.
 RECORDED = {"quick": ("3268f9cd6733ec22", 41), "default": ("9bde38eafa54e348", 72),
             "extended": ("1aef9cd72dc0dd0d", 252)}
-
-
-def _fingerprints(graph: DemoGraph) -> dict[str, str]:
-    runner = StageRunner(graph.root)
-    for stage in graph.stages:
-        runner.fingerprints[stage.name] = runner.fingerprint(stage)
-    return runner.fingerprints
 
 
 def _upstream(graph: DemoGraph, name: str) -> set[str]:
@@ -47,7 +40,8 @@ def test_runs_without_the_studies_keep_their_fingerprints(tmp_path, mode):
     fps = _fingerprints(DemoGraph(PipelineConfig.for_mode(mode), tmp_path))
     digest = hashlib.sha256(json.dumps(fps, sort_keys=True).encode()).hexdigest()[:16]
     assert (digest, len(fps)) == RECORDED[mode]
-    explicit = PipelineConfig.for_mode(mode, down_scene="none", cap_scene=None, forgetting=False, cap_scene_sweep=())
+    explicit = PipelineConfig.for_mode(mode, down_scene="none", cap_scene=None, forgetting=False, cap_scene_sweep=(),
+                                       gse_sweep=())
     assert _fingerprints(DemoGraph(explicit, tmp_path)) == fps
 
 

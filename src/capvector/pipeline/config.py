@@ -10,6 +10,10 @@ from capvector.errors import CapvectorError, reject_unknown_keys
 from capvector.io.jsonfile import read_json_object
 
 MODES = ("quick", "default", "extended")
+# The GSEConfig fields a gse_sweep row may change: the adapter's design, never its total rank or the modules it
+# adapts (the rows of VLA-GSE's Table 3 have equal trainable parameters but for the router's E − G rows).
+GSE_SWEEP_FIELDS = ("num_experts", "num_generalized_experts", "top_k", "dropout", "dropout_mask", "init_type", "eta",
+                    "rho", "init_coefficient", "aux_loss_weight", "scaling", "scaling_base", "svd_niter", "svd_seed")
 # Choose on validation, report on test: settings picked by looking at rollouts (teacher, α, layer, λ, budgets, task
 # sets) are picked with these training seeds and this rollout base seed (benchmarks/aux_rollouts.py defaults); a
 # demo run, whose numbers are reported, must use neither.
@@ -88,6 +92,9 @@ class PipelineConfig:
     # further GSEConfig fields of the GSE arm, e.g. {"init_type": "mgse", "dropout_mask": "per_expert"} for an
     # ablation row (docs/gse.md); empty keeps the arm's stages (and their cache) as before
     gse_options: dict[str, Any] = field(default_factory=dict)
+    # VLA-GSE's design ablations (its Table 3): each row a JSON object of GSE design fields (GSE_SWEEP_FIELDS), one
+    # more tuner arm `tuner-gse[field=value,…]` from θ_pre with {**gse_options, **row}, beside the GSE arm
+    gse_sweep: tuple[dict[str, Any], ...] = ()
     tuner_lr: float = 1e-3  # adapters want a larger step than full fine-tuning
     # Scenes (capvector.sim.perturb.Scene specs, docs/simulator.md); "none" or null = the clean scene. The studies
     # of issue 16 (docs/demo.md, configs/):
@@ -144,6 +151,8 @@ class PipelineConfig:
         self._check_scenes()
         if self.gse_options:
             self._check_gse_options()
+        if self.gse_sweep:
+            self._check_gse_sweep()
 
     def _check_scenes(self) -> None:
         """Parse every scene and store its canonical label (what the stages are fingerprinted by); 'none' is unset."""
@@ -186,6 +195,41 @@ class PipelineConfig:
         if unknown:
             raise CapvectorError(f"pipeline config: gse_options has unknown GSEConfig fields {unknown}")
         GSEConfig(r=self.gse_r, **self.gse_options)
+
+    def _check_gse_sweep(self) -> None:
+        """Each row: a non-empty object of design fields whose merged options make a valid GSEConfig at `gse_r`,
+        differ from the GSE arm's and from every other row's (one line naming the row)."""
+        from capvector.gse import GSEConfig
+
+        if "gse" not in self.tuners:
+            raise CapvectorError(f"pipeline config: gse_sweep ablates the GSE arm, but tuners {list(self.tuners)} "
+                                 "has no 'gse'")
+        arm = GSEConfig(r=self.gse_r, **self.gse_options)
+        built: list[Any] = []
+        names: list[str] = []
+        for i, row in enumerate(self.gse_sweep):
+            where = f"pipeline config: gse_sweep row {i} ({row!r})"
+            if not isinstance(row, dict) or not row:
+                raise CapvectorError(f"{where}: expected a non-empty object of GSE fields, e.g. "
+                                     "{\"init_type\": \"mgse\"}")
+            unknown = sorted(set(row) - set(GSE_SWEEP_FIELDS))
+            if unknown:
+                raise CapvectorError(f"{where}: cannot ablate {unknown}; rows change only {list(GSE_SWEEP_FIELDS)} "
+                                     "(the rank r and the adapted modules stay the GSE arm's, so rows have equal "
+                                     "trainable parameters but for the router)")
+            try:
+                config = GSEConfig(r=self.gse_r, **{**self.gse_options, **row})
+            except (ValueError, TypeError) as e:  # GSEConfigError is a ValueError; float("x") raises one too
+                raise CapvectorError(f"{where}: {e}") from None
+            if config == arm:
+                raise CapvectorError(f"{where}: trains the same adapter as the GSE arm (gse_options "
+                                     f"{self.gse_options}, defaults of GSEConfig otherwise)")
+            name = gse_row_name(row)
+            if config in built or name in names:
+                j = built.index(config) if config in built else names.index(name)
+                raise CapvectorError(f"{where}: repeats row {j} (the same adapter or the same name {name!r})")
+            built.append(config)
+            names.append(name)
 
     def _qualify_presets(self) -> None:
         from capvector.policy.registry import policy_types
@@ -297,4 +341,9 @@ def _from_dict(data: dict[str, Any], source: str) -> PipelineConfig:
     return PipelineConfig(**data)
 
 
-__all__ = ["MODES", "MODE_SETTINGS", "PipelineConfig"]
+def gse_row_name(row: dict[str, Any]) -> str:
+    """A gse_sweep row as "field=value,…" in its own order (floats in %g): what its method and stages are named."""
+    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+__all__ = ["GSE_SWEEP_FIELDS", "MODES", "MODE_SETTINGS", "PipelineConfig", "gse_row_name"]

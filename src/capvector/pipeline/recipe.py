@@ -7,8 +7,9 @@ D_down demos ─► downstream fine-tunes per method and seed ─► rollouts at
 Methods (downstream, on D_down): `sft` (SFT from θ_pre), `aux` (SFT + the auxiliary objective from θ_pre),
 `capvector` (SFT from θ_meta + L_orth), `capvector_no_orth` (SFT from θ_meta); plus the merge-choice and
 λ_orth variants of `capvector`, CapVector from vectors of other objectives or of D_cap recorded in other scenes,
-and LoRA / GSE tuners from θ_pre beside full fine-tuning (= `sft`). D_down and its rollouts may live in a fixed
-novel scene; with `forgetting`, every fine-tune is also rolled out on the pretraining tasks.
+and LoRA / GSE tuners from θ_pre beside full fine-tuning (= `sft`), with GSE design-ablation rows. D_down and its
+rollouts may live in a fixed novel scene; with `forgetting`, every fine-tune is also rolled out on the pretraining
+tasks.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from capvector.errors import CapvectorError
-from capvector.pipeline.config import DEFAULT_TEACHER, PipelineConfig, combine_spec
+from capvector.pipeline.config import DEFAULT_TEACHER, PipelineConfig, combine_spec, gse_row_name
 from capvector.pipeline.stages import Stage
 from capvector.pipeline.work import DATASET, Collect, Evaluate, Extract, Merge, Train, TrainSettings
 from capvector.policy import read_policy_config, type_of
@@ -54,6 +55,8 @@ def method_label(method: str) -> str:
         return "CapVector from " + " + ".join(f"τ_{t}" for t in teachers.split("+")) + how
     if method.startswith("capvector@"):
         return f"CapVector, selection {method.split('@', 1)[1]}"
+    if method.startswith("tuner-gse["):
+        return f"VLA-GSE, {method.removeprefix('tuner-gse[').removesuffix(']')}"
     return method
 
 
@@ -61,6 +64,11 @@ def combination_method(*teachers: str, combine: str = "sum") -> str:
     """The downstream method that starts from θ_pre plus the vectors of these objectives (the combination study),
     merged by `combine` (a `PipelineConfig.combine_methods` entry)."""
     return f"capvector[{'+'.join(teachers)}{'' if combine == 'sum' else '|' + combine}]"
+
+
+def gse_ablation_method(row: dict[str, Any]) -> str:
+    """The tuner arm of one `gse_sweep` row: the GSE arm with the row's options, e.g. `tuner-gse[init_type=mgse]`."""
+    return f"tuner-gse[{gse_row_name(row)}]"
 
 
 def dcap_method(scene: str) -> str:
@@ -197,6 +205,11 @@ class DemoGraph:
                             evals[("tuner-full", seed)] = evals[("sft", seed)]
                     continue
                 self._downstream(f"tuner-{tuner}", seed, (c.tuner_steps,), init=pre, tuner=tuner, **down_kwargs)
+        # VLA-GSE's design ablations: the GSE arm again, with one row's options on top of its own
+        for row in c.gse_sweep:
+            for seed in c.seeds:
+                self._downstream(gse_ablation_method(row), seed, (c.tuner_steps,), init=pre, tuner="gse", gse_row=row,
+                                 **down_kwargs)
 
     def _capability(self, pre: str, scene: str | None, suffix: str = "") -> tuple[str, dict[str, str]]:
         """D_cap recorded in `scene`, then SFT and aux-SFT on it: identical runs but for the auxiliary loss (same
@@ -273,7 +286,8 @@ class DemoGraph:
 
     def _downstream(self, method: str, seed: int, budgets: tuple[int, ...], *, init: str, pre: str, data: str,
                     aux: bool = False, orth: tuple[str, float] | None = None, tuner: str = "full",
-                    ood: bool = True) -> None:
+                    ood: bool = True, gse_row: dict[str, Any] | None = None) -> None:
+        """One fine-tune on D_down and its rollouts; `gse_row` (tuner "gse") overrides the GSE arm's options."""
         c = self.cfg
         steps = budgets[-1]
         lr = c.down_lr if tuner == "full" else c.tuner_lr
@@ -283,7 +297,7 @@ class DemoGraph:
         if tuner != "full":
             extra |= {"also_train": ["action_expert.*"], "lora_r": c.lora_r, "lora_alpha": c.lora_r}
         if tuner == "gse":
-            extra["gse_options"] = {"r": c.gse_r, **c.gse_options}
+            extra["gse_options"] = {"r": c.gse_r, **c.gse_options, **(gse_row or {})}
         deps = (init, data)
         orth_settings = None
         if orth is not None:

@@ -22,13 +22,11 @@ def rate_cell(r: dict[str, Any] | None) -> str:
 
 
 def _diff(f: dict[str, Any]) -> str:
-    lo, hi = f["ci95_pp"]
     if "episode_ci95_pp" not in f:  # results.json written before seed-level tests
-        return f"{f['diff_pp']:+.1f} pp [{lo:+.1f}, {hi:+.1f}]"
+        return _delta(f)
     elo, ehi = f["episode_ci95_pp"]
     seeds = "×".join(str(n) for n in f["n_seeds"])
-    return (f"{f['diff_pp']:+.1f} pp [{lo:+.1f}, {hi:+.1f}] ({f['test']}, {seeds} seeds; episodes: "
-            f"[{elo:+.1f}, {ehi:+.1f}])")
+    return f"{_delta(f)} ({f['test']}, {seeds} seeds; episodes: [{elo:+.1f}, {ehi:+.1f}])"
 
 
 def _seeds(r: dict[str, Any] | None) -> str:
@@ -128,6 +126,7 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
             out.append(f"| {v['label']} | {_count(v['cost'].get('trainable_parameters'))} | "
                        f"{rate_cell(v['budgets'][str(c['tuner_steps'])])} | {rate_cell(v['ood_pooled'])} |")
         out += ["", "![tuners](tuners.png)", ""]
+    out += _gse_ablation_section(res)
     if videos:
         out += ["## Rollout videos", ""] + [f"- [{Path(v).name}]({v})" for v in videos] + [""]
     out += ["## Configuration", "", "```json", _json(c), "```", ""]
@@ -182,6 +181,45 @@ def _preservation_section(res: dict[str, Any]) -> list[str]:
             out.append(f"| {v['label']} | {p['steps']} | {rate_cell(p)} | {ch['diff_pp']:+.1f} pp [{lo:+.1f}, "
                        f"{hi:+.1f}] | {_seeds(p)} |")
     return out + [""]
+
+
+def _gse_ablation_section(res: dict[str, Any]) -> list[str]:
+    """VLA-GSE's design ablations (its Table 3): the GSE arm and each gse_sweep row, Δ paired by seed."""
+    rows = res.get("gse_ablations") or []
+    if not rows:
+        return []
+    c = res["config"]
+    ood = rows[0]["ood_pooled"] is not None
+    base_params = rows[0]["trainable_parameters"]
+    out = ["## VLA-GSE design ablations (Table 3)", "",
+           f"Each row is the VLA-GSE arm (from θ_pre, {c['tuner_steps']} steps, the same seeds, data and learning "
+           "rate) with the options shown in place of its own. Every row splits the same total rank r = "
+           f"{c['gse_r']} over its experts and adapts the same layers, so the rows have equal trainable parameters "
+           "but for the router (E − G rows per adapted layer): the Δ params column is the router's difference, "
+           "read from each training run's record. Δ vs GSE is row − GSE, the mean of per-seed differences with a "
+           "paired t interval over the seeds; these rows are descriptive, except the initialisation claims, which "
+           "stand in the findings above.", "",
+           "| row | options | trainable params | Δ params | in distribution | Δ vs GSE"
+           + (" | OOD pooled | Δ vs GSE (OOD) |" if ood else " |"),
+           "| --- | --- | --- | --- | --- | ---" + (" | --- | --- |" if ood else " |")]
+    for r in rows:
+        params = r["trainable_parameters"]
+        delta = "-" if not params or not base_params or r["vs_gse"] is None else f"{params - base_params:+,}"
+        options = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+        cells = [f"`{r['method']}`" if r["vs_gse"] else "VLA-GSE (the GSE arm)", options, _count(params), delta,
+                 rate_cell(r["success"]), _delta(r["vs_gse"])]
+        if ood:
+            cells += [rate_cell(r["ood_pooled"]), _delta(r["vs_gse_ood"])]
+        out.append("| " + " | ".join(cells) + " |")
+    return out + ["", "![GSE ablations](gse_ablations.png)", ""]
+
+
+def _delta(d: dict[str, Any] | None) -> str:
+    """A seed-paired difference as "+x.x pp [lo, hi]"; "-" for the reference row."""
+    if d is None:
+        return "-"
+    lo, hi = d["ci95_pp"]
+    return f"{d['diff_pp']:+.1f} pp [{lo:+.1f}, {hi:+.1f}]"
 
 
 def _extraction_line(ext: dict[str, float | None] | None, c: dict[str, Any]) -> list[str]:
@@ -302,6 +340,13 @@ def plot_all(res: dict[str, Any], directory: Path) -> list[Path]:
         _bars(ax, labels, rows)
         ax.set(ylabel="success %", title="Tuners from θ_pre", ylim=(0, 102))
         save(fig, "tuners.png")
+
+    if res.get("gse_ablations"):
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        rows = res["gse_ablations"]
+        _bars(ax, ["VLA-GSE"] + [r["method"].removeprefix("tuner-gse") for r in rows[1:]], [r["success"] for r in rows])
+        ax.set(ylabel=f"success % at {c['tuner_steps']} steps", title="VLA-GSE design ablations", ylim=(0, 102))
+        save(fig, "gse_ablations.png")
     return written
 
 

@@ -10,7 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from capvector.pipeline.recipe import MAIN_METHODS, DemoGraph, combination_method, dcap_method, method_label
+from capvector.pipeline.recipe import (
+    MAIN_METHODS,
+    DemoGraph,
+    combination_method,
+    dcap_method,
+    gse_ablation_method,
+    method_label,
+)
 from capvector.pipeline.stages import MARKER
 from capvector.pipeline.work import read_eval
 from capvector.stats import bootstrap_difference, newcombe_difference, seed_difference, wilson_interval
@@ -177,7 +184,7 @@ class ResultsBuilder:
         if c.ood_perturbations:
             finding("capvector_ood_beats_sft", "CapVector beats SFT under the OOD perturbations (pooled)",
                     methods["capvector"]["ood_pooled"], methods["sft"]["ood_pooled"], "greater")
-        tuners = {m.removeprefix("tuner-"): methods[m] for m in methods if m.startswith("tuner-")}
+        tuners = {t: methods[f"tuner-{t}"] for t in c.tuners}  # the gse_sweep rows have a section of their own
         tb = str(c.tuner_steps)
         for other, label in (("lora", "LoRA"), ("full", "full fine-tuning")):
             if "gse" in tuners and other in tuners:
@@ -186,6 +193,13 @@ class ResultsBuilder:
                 if c.ood_perturbations:
                     finding(f"gse_beats_{other}_ood", f"VLA-GSE beats {label} out of distribution (pooled "
                             "perturbations)", tuners["gse"]["ood_pooled"], tuners[other]["ood_pooled"], "greater")
+        if c.gse_sweep and c.gse_options.get("init_type", "svd") == "svd":
+            # VLA-GSE's Table 3: principal-component init beats random (LoRA-style) and minor-component init
+            for init, text in (("lora", "random LoRA-style init (no SVD)"), ("mgse", "minor-component (MGSE) init")):
+                if {"init_type": init} in c.gse_sweep:
+                    finding(f"gse_svd_init_beats_{init}_init", f"VLA-GSE's principal-component (SVD) init beats "
+                            f"{text} in distribution", tuners["gse"]["budgets"][tb],
+                            methods[gse_ablation_method({"init_type": init})]["budgets"][tb], "greater")
         if c.forgetting:
             # VLA-GSE: full fine-tuning forgets, PEFT preserves, GSE preserves like LoRA; CapVector against SFT
             for key, a, b, text, claim in (
@@ -227,7 +241,27 @@ class ResultsBuilder:
             "tuners": list(tuners),
             "pretrain_reference": self._pretrain_reference() if c.forgetting else None,
             "dcap_scenes": self._dcap_scenes(methods) if c.cap_scene_sweep else [],
+            "gse_ablations": self._gse_ablations(methods) if c.gse_sweep else [],
         }
+
+    def _gse_ablations(self, methods: dict[str, Any]) -> list[dict[str, Any]]:
+        """VLA-GSE's Table 3 in miniature: the GSE arm, then each gse_sweep row with its success at tuner_steps (in
+        distribution, OOD pooled when run), trainable parameters as its training run recorded them, and row − GSE
+        paired by seed (descriptive; the init rows also stand as findings)."""
+        c = self.cfg
+        tb = str(c.tuner_steps)
+        base = methods["tuner-gse"]
+
+        def row(method: str, options: dict[str, Any]) -> dict[str, Any]:
+            v = methods[method]
+            ood = v["ood_pooled"] if c.ood_perturbations else None
+            return {"method": method, "options": options, "trainable_parameters": v["cost"]["trainable_parameters"],
+                    "success": v["budgets"][tb], "ood_pooled": ood,
+                    "vs_gse": None if v is base else difference(v["budgets"][tb], base["budgets"][tb]),
+                    "vs_gse_ood": None if v is base or ood is None else difference(ood, base["ood_pooled"])}
+
+        return [row("tuner-gse", {"r": c.gse_r, **c.gse_options}),
+                *(row(gse_ablation_method(r), dict(r)) for r in c.gse_sweep)]
 
     def _dcap_scenes(self, methods: dict[str, Any]) -> list[dict[str, Any]]:
         """One row per D_cap scene: the main vector's, then each of cap_scene_sweep's: its vector and CapVector."""
