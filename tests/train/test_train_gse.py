@@ -51,4 +51,4 @@ def test_every_shipped_ablation_row_trains_with_the_arm_s_parameters_but_for_the
     fewer_experts, more_generalized = counts.pop("num_experts=4") - arm, counts.pop("num_generalized_experts=2") - arm
     assert more_generalized < 0 and fewer_experts == 4 * more_generalized
     assert counts == dict.fromkeys(["init_type=mgse", "init_type=lora", "dropout_mask=per_expert", "top_k=1",
-                                    "aux_loss_weight=0"], arm)
+                                    "aux_loss_weight=0", "aux_loss_weight=0.001"], arm)
