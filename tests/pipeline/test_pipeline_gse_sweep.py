@@ -86,7 +86,7 @@ def test_a_sweep_adds_stages_and_changes_none(tmp_path):
 
 def test_the_shipped_ablation_config_reuses_the_forgetting_run_and_its_rows_are_valid(tmp_path):
     """configs/gse_ablation.json is configs/forgetting.json plus the camera perturbation and the rows: every stage
-    of a finished forgetting run is served from the cache."""
+    of a finished forgetting run, and of the versatility cell it extends, is served from the cache."""
     raw = json.loads((CONFIGS / "gse_ablation.json").read_text())
     cfg = PipelineConfig.from_file(CONFIGS / "gse_ablation.json")
     assert cfg.gse_r == 16 and cfg.gse_options == {} and cfg.tuners == ("full", "lora", "gse")
@@ -98,8 +98,9 @@ def test_the_shipped_ablation_config_reuses_the_forgetting_run_and_its_rows_are_
         "tuner-gse[num_experts=4]", "tuner-gse[num_generalized_experts=2]", "tuner-gse[top_k=1]",
         "tuner-gse[aux_loss_weight=0]"]
     ablation = _fingerprints(DemoGraph(cfg, tmp_path))
-    forgetting = _fingerprints(DemoGraph(PipelineConfig.from_file(CONFIGS / "forgetting.json"), tmp_path))
-    assert {n: ablation.get(n) for n in forgetting} == forgetting
+    for shared in ("forgetting.json", "versatility/vla-spatial.json"):
+        fps = _fingerprints(DemoGraph(PipelineConfig.from_file(CONFIGS / shared), tmp_path))
+        assert {n: ablation.get(n) for n in fps} == fps, shared
     del raw["gse_sweep"]
     without = _fingerprints(DemoGraph(PipelineConfig.for_mode(raw.pop("mode"), **raw), tmp_path))
     assert {n: ablation[n] for n in without} == without
