@@ -99,9 +99,10 @@ def test_the_shipped_ablation_config_reuses_the_forgetting_run_and_its_rows_are_
         "tuner-gse[num_experts=4]", "tuner-gse[num_generalized_experts=2]", "tuner-gse[top_k=1]",
         "tuner-gse[aux_loss_weight=0]", "tuner-gse[aux_loss_weight=0.001]"]
     ablation = _fingerprints(DemoGraph(cfg, tmp_path))
-    forgetting = _fingerprints(DemoGraph(PipelineConfig.from_file(CONFIGS / "forgetting.json"), tmp_path))
-    assert {n: ablation[n] for n in forgetting if n in ablation} == {n: fp for n, fp in forgetting.items()
-                                                                     if "pretrain" not in n.split("/")}
+    for shared in ("forgetting.json", "versatility/vla-spatial.json"):
+        fps = _fingerprints(DemoGraph(PipelineConfig.from_file(CONFIGS / shared), tmp_path))
+        assert {n: ablation[n] for n in fps if n in ablation} == {n: fp for n, fp in fps.items()
+                                                              if "pretrain" not in n.split("/")}, shared
     del raw["gse_sweep"]
     without = _fingerprints(DemoGraph(PipelineConfig.for_mode(raw.pop("mode"), **raw), tmp_path))
     assert {n: ablation[n] for n in without} == without

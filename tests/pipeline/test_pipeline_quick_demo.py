@@ -1,5 +1,6 @@
 """`capvector demo --quick` end to end from the shipped weights: every stage runs, the report and results exist,
-a rerun is fully cached, and `capvector report` regenerates the same findings."""
+a rerun is fully cached, and `capvector report` regenerates the same findings; a GSE design-ablation row added with
+`capvector pipeline --config` runs only its own stages and gains its report section."""
 
 from __future__ import annotations
 
@@ -44,3 +45,17 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     regen = run_cli("report", "run")
     assert regen.code == 0, regen.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["findings"] == results["findings"]
+
+    # One VLA-GSE design-ablation row on top (configs/gse_ablation.json's kind): only its fine-tune and rollouts run,
+    # every other stage is the cached one, and the report gains the section and the init finding.
+    (tmp_path / "ablation.json").write_text(json.dumps({"mode": "quick", "gse_sweep": [{"init_type": "lora"}]}))
+    ablation = _capvector("pipeline", "--config", "ablation.json", "--run-dir", "run", cwd=tmp_path)
+    assert ablation.returncode == 0, ablation.stdout[-3000:] + ablation.stderr[-3000:]
+    ran = [line for line in ablation.stdout.splitlines() if line.endswith(": running")]
+    assert len(ran) == 3 and all("tuner-gse[init_type=lora]" in line for line in ran), ran  # train, rollouts, OOD
+    results = json.loads((out / "results.json").read_text())
+    row = results["gse_ablations"][1]
+    assert row["method"] == "tuner-gse[init_type=lora]" and row["success"]["n"] == 4 and row["trainable_parameters"]
+    assert "gse_svd_init_beats_lora_init" in {f["key"] for f in results["findings"]}
+    assert "## VLA-GSE design ablations (Table 3)" in (out / "report.md").read_text()
+    assert (out / "gse_ablations.png").is_file()

@@ -12,7 +12,7 @@ from capvector.errors import CapvectorError
 from capvector.pipeline import CONFIG_FILE, PipelineConfig, regenerate_report
 from capvector.pipeline.config import MODE_SETTINGS
 from capvector.pipeline.recipe import DemoGraph, method_label
-from capvector.pipeline.report import PLOTS
+from capvector.pipeline.report import PLOTS, _gse_ablation_section, rate_cell
 from capvector.pipeline.results import verdict
 from capvector.pipeline.stages import MARKER, StageRunner
 from capvector.policy import PolicyConfig, TinyVLA, save_policy
@@ -362,6 +362,12 @@ def test_gse_design_ablations_are_paired_with_the_gse_arm(tmp_path):
     assert "principal-component (SVD) init beats random LoRA-style init (no SVD) in distribution | +20.0 pp" in text
     assert "| -20.0 pp [-20.0, -20.0] | " in text and "| -10.0 pp [-10.0, -10.0] |" in text
     assert (run_dir / "gse_ablations.png").stat().st_size > 1000
+    # a run without a perturbation suite: no OOD columns
+    no_ood = [dict(r, ood_pooled=None, vs_gse_ood=None) for r in res["gse_ablations"]]
+    lines = _gse_ablation_section({**res, "gse_ablations": no_ood})
+    assert lines[4] == "| row | options | trainable params | Δ params | in distribution | Δ vs GSE |"
+    assert lines[7] == "| `tuner-gse[init_type=lora]` | init_type=lora | 1,000 | +0 | " \
+                       f"{rate_cell(lora['success'])} | -20.0 pp [-20.0, -20.0] |"
     plain, _ = _fabricated_run(tmp_path / "plain", "default")
     regenerate_report(plain)
     assert "design ablations" not in (plain / "report.md").read_text() and not (plain / "gse_ablations.png").exists()
