@@ -55,6 +55,15 @@ INSTRUCTIONS: dict[str, str] = {
     "stick-push-v3": "grasp the stick and push the box with it",
     "sweep-into-v3": "sweep the puck into the hole",
     "sweep-v3": "sweep the puck off the table",
+    # robosuite tasks on the Panda arm (capvector.sim.robosuite_env): a robot and tasks θ_pre never saw
+    "rs-lift-panda": "pick up the cube and lift it",
+    "rs-stack-panda": "stack the red cube on the green cube",
+}
+
+# robosuite tasks: name → (robosuite environment, robot, its options).
+ROBOSUITE_TASKS: dict[str, tuple[str, str, dict]] = {
+    "rs-lift-panda": ("Lift", "Panda", {}),
+    "rs-stack-panda": ("Stack", "Panda", {}),
 }
 
 # Scripted-expert success (%) with the demos' action noise 0.1, 20 episodes per task at the demo's 150-step horizon
