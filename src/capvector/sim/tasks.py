@@ -80,6 +80,8 @@ EXPERT_SUCCESS: dict[str, float] = {
     "plate-slide-side-v3": 100, "plate-slide-v3": 100, "push-back-v3": 55, "push-v3": 100, "push-wall-v3": 100,
     "reach-v3": 100, "reach-wall-v3": 100, "shelf-place-v3": 95, "soccer-v3": 80, "stick-pull-v3": 75,
     "stick-push-v3": 100, "sweep-into-v3": 90, "sweep-v3": 100, "window-close-v3": 100, "window-open-v3": 100,
+    # robosuite's Panda (capvector.sim.robosuite_experts; same protocol and seed, 2026-11-30)
+    "rs-lift-panda": 100, "rs-stack-panda": 95,
 }
 DEMO_READY_PC = 90.0  # a task supplies demonstrations only if its expert succeeds this often
 
