@@ -92,9 +92,9 @@ def test_actions_move_along_the_task_axes_and_the_gripper_closes_on_plus_one(env
 
 def test_images_are_upright_and_the_cube_projects_onto_red_pixels(env):
     """Projecting the (red) cube's centre with the rig's intrinsics and task-frame pose lands on red pixels (a pose
-    in robosuite's world frame would not); a magenta marker near the table's front edge, on the robot's right, shows
-    up where the pose puts it, in the lower left of the image (rows bottom-up, as robosuite's own renderer returns them, or a
-    mirrored image would put it elsewhere)."""
+    in robosuite's world frame would not); a magenta marker near the table's front edge, on the robot's right,
+    shows up where the pose puts it, in the lower left of the image (rows bottom-up, as robosuite's own renderer
+    returns them, or a mirrored image would put it elsewhere)."""
     env.reset(3)
     image, geo = env.observation()["image"][0].astype(int), env.geometry()
     pose, k = geo["cam_to_world"][0].astype(np.float64), geo["intrinsics"][0].astype(np.float64)
@@ -162,7 +162,7 @@ def test_split_names_accept_robosuite_tasks_and_reject_unknown_ones():
         split_tasks("rs-lift-panda,rs-door-jaco")
 
 
-@pytest.mark.parametrize("task", ["rs-lift-panda", "rs-stack-panda"])
+@pytest.mark.parametrize("task", ["rs-lift-panda", "rs-stack-panda", "rs-lift-ur5e"])
 def test_the_scripted_expert_succeeds_with_the_demo_noise(task):
     e = make_env(task, CFG)
     expert = ScriptedExpert(noise=0.1, seed=0)

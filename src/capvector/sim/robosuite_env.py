@@ -1,4 +1,5 @@
-"""One robosuite task (a second robot, the Panda arm) behind the same env interface as the MetaWorld `SimEnv`.
+"""One robosuite task (a second robot: the Panda, or the UR5e / IIWA arm with the Panda gripper) behind the same env
+interface as the MetaWorld `SimEnv`.
 
 The environment is robosuite's own (robosuite 1.4, shipped with the [libero] extra) with the OSC_POSITION
 controller at 20 Hz, so an action is MetaWorld's 4-d one: an end-effector xyz delta in [-1, 1] (robosuite's
@@ -70,6 +71,7 @@ class RobosuiteEnv(TaskEnv):
         self.task, self.config = task, config or SimConfig()
         self.instruction = INSTRUCTIONS[task]
         self.rs = _make_robosuite(task)
+        self.kind = ROBOSUITE_TASKS[task][0]  # the robosuite environment: "Lift" or "Stack"
         self.model, self.data = self.rs.sim.model._model, self.rs.sim.data._data
         table_top = float(self.rs.table_offset[2])
         base = np.array(self.data.body("robot0_base").xpos)
@@ -97,14 +99,14 @@ class RobosuiteEnv(TaskEnv):
 
     def _objects(self) -> tuple[np.ndarray, np.ndarray]:
         """Task-frame (pos, quat) of the first and second objects, each 7 numbers (zeros where there is none)."""
-        if self.task.startswith("rs-lift"):
+        if self.kind == "Lift":
             return np.concatenate(self._pose(self.rs.cube_body_id)), np.zeros(7)
         return np.concatenate(self._pose(self.rs.cubeA_body_id)), np.concatenate(self._pose(self.rs.cubeB_body_id))
 
     def _goal(self, obj1: np.ndarray, obj2: np.ndarray) -> np.ndarray:
         """Where the task's object must get to: 10 cm above the cube's start (robosuite's Lift succeeds at 4 cm;
         fixed at reset), or resting on cube B (centres 0.02 + 0.025 m apart; follows cube B)."""
-        if self.task.startswith("rs-lift"):
+        if self.kind == "Lift":
             return self._start[:3] + np.array([0.0, 0.0, 0.1])
         return obj2[:3] + np.array([0.0, 0.0, 0.045])
 

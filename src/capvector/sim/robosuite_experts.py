@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from capvector.errors import CapvectorError
+from capvector.sim.tasks import ROBOSUITE_TASKS
 
 GAIN = 10.0  # action per metre of error: full speed from 10 cm away
 NEAR = 0.015  # m: the grip site is on the cube
@@ -64,11 +65,8 @@ class PickPlaceExpert:
         return goal - np.array([0.0, 0.0, 0.02])  # aim below: the arm sags under the cube's weight
 
 
-EXPERTS = {"rs-lift-panda": lambda: PickPlaceExpert(release=False),
-           "rs-stack-panda": lambda: PickPlaceExpert(release=True)}
-
-
 def expert_for(task: str) -> PickPlaceExpert:
-    if task not in EXPERTS:
-        raise CapvectorError(f"task {task!r}: no scripted robosuite expert; have {sorted(EXPERTS)}")
-    return EXPERTS[task]()
+    """Lift holds the cube at the goal; Stack sets cube A down on cube B and lets go."""
+    if task not in ROBOSUITE_TASKS:
+        raise CapvectorError(f"task {task!r}: no scripted robosuite expert; have {sorted(ROBOSUITE_TASKS)}")
+    return PickPlaceExpert(release=ROBOSUITE_TASKS[task][0] == "Stack")
