@@ -160,6 +160,10 @@ def test_split_names_accept_robosuite_tasks_and_reject_unknown_ones():
     assert split_tasks("rs-lift-panda,rs-stack-panda") == ["rs-lift-panda", "rs-stack-panda"]
     with pytest.raises(CapvectorError, match="rs-door-jaco"):
         split_tasks("rs-lift-panda,rs-door-jaco")
+    with pytest.raises(CapvectorError, match="'rs-door-jaco' is not a robosuite task"):
+        RobosuiteEnv("rs-door-jaco")
+    with pytest.raises(CapvectorError, match="nocam"):
+        RobosuiteEnv("rs-lift-panda", SimConfig(cameras=("nocam",)))
 
 
 @pytest.mark.parametrize("task", ["rs-lift-panda", "rs-stack-panda", "rs-lift-ur5e"])

@@ -22,6 +22,7 @@ import mujoco
 import numpy as np
 
 from capvector.errors import CapvectorError
+from capvector.extras import missing_extra
 from capvector.sim.base import SimConfig, TaskEnv, checked_action
 from capvector.sim.perturb import Perturbation, Scene, Table
 from capvector.sim.tasks import INSTRUCTIONS, ROBOSUITE_TASKS
@@ -51,7 +52,7 @@ def _make_robosuite(task: str):
             import robosuite
             from robosuite.controllers import load_controller_config
     except ImportError as e:
-        raise CapvectorError(f"task {task!r} needs robosuite 1.4 (pip install 'capvector[libero]'): {e}") from None
+        raise (missing_extra(e) or e) from None
     logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
     return robosuite.make(env_name, robots=robot, controller_configs=load_controller_config(
         default_controller="OSC_POSITION"), has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False,
@@ -69,8 +70,8 @@ class RobosuiteEnv(TaskEnv):
 
     def __init__(self, task: str, config: SimConfig | None = None) -> None:
         self.task, self.config = task, config or SimConfig()
-        self.instruction = INSTRUCTIONS[task]
         self.rs = _make_robosuite(task)
+        self.instruction = INSTRUCTIONS[task]
         self.kind = ROBOSUITE_TASKS[task][0]  # the robosuite environment: "Lift" or "Stack"
         self.model, self.data = self.rs.sim.model._model, self.rs.sim.data._data
         table_top = float(self.rs.table_offset[2])
@@ -78,7 +79,11 @@ class RobosuiteEnv(TaskEnv):
         self.origin = np.array([base[0], base[1], table_top])
         frame = np.eye(4)
         frame[:3, :3], frame[:3, 3] = TO_TASK, -TO_TASK @ self.origin
-        self._init_rig(tuple(CAMERAS.get(c, c) for c in self.config.cameras), frame)
+        try:
+            self._init_rig(tuple(CAMERAS.get(c, c) for c in self.config.cameras), frame)
+        except CapvectorError:
+            self.rs.close()
+            raise
         x, y, _ = self.rs.table_offset
         half = np.asarray(self.rs.table_full_size[:2]) / 2 - 0.05
         self.table = Table((x - half[0], x + half[0]), (y - half[1], y + half[1]), table_top)
