@@ -68,6 +68,11 @@ def test_state_is_in_the_task_frame(env):
     q = env.data.qpos[env.rs.robots[0]._ref_gripper_joint_pos_indexes]
     assert env.raw_obs[3] == pytest.approx((q[0] - q[1]) / 0.08, abs=1e-6)  # finger gap over the fully open gap
     assert 0.4 < cube[1] < 0.7 and abs(cube[2] - 0.02) < 0.015  # on the table, in front of the robot
+    assert np.allclose(env.raw_obs[36:39], env.raw_obs[4:7] + [0, 0, 0.1])  # Lift's goal: 10 cm above the start
+    before = env.raw_obs.copy()
+    env.step(np.array([0.5, 0, 0, -1], dtype=np.float32))
+    assert np.array_equal(env.raw_obs[18:36], before[0:18])  # MetaWorld's layout: the previous frame
+    assert np.array_equal(env.raw_obs[36:39], before[36:39])
 
 
 def test_actions_move_along_the_task_axes_and_the_gripper_closes_on_plus_one(env):

@@ -144,8 +144,7 @@ class RobosuiteEnv(TaskEnv):
                     self._act(np.append(rng.uniform(-1, 1, 3), -1.0))
         mujoco.mj_forward(self.model, self.data)
         self._start = self._objects()[0]
-        self._prev = np.zeros(18)
-        self._prev = self._state()[:18]
+        self._state()  # at reset the previous frame is the current one, as in MetaWorld
         self.raw_obs = self._state()
         self.steps = 0
         self.reward = 0.0
