@@ -1,9 +1,11 @@
-"""Scripted-expert success on every MetaWorld v3 task: which tasks can supply demonstrations.
+"""Scripted-expert success on every MetaWorld v3 task (or the tasks named, e.g. the robosuite ones): which tasks can
+supply demonstrations.
 
 Physics only (no rendering), the demo's horizon and its collection noise. Writes JSON and prints a Markdown table
 for docs/simulator.md. A task whose expert succeeds in ≥ 90% of noisy episodes is usable for demonstrations.
 
     python benchmarks/expert_table.py --episodes 20 -o runs/expert_table.json
+    python benchmarks/expert_table.py --tasks rs-lift-panda rs-stack-panda -o runs/expert_table_robosuite.json
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from capvector.sim.env import SimConfig, SimEnv
+from capvector.sim.base import SimConfig, make_env
 from capvector.sim.evaluate import episode_seed
 from capvector.sim.experts import ScriptedExpert
 from capvector.stats import wilson_interval
 
 
 def run_task(task: str, episodes: int, noise: float, max_steps: int, seed: int) -> dict:
-    env = SimEnv(task, SimConfig(max_steps=max_steps))
+    env = make_env(task, SimConfig(max_steps=max_steps))
     expert = ScriptedExpert(noise=noise, seed=seed)
     expert.bind(env)
     wins, lengths = 0, []
@@ -46,6 +48,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--tasks", nargs="+", default=sorted(ALL_V3_ENVIRONMENTS))
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1])
     p.add_argument("--max-steps", type=int, default=150)
     p.add_argument("--seed", type=int, default=1000)
@@ -53,7 +56,7 @@ def main() -> None:
     a = p.parse_args()
     rows = []
     start = time.perf_counter()
-    for task in sorted(ALL_V3_ENVIRONMENTS):
+    for task in a.tasks:
         for noise in a.noise:
             rows.append(run_task(task, a.episodes, noise, a.max_steps, a.seed))
             r = rows[-1]
@@ -64,7 +67,7 @@ def main() -> None:
                                     "seconds": time.perf_counter() - start, "rows": rows}, indent=1) + "\n")
     header = " | ".join(f"noise {n:g}" for n in a.noise)
     print(f"\n| task | {header} | mean steps |\n|---|" + "---|" * len(a.noise) + "---|")
-    for task in sorted(ALL_V3_ENVIRONMENTS):
+    for task in a.tasks:
         mine = [r for r in rows if r["task"] == task]
         cells = " | ".join(f"{r['success']}/{r['episodes']}" for r in mine)
         print(f"| {task} | {cells} | {mine[-1]['mean_steps']:.0f} |")

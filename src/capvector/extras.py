@@ -20,6 +20,7 @@ EXTRA_OF_MODULE = {
     "pyarrow": "lerobot-data",
     "av": "lerobot-data",
     "libero": "libero",
+    "robosuite": "libero",
 }
 
 

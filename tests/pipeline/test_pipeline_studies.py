@@ -139,7 +139,7 @@ def test_shipped_study_configs_use_the_test_ranges_and_reuse_the_versatility_cel
     cell = _fingerprints(DemoGraph(PipelineConfig.from_file(CONFIGS / "versatility" / "vla-spatial.json"), tmp_path))
     cap_side = {"pretrained", "data/cap", "cap/sft", "cap/aux", "eval/cap/pretrained", "eval/cap/sft", "eval/cap/aux",
                 "vector/tiny-vla-vlm_plus_expert", "meta/main"}
-    shared = {"novel_env": cap_side, "dcap_diversity": set(cell),
+    shared = {"novel_env": cap_side, "novel_embodiment": cap_side, "dcap_diversity": set(cell),
               "forgetting": {n for n in cell if not n.endswith("/ood")}}
     for name, expected in shared.items():
         cfg = PipelineConfig.from_file(CONFIGS / f"{name}.json")
@@ -147,6 +147,9 @@ def test_shipped_study_configs_use_the_test_ranges_and_reuse_the_versatility_cel
         fps = _fingerprints(DemoGraph(cfg, tmp_path))
         assert {n for n in cell if fps.get(n) == cell[n]} == expected, name
     assert PipelineConfig.from_file(CONFIGS / "novel_env.json").down_scene.endswith("@1")
+    embodiment = PipelineConfig.from_file(CONFIGS / "novel_embodiment.json")
+    assert all(t.startswith("rs-") for t in embodiment.tasks("down")) and embodiment.split_spec("down") == \
+        ",".join(embodiment.tasks("down"))
     assert PipelineConfig.from_file(CONFIGS / "dcap_diversity.json").cap_scene_sweep
     forgetting = PipelineConfig.from_file(CONFIGS / "forgetting.json")
     assert forgetting.forgetting and forgetting.tuners == ("full", "lora", "gse") and forgetting.tuner_steps == 150

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from capvector.errors import CapvectorError
-from capvector.sim import SimConfig, SimEnv
+from capvector.sim import SimConfig, SimEnv, make_env
 from capvector.sim.perturb import PERTURBATIONS, Perturbation, parse_perturbation
 
 CFG = SimConfig(image_size=48, cameras=("corner3", "topview"))
@@ -92,3 +92,13 @@ def test_combined_render_equals_separate_renders(env):
     env.reset(2)
     rgb, depth = env.rig.rgb_depth(env.data)
     assert np.array_equal(rgb, env.rig.rgb(env.data)) and np.array_equal(depth, env.rig.depth(env.data))
+
+
+def test_make_env_builds_the_metaworld_env_with_the_default_settings():
+    env = make_env("reach-v3")
+    try:
+        assert isinstance(env, SimEnv) and env.config == SimConfig()
+        env.reset(0)
+        assert env.observation()["image"].shape == (1, 3, 64, 64)
+    finally:
+        env.close()

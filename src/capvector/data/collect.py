@@ -18,13 +18,13 @@ import numpy as np
 from capvector.data.format import FORMAT_VERSION, MANIFEST, read_manifest, verify_episode, write_episode, write_manifest
 from capvector.errors import CapvectorError
 from capvector.progress import ProgressBar
-from capvector.sim.env import SimConfig, SimEnv
+from capvector.sim.base import SimConfig, TaskEnv, make_env
 from capvector.sim.evaluate import episode_seed
 from capvector.sim.experts import ScriptedExpert
 from capvector.sim.perturb import Perturbation, Scene, as_scene
 
 
-def record_episode(env: SimEnv, expert: ScriptedExpert, seed: int,
+def record_episode(env: TaskEnv, expert: ScriptedExpert, seed: int,
                    perturbation: Perturbation | Scene | None = None) -> tuple[dict[str, np.ndarray], bool]:
     """Run the expert once, rendering every step; returns (arrays, success)."""
     env.reset(seed, perturbation)
@@ -92,7 +92,7 @@ def collect(output: str | Path, tasks: list[str], episodes: int, seed: int = 0, 
             if kept >= episodes:
                 continue
             bar.update(label=f"collect {task}")
-            env = SimEnv(task, sim)
+            env = make_env(task, sim)
             try:
                 while kept < episodes:
                     if attempt >= max_attempts_factor * episodes:

@@ -1,5 +1,6 @@
-"""Embedded simulated benchmark: MetaWorld tasks, fast off-screen rendering, experts, perturbations, evaluation;
-and the LIBERO evaluator (`libero.py`, the [libero] extra) beside it, with the same policy interface and results.
+"""Embedded simulated benchmark: MetaWorld tasks and a second robot's (robosuite's Panda, `robosuite_env.py`), fast
+off-screen rendering, experts, perturbations, evaluation; and the LIBERO evaluator (`libero.py`, the [libero]
+extra) beside it, with the same policy interface and results.
 
 The names below load on first use, so submodules that need no simulator (`tasks`, `perturb`, `policy_api`) import
 without the [sim] extra.
@@ -11,13 +12,15 @@ from typing import Any
 from capvector.sim import _gl  # noqa: F401  (must run before mujoco is imported)
 
 _EXPORTS = {
-    "SimConfig": "capvector.sim.env", "SimEnv": "capvector.sim.env",
+    "SimConfig": "capvector.sim.base", "SimEnv": "capvector.sim.env", "TaskEnv": "capvector.sim.base",
+    "make_env": "capvector.sim.base", "RobosuiteEnv": "capvector.sim.robosuite_env",
     "ScriptedExpert": "capvector.sim.experts",
     "PERTURBATIONS": "capvector.sim.perturb", "Perturbation": "capvector.sim.perturb",
     "parse_perturbation": "capvector.sim.perturb", "Scene": "capvector.sim.perturb",
     "parse_scene": "capvector.sim.perturb",
     "Policy": "capvector.sim.policy_api",
-    "INSTRUCTIONS": "capvector.sim.tasks", "SPLITS": "capvector.sim.tasks", "SPLITS_VERSION": "capvector.sim.tasks",
+    "INSTRUCTIONS": "capvector.sim.tasks", "ROBOSUITE_TASKS": "capvector.sim.tasks", "SPLITS": "capvector.sim.tasks",
+    "SPLITS_VERSION": "capvector.sim.tasks",
     "split_tasks": "capvector.sim.tasks",
 }
 

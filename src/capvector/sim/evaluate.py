@@ -21,7 +21,7 @@ import numpy as np
 
 from capvector.errors import CapvectorError
 from capvector.io.atomic import atomic_file
-from capvector.sim.env import SimConfig, SimEnv
+from capvector.sim.base import SimConfig, TaskEnv, make_env
 from capvector.sim.perturb import Perturbation, Scene
 from capvector.sim.policy_api import Policy
 from capvector.stats import wilson_interval
@@ -111,7 +111,7 @@ def episode_seed(seed: int, task: str, episode: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(task.encode()) * 7919 + episode) % (2**31 - 1)
 
 
-def run_episode(env: SimEnv, policy: Policy, seed: int, pert: Perturbation | Scene, execute: int | None,
+def run_episode(env: TaskEnv, policy: Policy, seed: int, pert: Perturbation | Scene, execute: int | None,
                 frames: list[np.ndarray] | None = None, rewards: list[float] | None = None) -> tuple[bool, int]:
     """One rollout; returns (success, steps), appending each step's reward to `rewards` when given."""
     env.reset(seed, pert)
@@ -138,13 +138,13 @@ def run_episode(env: SimEnv, policy: Policy, seed: int, pert: Perturbation | Sce
 
 
 _POLICY: Policy | None = None
-_ENVS: dict[str, SimEnv] = {}
+_ENVS: dict[str, TaskEnv] = {}
 
 
 def _job(cfg: EvalConfig, job: tuple[str, Perturbation | Scene, int]) -> EpisodeResult:
     task, pert, ep = job
     if task not in _ENVS:
-        _ENVS[task] = SimEnv(task, cfg.sim)
+        _ENVS[task] = make_env(task, cfg.sim)
     seed = episode_seed(cfg.seed, task, ep)
     frames: list[np.ndarray] | None = [] if ep < cfg.videos and cfg.video_dir else None
     rewards: list[float] = []

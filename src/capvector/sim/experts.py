@@ -1,4 +1,5 @@
-"""MetaWorld's scripted expert policies behind the `Policy` interface (closed loop: chunks of length 1)."""
+"""Scripted expert policies behind the `Policy` interface (closed loop: chunks of length 1): MetaWorld's own, and
+ours for the robosuite tasks (`robosuite_experts`)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ from typing import Any
 import numpy as np
 
 from capvector.errors import CapvectorError
-from capvector.sim.env import SimEnv
+from capvector.sim.base import TaskEnv
+from capvector.sim.tasks import ROBOSUITE_TASKS
 
 # Tasks whose scripted policy's class name does not follow from the task name.
 _POLICY_NAMES = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}
 
 
 def expert_for(task: str):
-    """MetaWorld's scripted policy object for a task name like 'door-open-v3'."""
+    """The scripted policy object (`get_action(raw_obs)`) for a task name like 'door-open-v3' or 'rs-lift-panda'."""
+    if task in ROBOSUITE_TASKS:
+        from capvector.sim import robosuite_experts
+
+        return robosuite_experts.expert_for(task)
     import metaworld.policies as mp
 
     name = _POLICY_NAMES.get(task) or (
@@ -33,10 +39,10 @@ class ScriptedExpert:
     def __init__(self, noise: float = 0.0, seed: int = 0) -> None:
         self.noise = noise
         self.rng = np.random.default_rng(seed)
-        self.env: SimEnv | None = None
+        self.env: TaskEnv | None = None
         self._policies: dict[str, Any] = {}
 
-    def bind(self, env: SimEnv) -> None:
+    def bind(self, env: TaskEnv) -> None:
         self.env = env
 
     def reset(self) -> None:

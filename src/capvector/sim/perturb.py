@@ -159,9 +159,18 @@ def apply_to_model(model, pert: Perturbation, rng: np.random.Generator, camera_i
         model.geom_rgba[no_mat, :3] = (1 - 0.6 * s) * model.geom_rgba[no_mat, :3] + 0.6 * s * tint
 
 
-def distractor_geoms(pert: Perturbation, rng: np.random.Generator) -> list[tuple[int, np.ndarray, np.ndarray,
-                                                                                     np.ndarray]]:
-    """(mjtGeom type, size, position, rgba) of visual-only objects standing on the table (z = 0)."""
+@dataclass(frozen=True)
+class Table:
+    """The world-frame box distractors stand in: x and y ranges and the table top's height (MetaWorld's default)."""
+
+    x: tuple[float, float] = (-0.35, 0.35)
+    y: tuple[float, float] = (0.45, 0.9)
+    z: float = 0.0
+
+
+def distractor_geoms(pert: Perturbation, rng: np.random.Generator,
+                     table: Table = Table()) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(mjtGeom type, size, position, rgba) of visual-only objects standing on the table."""
     if pert.name != "distractors" or pert.severity == 0:
         return []
     import mujoco
@@ -171,7 +180,7 @@ def distractor_geoms(pert: Perturbation, rng: np.random.Generator) -> list[tuple
         kind = int(rng.choice([mujoco.mjtGeom.mjGEOM_BOX, mujoco.mjtGeom.mjGEOM_SPHERE,
                                mujoco.mjtGeom.mjGEOM_CYLINDER]))
         half = rng.uniform(0.02, 0.045)
-        pos = np.array([rng.uniform(-0.35, 0.35), rng.uniform(0.45, 0.9), half])
+        pos = np.array([rng.uniform(*table.x), rng.uniform(*table.y), table.z + half])
         rgba = np.append(rng.uniform(0.1, 1.0, size=3), 1.0)
         out.append((kind, np.array([half, half, half]), pos, rgba))
     return out

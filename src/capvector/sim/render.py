@@ -15,16 +15,21 @@ _MJ_TO_CV = np.diag([1.0, -1.0, -1.0])
 
 
 class CameraRig:
-    """Renders the named cameras of one env; extra visual-only geoms (distractors) can be set per episode."""
+    """Renders the named cameras of one env; extra visual-only geoms (distractors) can be set per episode.
 
-    def __init__(self, model: mujoco.MjModel, cameras: tuple[str, ...], size: int) -> None:
+    `frame` (4×4, world → the env's task frame) expresses camera poses in the frame its privileged state uses
+    (identity for MetaWorld, whose world frame is that frame)."""
+
+    def __init__(self, model: mujoco.MjModel, cameras: tuple[str, ...], size: int,
+                 frame: np.ndarray | None = None) -> None:
         self.model, self.size = model, size
+        self.frame = np.eye(4) if frame is None else np.asarray(frame, dtype=np.float64)
         self.camera_ids = []
         for name in cameras:
             cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, name)
             if cid < 0:
                 names = [model.camera(i).name for i in range(model.ncam)]
-                raise CapvectorError(f"camera {name!r} not in the MetaWorld model; available: {names}")
+                raise CapvectorError(f"camera {name!r} not in the simulator's model; available: {names}")
             self.camera_ids.append(cid)
         model.vis.quality.offsamples = 0
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
@@ -103,12 +108,12 @@ class CameraRig:
         return np.asarray(out, dtype=np.float32)
 
     def cam_to_world(self, data: mujoco.MjData) -> np.ndarray:
-        """(V, 4, 4) OpenCV-convention camera poses (valid after mj_forward)."""
+        """(V, 4, 4) OpenCV-convention camera poses in the task frame (valid after mj_forward)."""
         out = np.tile(np.eye(4), (len(self.camera_ids), 1, 1))
         for i, cid in enumerate(self.camera_ids):
             out[i, :3, :3] = data.cam_xmat[cid].reshape(3, 3) @ _MJ_TO_CV
             out[i, :3, 3] = data.cam_xpos[cid]
-        return out.astype(np.float32)
+        return (self.frame @ out).astype(np.float32)
 
     def close(self) -> None:
         """Free MuJoCo's GL objects while *this* context is current, then the context.

@@ -55,6 +55,20 @@ INSTRUCTIONS: dict[str, str] = {
     "stick-push-v3": "grasp the stick and push the box with it",
     "sweep-into-v3": "sweep the puck into the hole",
     "sweep-v3": "sweep the puck off the table",
+    # robosuite tasks (capvector.sim.robosuite_env): robots and tasks θ_pre never saw
+    "rs-lift-panda": "pick up the cube and lift it",
+    "rs-stack-panda": "stack the red cube on the green cube",
+    "rs-lift-ur5e": "pick up the cube and lift it",
+    "rs-lift-iiwa": "pick up the cube and lift it",
+}
+
+# robosuite tasks: name → (robosuite environment, robot, its options). The UR5e and IIWA arms carry the Panda
+# gripper, so one gripper-opening measure and one expert serve every arm.
+ROBOSUITE_TASKS: dict[str, tuple[str, str, dict]] = {
+    "rs-lift-panda": ("Lift", "Panda", {}),
+    "rs-stack-panda": ("Stack", "Panda", {}),
+    "rs-lift-ur5e": ("Lift", "UR5e", {"gripper_types": "PandaGripper"}),
+    "rs-lift-iiwa": ("Lift", "IIWA", {"gripper_types": "PandaGripper"}),
 }
 
 # Scripted-expert success (%) with the demos' action noise 0.1, 20 episodes per task at the demo's 150-step horizon
@@ -71,6 +85,8 @@ EXPERT_SUCCESS: dict[str, float] = {
     "plate-slide-side-v3": 100, "plate-slide-v3": 100, "push-back-v3": 55, "push-v3": 100, "push-wall-v3": 100,
     "reach-v3": 100, "reach-wall-v3": 100, "shelf-place-v3": 95, "soccer-v3": 80, "stick-pull-v3": 75,
     "stick-push-v3": 100, "sweep-into-v3": 90, "sweep-v3": 100, "window-close-v3": 100, "window-open-v3": 100,
+    # robosuite's Panda (capvector.sim.robosuite_experts; same protocol and seed, 2026-11-30)
+    "rs-lift-panda": 100, "rs-stack-panda": 95, "rs-lift-ur5e": 100, "rs-lift-iiwa": 100,
 }
 DEMO_READY_PC = 90.0  # a task supplies demonstrations only if its expert succeeds this often
 
