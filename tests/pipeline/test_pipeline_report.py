@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from capvector.errors import CapvectorError
 from capvector.pipeline import CONFIG_FILE, PipelineConfig, regenerate_report
 from capvector.pipeline.config import MODE_SETTINGS
 from capvector.pipeline.recipe import DemoGraph, method_label
-from capvector.pipeline.report import PLOTS, _gse_ablation_section, rate_cell
+from capvector.pipeline.report import PLOTS, _gse_ablation_section, rate_cell, render_markdown
 from capvector.pipeline.results import verdict
 from capvector.pipeline.stages import MARKER, StageRunner
 from capvector.policy import PolicyConfig, TinyVLA, save_policy
@@ -371,3 +372,22 @@ def test_gse_design_ablations_are_paired_with_the_gse_arm(tmp_path):
     plain, _ = _fabricated_run(tmp_path / "plain", "default")
     regenerate_report(plain)
     assert "design ablations" not in (plain / "report.md").read_text() and not (plain / "gse_ablations.png").exists()
+
+
+def test_the_run_records_the_cpu_its_numerics_came_from(finished_run):
+    """Two CPUs that dispatch to other kernels (AVX2, AVX512) train the same stage to other bits, so a run and its
+    report name the CPU model and kernel set; a results.json from before they were recorded still renders."""
+    import torch
+
+    run_dir, _ = finished_run
+    res = regenerate_report(run_dir)
+    assert res["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")]
+        assert res["machine"]["cpu"] == (models[0] if models else None)
+    header = (run_dir / "report.md").read_text().splitlines()[2]
+    assert f"{res['machine']['cpu_capability']} kernels" in header or not res["machine"]["cpu"]
+    old = {**res, "machine": {k: v for k, v in res["machine"].items() if k not in ("cpu", "cpu_capability")}}
+    assert render_markdown(old, []).splitlines()[2].split(" · ")[1].startswith(f"{res['machine']['processor']}, ")

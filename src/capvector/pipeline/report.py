@@ -39,7 +39,7 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
     c, methods = res["config"], res["methods"]
     budgets = [str(b) for b in c["down_budgets"]]
     out = [f"# CapVector demo report ({c['mode']} mode)", "",
-           f"{res['date']} · {res['machine']['processor']}, {res['machine']['cpus']} CPUs, torch "
+           f"{res['date']} · {_cpu(res['machine'])}, {res['machine']['cpus']} CPUs, torch "
            f"{res['machine']['torch']}" + (f" · total {res['total_s'] / 60:.1f} min" if res.get("total_s") else ""),
            "", "Success rates are % of rollouts on the held-out downstream tasks (D_down), pooled over training seeds "
            f"{c['seeds']}, with 95% Wilson intervals and the number of episodes n (a description: episodes of one "
@@ -360,3 +360,10 @@ def _bars(ax: Any, labels: list[str], rows: list[dict[str, Any]]) -> None:
 def write_report(res: dict[str, Any], run_dir: Path, videos: list[str]) -> Path:
     plot_all(res, run_dir)
     return atomic_write_text(run_dir / "report.md", render_markdown(res, videos))
+
+
+def _cpu(machine: dict[str, Any]) -> str:
+    """"AMD EPYC (x86_64, AVX2 kernels)"; results written before the CPU was recorded name the architecture only."""
+    if not machine.get("cpu"):
+        return machine["processor"]
+    return f"{machine['cpu']} ({machine['processor']}, {machine.get('cpu_capability')} kernels)"

@@ -289,8 +289,18 @@ def machine() -> dict[str, Any]:
     import torch
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads()}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux), which `platform` does not give: runs on two CPUs are not bit-comparable."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:

@@ -74,14 +74,19 @@ class Train:
         return {"kind": "train", "train": self.train.params(), "orth": self.orth.options() if self.orth else None}
 
     def __call__(self, directory: Path) -> dict[str, Any]:
+        import torch
+
         from capvector.data import open_dataset
 
         cfg = replace(self.train.config, output_dir=str(directory), init=self.init, progress=stderr_is_tty())
         result = run_training(cfg, open_dataset(self.data), orth=self.orth)
         shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # resume state: not needed once done
         resolved = json.loads((directory / "config.json").read_text())  # the run's record of what it trained
+        # The kernel set torch dispatched to (AVX2, AVX512, …): the same stage trained on another CPU differs in
+        # its last bits from the first step, which training amplifies like a change of seed (docs/demo.md)
         return {"steps": result.steps, "final_loss": result.final_loss,
-                "trainable_parameters": resolved["trainable_parameters"], **_speed(result.history)}
+                "trainable_parameters": resolved["trainable_parameters"],
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(), **_speed(result.history)}
 
 
 def _speed(history: list[dict]) -> dict[str, float]:
