@@ -52,7 +52,8 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     ablation = _capvector("pipeline", "--config", "ablation.json", "--run-dir", "run", cwd=tmp_path)
     assert ablation.returncode == 0, ablation.stdout[-3000:] + ablation.stderr[-3000:]
     ran = [line for line in ablation.stdout.splitlines() if line.endswith(": running")]
-    assert len(ran) == 3 and all("tuner-gse[init_type=lora]" in line for line in ran), ran  # train, rollouts, OOD
+    assert ran[0].endswith("VLA-GSE, init_type=lora, seed 0: running"), ran  # the training stage, by its label
+    assert len(ran) == 3 and all("tuner-gse[init_type=lora]/seed0/" in line for line in ran[1:]), ran  # rollouts, OOD
     results = json.loads((out / "results.json").read_text())
     row = results["gse_ablations"][1]
     assert row["method"] == "tuner-gse[init_type=lora]" and row["success"]["n"] == 4 and row["trainable_parameters"]
