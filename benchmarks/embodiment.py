@@ -18,6 +18,7 @@ import platform
 import time
 
 import capvector.sim  # noqa: F401  (sets MUJOCO_GL=osmesa before mujoco loads)
+from capvector.io.atomic import atomic_write_text
 from capvector.sim.base import SimConfig, make_env
 from capvector.sim.experts import ScriptedExpert
 
@@ -87,10 +88,7 @@ def main() -> None:
               f"{b['step_render_ms'] / a['step_render_ms']:.2f}x wall, "
               f"{b['step_render_cpu_ms'] / a['step_render_cpu_ms']:.2f}x CPU")
     if args.json:
-        tmp = args.json + ".partial"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import numpy as np
 
 import capvector.sim  # noqa: F401  (sets MUJOCO_GL=osmesa before mujoco loads)
 from capvector.data.collect import collect
+from capvector.io.atomic import atomic_write_text
 from capvector.sim import ScriptedExpert, SimConfig, SimEnv
 from capvector.sim.evaluate import EvalConfig, evaluate
 
@@ -107,10 +108,7 @@ def main() -> None:
     a, b = out["rollouts_expert"]
     print(f"2-worker speed-up: {a['s_per_episode'] / b['s_per_episode']:.2f}x")
     if args.json:
-        tmp = args.json + ".partial"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
