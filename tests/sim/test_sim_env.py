@@ -88,6 +88,24 @@ def test_bad_task_and_camera_are_named():
         SimEnv("reach-v3", SimConfig(cameras=("nocam",)))
 
 
+def test_a_bad_camera_closes_the_metaworld_env_it_opened(monkeypatch):
+    import capvector.sim.env as env_module
+
+    closed = []
+
+    def make_and_watch(task):
+        mw = make_metaworld(task)
+        close = mw.close
+        mw.close = lambda: (closed.append(task), close())
+        return mw
+
+    make_metaworld = env_module._make_metaworld
+    monkeypatch.setattr(env_module, "_make_metaworld", make_and_watch)
+    with pytest.raises(CapvectorError, match="nocam"):
+        SimEnv("reach-v3", SimConfig(cameras=("nocam",)))
+    assert closed == ["reach-v3"]
+
+
 def test_combined_render_equals_separate_renders(env):
     env.reset(2)
     rgb, depth = env.rig.rgb_depth(env.data)

@@ -39,7 +39,11 @@ class SimEnv(TaskEnv):
         self.instruction = INSTRUCTIONS.get(task, task.removesuffix("-v3").replace("-", " "))
         self.mw = _make_metaworld(task)
         self.model, self.data = self.mw.model, self.mw.data
-        self._init_rig(self.config.cameras)
+        try:
+            self._init_rig(self.config.cameras)
+        except CapvectorError:  # e.g. an unknown camera name: do not leak the MuJoCo env (and its GL context)
+            self.mw.close()
+            raise
 
     def reset(self, seed: int, perturbation: Perturbation | Scene | None = None) -> np.ndarray:
         """New episode: layout from `seed`; the scene's perturbations drawn from the same seed (or, for a fixed
