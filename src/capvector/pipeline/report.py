@@ -41,6 +41,7 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
     out = [f"# CapVector demo report ({c['mode']} mode)", "",
            f"{res['date']} · {_cpu(res['machine'])}, {res['machine']['cpus']} CPUs, torch "
            f"{res['machine']['torch']}" + (f" · total {res['total_s'] / 60:.1f} min" if res.get("total_s") else ""),
+           *_kernel_warning(res),
            "", "Success rates are % of rollouts on the held-out downstream tasks (D_down), pooled over training seeds "
            f"{c['seeds']}, with 95% Wilson intervals and the number of episodes n (a description: episodes of one "
            "trained policy are not independent). A difference between methods is tested with the training seed "
@@ -360,6 +361,17 @@ def _bars(ax: Any, labels: list[str], rows: list[dict[str, Any]]) -> None:
 def write_report(res: dict[str, Any], run_dir: Path, videos: list[str]) -> Path:
     plot_all(res, run_dir)
     return atomic_write_text(run_dir / "report.md", render_markdown(res, videos))
+
+
+def _kernel_warning(res: dict[str, Any]) -> list[str]:
+    """A line when the training stages ran on more than one kernel set (a run continued on another CPU)."""
+    kernels = res.get("training_kernels") or {}
+    if len(set(kernels) - {"unrecorded"}) < 2:  # stages from before the kernel set was kept cannot be told apart
+        return []
+    tally = ", ".join(f"{k}: {n}" for k, n in sorted(kernels.items()))
+    return ["", f"**Mixed machines**: the training stages ran on more than one CPU kernel set ({tally} stages). "
+            "Each stage is a valid draw of its recipe, but this run is not bit-reproducible on one machine "
+            "(docs/demo.md, Time)."]
 
 
 def _cpu(machine: dict[str, Any]) -> str:

@@ -90,6 +90,19 @@ class ResultsBuilder:
         marker = self.g.dir(stage) / MARKER
         return json.loads(marker.read_text()) if marker.is_file() else {}
 
+    def _training_kernels(self) -> dict[str, int]:
+        """Kernel set → number of training stages that ran on it (stages recorded before it was kept: "unrecorded").
+
+        The stage cache is keyed by the recipe, not the CPU: a run continued on another machine mixes both."""
+        counts: dict[str, int] = {}
+        for stage in self.g.stages:
+            if stage.params.get("kind") == "train":
+                record = self._marker(stage.name)
+                if record:
+                    kernel = record.get("summary", {}).get("cpu_capability") or "unrecorded"
+                    counts[kernel] = counts.get(kernel, 0) + 1
+        return counts
+
     def method(self, method: str) -> dict[str, Any]:
         runs = [r for r in self.g.runs if r.method == method]
         seeds = [r.seed for r in runs]
@@ -234,6 +247,7 @@ class ResultsBuilder:
                        for m, v in methods.items() if m.startswith("capvector@orth=")]
         return {
             "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(), "total_s": total_s,
+            "training_kernels": self._training_kernels(),
             "config": c.to_dict(), "cap": cap, "vector": self._marker(self.g.extraction["extract"]).get("summary", {}),
             "methods": methods, "main_methods": list(MAIN_METHODS), "findings": findings,
             "cost_ratio_vs_sft": cost_ratio, "extraction_s": extraction_s, "merge_choices": merge_choices,
