@@ -252,6 +252,15 @@ def test_config_modes_and_file_errors(tmp_path):
         PipelineConfig.for_mode("default", seeds=(0, 101))
     with pytest.raises(CapvectorError, match="rollout seed 3000 overlap the validation ranges"):
         PipelineConfig.for_mode("default", eval_seed=3000)
+    # ... and a validation run (to choose a setting, or to check a test-range result) uses only those
+    checked = PipelineConfig.for_mode("default", ranges="validation", seeds=(100, 109), eval_seed=3000)
+    assert checked.ranges == "validation" and PipelineConfig.for_mode("default").ranges == "test"
+    with pytest.raises(CapvectorError, match=r"validation run uses training seeds 100–199.*seeds \[0\]"):
+        PipelineConfig.for_mode("default", ranges="validation", seeds=(0, 100), eval_seed=3000)
+    with pytest.raises(CapvectorError, match="rollout seed 5000"):
+        PipelineConfig.for_mode("default", ranges="validation", seeds=(100,))
+    with pytest.raises(CapvectorError, match="ranges must be 'test' or 'validation'"):
+        PipelineConfig.for_mode("default", ranges="train")
 
 
 def test_training_speed_covers_the_whole_run_after_start_up():
@@ -422,3 +431,11 @@ def test_a_run_whose_training_stages_ran_on_two_kernel_sets_says_so(finished_run
         record["summary"]["cpu_capability"] = "AVX2"
         marker.write_text(json.dumps(record))
     assert "Mixed machines" not in render_markdown(regenerate_report(run_dir), [])
+
+
+def test_a_validation_run_says_its_findings_are_not_reported_results(tmp_path):
+    run_dir, _ = _fabricated_run(tmp_path, "default", ranges="validation", seeds=(100, 101, 102, 103, 104),
+                                 eval_seed=3000)
+    text = regenerate_report(run_dir) and (run_dir / "report.md").read_text()
+    assert "**Validation ranges (this run)**: training seeds [100, 101, 102, 103, 104], rollout base seed 3000" in text
+    assert "Test ranges (this run)" not in text and "not reported results" in text

@@ -118,6 +118,9 @@ class PipelineConfig:
     ood_episodes: int = 5  # per task, seed and perturbation
     videos: int = 1
     threads: int = 2
+    # "test": a reported run, kept off the validation ranges; "validation": a run to choose a setting or to check a
+    # test-range result on, which must use the validation ranges (its report says it is not a reported result)
+    ranges: str = "test"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -125,13 +128,7 @@ class PipelineConfig:
         self._qualify_presets()
         if not self.seeds:
             raise CapvectorError("pipeline config: seeds must not be empty")
-        chosen_on = sorted(s for s in self.seeds if s in VALIDATION_TRAIN_SEEDS)
-        if chosen_on or self.eval_seed == VALIDATION_EVAL_SEED:
-            raise CapvectorError(
-                f"pipeline config: training seeds {chosen_on or list(self.seeds)} / rollout seed {self.eval_seed} "
-                f"overlap the validation ranges (training seeds {VALIDATION_TRAIN_SEEDS.start}–"
-                f"{VALIDATION_TRAIN_SEEDS.stop - 1}, rollout base seed {VALIDATION_EVAL_SEED}) that settings are "
-                "chosen on; reported runs use other seeds")
+        self._check_ranges()
         if not self.down_budgets or list(self.down_budgets) != sorted(set(self.down_budgets)):
             raise CapvectorError(f"pipeline config: down_budgets must be increasing, found {self.down_budgets}")
         for name in ("cap_steps", "tuner_steps", "eval_episodes", "ood_episodes", "batch_size", "cap_episodes",
@@ -153,6 +150,26 @@ class PipelineConfig:
             self._check_gse_options()
         if self.gse_sweep:
             self._check_gse_sweep()
+
+    def _check_ranges(self) -> None:
+        """A test run stays off the validation ranges that settings are chosen on; a validation run stays on them."""
+        if self.ranges not in ("test", "validation"):
+            raise CapvectorError(f"pipeline config: ranges must be 'test' or 'validation', found {self.ranges!r}")
+        if self.ranges == "validation":
+            outside = sorted(s for s in self.seeds if s not in VALIDATION_TRAIN_SEEDS)
+            if outside or self.eval_seed != VALIDATION_EVAL_SEED:
+                raise CapvectorError(
+                    f"pipeline config: a validation run uses training seeds {VALIDATION_TRAIN_SEEDS.start}–"
+                    f"{VALIDATION_TRAIN_SEEDS.stop - 1} and rollout base seed {VALIDATION_EVAL_SEED}; found training "
+                    f"seeds {outside or list(self.seeds)} / rollout seed {self.eval_seed}")
+            return
+        chosen_on = sorted(s for s in self.seeds if s in VALIDATION_TRAIN_SEEDS)
+        if chosen_on or self.eval_seed == VALIDATION_EVAL_SEED:
+            raise CapvectorError(
+                f"pipeline config: training seeds {chosen_on or list(self.seeds)} / rollout seed {self.eval_seed} "
+                f"overlap the validation ranges (training seeds {VALIDATION_TRAIN_SEEDS.start}–"
+                f"{VALIDATION_TRAIN_SEEDS.stop - 1}, rollout base seed {VALIDATION_EVAL_SEED}) that settings are "
+                "chosen on; reported runs use other seeds (a run to choose on sets \"ranges\": \"validation\")")
 
     def _check_scenes(self) -> None:
         """Parse every scene and store its canonical label (what the stages are fingerprinted by); 'none' is unset."""

@@ -49,10 +49,7 @@ def render_markdown(res: dict[str, Any], videos: list[str]) -> str:
            "finding is **shown** only when that interval excludes zero. Newcombe's episode-level interval is "
            "printed beside it for comparison." + (" Quick mode's budgets cannot test any effect: its verdicts "
            "read *not assessed*." if c["mode"] == "quick" else ""),
-           f"Test ranges (this run): training seeds {c['seeds']}, rollout base seed {c['eval_seed']}, episodes "
-           f"0–{c['eval_episodes'] - 1} per task and seed. Settings were chosen on the validation ranges (training "
-           f"seeds {VALIDATION_TRAIN_SEEDS.start}–{VALIDATION_TRAIN_SEEDS.stop - 1}, rollout base seed "
-           f"{VALIDATION_EVAL_SEED}), which a reported run cannot use.", *_scene_lines(c), "",
+           _ranges_line(c), *_scene_lines(c), "",
            "## Findings against the papers", "", "| claim | measured difference | verdict |", "| --- | --- | --- |"]
     for f in res["findings"]:
         out.append(f"| {f['claim']} | {_diff(f)} ({f['a_pc']:.1f}% vs {f['b_pc']:.1f}%) | {f['verdict']} |")
@@ -361,6 +358,19 @@ def _bars(ax: Any, labels: list[str], rows: list[dict[str, Any]]) -> None:
 def write_report(res: dict[str, Any], run_dir: Path, videos: list[str]) -> Path:
     plot_all(res, run_dir)
     return atomic_write_text(run_dir / "report.md", render_markdown(res, videos))
+
+
+def _ranges_line(c: dict[str, Any]) -> str:
+    """Which seed ranges the run used, and what that makes its findings."""
+    episodes = f"episodes 0–{c['eval_episodes'] - 1} per task and seed"
+    if c.get("ranges", "test") == "validation":
+        return (f"**Validation ranges (this run)**: training seeds {c['seeds']}, rollout base seed {c['eval_seed']}, "
+                f"{episodes}. A validation run is for choosing a setting or checking a test-range result; its "
+                "findings are not reported results, which come from a test run on other seeds.")
+    return (f"Test ranges (this run): training seeds {c['seeds']}, rollout base seed {c['eval_seed']}, {episodes}. "
+            f"Settings were chosen on the validation ranges (training seeds {VALIDATION_TRAIN_SEEDS.start}–"
+            f"{VALIDATION_TRAIN_SEEDS.stop - 1}, rollout base seed {VALIDATION_EVAL_SEED}), which a reported run "
+            "cannot use.")
 
 
 def _kernel_warning(res: dict[str, Any]) -> list[str]:
