@@ -59,8 +59,13 @@ class TaskEnv:
     table: Table = Table()  # where distractors stand, in world coordinates
 
     def _init_rig(self, cameras: tuple[str, ...], frame: np.ndarray | None = None) -> None:
-        """The camera rig and the model values a perturbation may edit (restored at every reset)."""
-        self.rig = CameraRig(self.model, cameras, self.config.image_size, frame)
+        """The camera rig and the model values a perturbation may edit (restored at every reset). A rig that cannot
+        be built (an unknown camera) closes the simulator the subclass opened, so a failed env leaks nothing."""
+        try:
+            self.rig = CameraRig(self.model, cameras, self.config.image_size, frame)
+        except CapvectorError:
+            self._close_sim()
+            raise
         self._orig = {k: np.array(getattr(self.model, k)) for k in _RESTORED}
         self._orig_head = np.array(self.model.vis.headlight.diffuse)
         self.raw_obs = np.zeros(39)

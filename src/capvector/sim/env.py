@@ -39,11 +39,7 @@ class SimEnv(TaskEnv):
         self.instruction = INSTRUCTIONS.get(task, task.removesuffix("-v3").replace("-", " "))
         self.mw = _make_metaworld(task)
         self.model, self.data = self.mw.model, self.mw.data
-        try:
-            self._init_rig(self.config.cameras)
-        except CapvectorError:  # e.g. an unknown camera name: do not leak the MuJoCo env (and its GL context)
-            self.mw.close()
-            raise
+        self._init_rig(self.config.cameras)
 
     def reset(self, seed: int, perturbation: Perturbation | Scene | None = None) -> np.ndarray:
         """New episode: layout from `seed`; the scene's perturbations drawn from the same seed (or, for a fixed

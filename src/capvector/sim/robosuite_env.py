@@ -79,11 +79,7 @@ class RobosuiteEnv(TaskEnv):
         self.origin = np.array([base[0], base[1], table_top])
         frame = np.eye(4)
         frame[:3, :3], frame[:3, 3] = TO_TASK, -TO_TASK @ self.origin
-        try:
-            self._init_rig(tuple(CAMERAS.get(c, c) for c in self.config.cameras), frame)
-        except CapvectorError:
-            self.rs.close()
-            raise
+        self._init_rig(tuple(CAMERAS.get(c, c) for c in self.config.cameras), frame)
         x, y, _ = self.rs.table_offset
         half = np.asarray(self.rs.table_full_size[:2]) / 2 - 0.05
         self.table = Table((x - half[0], x + half[0]), (y - half[1], y + half[1]), table_top)
