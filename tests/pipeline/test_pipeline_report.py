@@ -402,34 +402,30 @@ def test_the_run_records_the_cpu_its_numerics_came_from(finished_run):
     assert render_markdown(old, []).splitlines()[2].split(" · ")[1].startswith(f"{res['machine']['processor']}, ")
 
 
+def _record_kernel(markers: list[Path], kernel: str) -> None:
+    """Set the kernel set the training stages behind these markers record, as a run on that CPU would."""
+    for marker in markers:
+        record = json.loads(marker.read_text())
+        record["summary"]["cpu_capability"] = kernel
+        marker.write_text(json.dumps(record))
+
+
 def test_a_run_whose_training_stages_ran_on_two_kernel_sets_says_so(finished_run):
     """The stage cache is keyed by the recipe, not the CPU: stages trained elsewhere are reused as they are, and the
     report must then say the run mixes machines."""
     run_dir, _ = finished_run
     markers = sorted(p for p in (run_dir / "stages" / "down").rglob(MARKER))
-    for marker in markers:
-        record = json.loads(marker.read_text())
-        record["summary"]["cpu_capability"] = "AVX2"
-        marker.write_text(json.dumps(record))
+    _record_kernel(markers, "AVX2")
     res = regenerate_report(run_dir)
     assert res["training_kernels"] == {"AVX2": len(markers), "unrecorded": 2}  # θ_sft and θ_aux record none here
     assert "Mixed machines" not in (run_dir / "report.md").read_text()  # unrecorded: not evidence of a second CPU
-    for marker in markers[:3]:
-        record = json.loads(marker.read_text())
-        record["summary"]["cpu_capability"] = "AVX512"
-        marker.write_text(json.dumps(record))
-    for marker in (run_dir / "stages" / "cap").rglob(MARKER):
-        record = json.loads(marker.read_text())
-        record["summary"]["cpu_capability"] = "AVX2"
-        marker.write_text(json.dumps(record))
+    _record_kernel(markers[:3], "AVX512")
+    _record_kernel(sorted((run_dir / "stages" / "cap").rglob(MARKER)), "AVX2")
     res = regenerate_report(run_dir)
     assert res["training_kernels"] == {"AVX2": len(markers) - 3 + 2, "AVX512": 3}
     assert "Mixed machines" in (run_dir / "report.md").read_text()
     assert "(AVX2: " + str(len(markers) - 1) + ", AVX512: 3 stages)" in (run_dir / "report.md").read_text()
-    for marker in markers[:3]:
-        record = json.loads(marker.read_text())
-        record["summary"]["cpu_capability"] = "AVX2"
-        marker.write_text(json.dumps(record))
+    _record_kernel(markers[:3], "AVX2")
     assert "Mixed machines" not in render_markdown(regenerate_report(run_dir), [])
 
 
