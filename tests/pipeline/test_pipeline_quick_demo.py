@@ -1,6 +1,7 @@
-"""`capvector demo --quick` end to end from the shipped weights: every stage runs, the report and results exist,
-a rerun is fully cached, and `capvector report` regenerates the same findings; a GSE design-ablation row added with
-`capvector pipeline --config` runs only its own stages and gains its report section."""
+"""`capvector demo --quick` end to end from the shipped weights: every stage runs (two cores' worth side by side),
+the report and results exist, a rerun one stage at a time is fully cached, and `capvector report` regenerates the
+same findings; a GSE design-ablation row added with `capvector pipeline --config` runs only its own stages and gains
+its report section."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ def _capvector(*args: str, cwd) -> subprocess.CompletedProcess:
 
 @pytest.mark.long
 def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
-    run = _capvector("demo", "--quick", "--run-dir", "run", cwd=tmp_path)
+    run = _capvector("demo", "--quick", "--run-dir", "run", "--jobs", "2", cwd=tmp_path)  # stages side by side
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "run"
+    assert json.loads((out / "pipeline.json").read_text())["jobs"] == 2
+    assert (out / "logs" / "cap" / "aux.log").is_file()  # each stage's own output
     results = json.loads((out / "results.json").read_text())
     keys = {f["key"] for f in results["findings"]}
     assert {"cap_aux_beats_sft", "capvector_ood_beats_sft", "gse_beats_lora", "gse_beats_full_ood"} <= keys
@@ -36,7 +39,8 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert "## Findings against the papers" in (out / "report.md").read_text()
     assert any((out / "videos").glob("*.gif"))
 
-    # The rerun and the report in this process: nothing runs a rollout worker any more.
+    # The rerun (one stage at a time) and the report in this process: the side-by-side run's markers are the ones it
+    # checks, so nothing runs a rollout worker any more.
     monkeypatch.chdir(tmp_path)
     again = run_cli("demo", "--quick", "--run-dir", "run")
     assert again.code == 0, again.stderr[-3000:]

@@ -261,6 +261,11 @@ def test_config_modes_and_file_errors(tmp_path):
         PipelineConfig.for_mode("default", ranges="validation", seeds=(100,))
     with pytest.raises(CapvectorError, match="ranges must be 'test' or 'validation'"):
         PipelineConfig.for_mode("default", ranges="train")
+    # the D_cap runs' seed (cap_seed) is a training seed like the others
+    with pytest.raises(CapvectorError, match=r"training seeds \[100\].*validation ranges"):
+        PipelineConfig.for_mode("default", seeds=(5, 6), cap_seed=100)
+    with pytest.raises(CapvectorError, match=r"validation run uses training seeds 100–199.*seeds \[0\]"):
+        PipelineConfig.for_mode("default", ranges="validation", seeds=(100,), cap_seed=0, eval_seed=3000)
 
 
 def test_training_speed_covers_the_whole_run_after_start_up():

@@ -146,3 +146,129 @@ def test_sigkill_mid_stage_then_rerun_completes(tmp_path, monkeypatch):
     runpy.run_path(str(script), run_name="__main__")
     assert (second / "partial.txt").read_text() == "full" and (second / MARKER).is_file()
     assert (tmp_path / "run" / "stages" / "first" / MARKER).read_text() == first_marker  # cached, not redone
+
+
+# ---- side by side (jobs > 1): bodies must pickle, so they are module-level classes ----------------------------
+
+class Rendezvous:
+    """Marks itself started, then waits for the others: it finishes only when they all run at the same time."""
+
+    def __init__(self, flags: Path, name: str, others: tuple[str, ...]) -> None:
+        self.flags, self.name, self.others = flags, name, others
+
+    def __call__(self, directory: Path) -> dict:
+        (self.flags / self.name).write_text(str(os.getpid()))
+        deadline = time.time() + 60
+        while not all((self.flags / o).exists() for o in self.others):
+            if time.time() > deadline:
+                raise RuntimeError(f"{self.name} ran alone")
+            time.sleep(0.05)
+        print(f"{self.name} met {', '.join(self.others)}")
+        (directory / "out.txt").write_text(self.name)
+        return {"pid": os.getpid()}
+
+
+class Exclusive:
+    """Fails when another Exclusive body holds the lock file while it runs."""
+
+    def __init__(self, lock: Path) -> None:
+        self.lock = lock
+
+    def __call__(self, directory: Path) -> dict:
+        fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # FileExistsError: two ran at once
+        time.sleep(0.5)
+        os.close(fd)
+        os.unlink(self.lock)
+        (directory / "out.txt").write_text("alone")
+        return {}
+
+
+class CopyFrom:
+    """Copies its dependency's out.txt: it must run after the dependency finished."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+
+    def __call__(self, directory: Path) -> dict:
+        (directory / "out.txt").write_text(self.source.read_text() + "+")
+        return {}
+
+
+def test_side_by_side_runs_ready_stages_at_once_in_their_own_processes(tmp_path):
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    run = tmp_path / "run"
+    stages = [Stage("a", Rendezvous(flags, "a", ("b",)), {"v": 1}),
+              Stage("b/sub", Rendezvous(flags, "b", ("a",)), {"v": 2}),
+              Stage("c", CopyFrom(run / "stages" / "a" / "out.txt"), {"v": 3}, deps=("a",))]
+    logs: list[str] = []
+    out = StageRunner(run, log=logs.append).run(stages, jobs=2)
+    assert [o.status for o in out] == ["ran", "ran", "ran"]
+    assert len({out[0].summary["pid"], out[1].summary["pid"], os.getpid()}) == 3
+    assert (run / "stages" / "c" / "out.txt").read_text() == "a+"
+    assert (run / "logs" / "a.log").read_text() == "a met b\n"
+    assert any(line.endswith(f"b/sub: running (output: {run / 'logs' / 'b' / 'sub.log'})") for line in logs)
+    # the markers are the ones a one-at-a-time run checks: everything is cached
+    again = StageRunner(run, log=lambda s: None).run(stages)
+    assert [o.status for o in again] == ["cached"] * 3 and again[0].summary == out[0].summary
+
+
+def test_side_by_side_keeps_to_the_cores(tmp_path):
+    lock = tmp_path / "lock"
+    stages = [Stage("a", Exclusive(lock), {}, cores=2), Stage("b", Exclusive(lock), {}, cores=1),
+              Stage("c", Exclusive(lock), {}, cores=5)]  # c is wider than jobs: it runs alone
+    out = StageRunner(tmp_path / "run", log=lambda s: None).run(stages, jobs=2)
+    assert [o.status for o in out] == ["ran"] * 3
+
+
+def test_side_by_side_failure_keeps_finished_stages_and_starts_nothing_after(tmp_path):
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    run = tmp_path / "run"
+    stages = [Stage("a", Writer("x", fail=True), {"v": 1}),
+              Stage("b", Rendezvous(flags, "b", ()), {"v": 2}),
+              Stage("c", CopyFrom(run / "stages" / "a" / "out.txt"), {"v": 3}, deps=("a",))]
+    logs: list[str] = []
+    with pytest.raises(RuntimeError, match="interrupted"):
+        StageRunner(run, log=logs.append).run(stages, jobs=2)
+    assert (run / "stages" / "b" / MARKER).is_file()
+    assert not (run / "stages" / "a" / MARKER).exists() and not (run / "stages" / "c").exists()
+    assert any("a: failed (RuntimeError: interrupted)" in line for line in logs)
+    assert "Traceback" in (run / "logs" / "a.log").read_text()
+    stages[0] = Stage("a", Writer("x"), {"v": 1})
+    out = StageRunner(run, log=lambda s: None).run(stages, jobs=2)
+    assert [o.status for o in out] == ["ran", "cached", "ran"]
+
+
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(CapvectorError, match="jobs must be at least 1, found 0"):
+        StageRunner(tmp_path).run([Stage("a", Writer("x"))], jobs=0)
+
+
+class TinyTraining:
+    """20 single-threaded steps of a tiny VLA on synthetic demos."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __call__(self, directory: Path) -> dict:
+        from capvector.train import SyntheticDemoDataset, TrainConfig
+        from capvector.train.run import run_training
+        from testing_common import small_config
+
+        cfg = TrainConfig(output_dir=str(directory), steps=20, batch_size=8, lr=3e-3, warmup_steps=2, seed=self.seed,
+                          threads=1, log_every=10, progress=False)
+        run_training(cfg, SyntheticDemoDataset(length=32, chunk=4, seed=3, episode_len=8), policy_config=small_config())
+        return {}
+
+
+def test_training_beside_another_gives_the_weights_of_training_alone(tmp_path):
+    def weights(run: Path) -> dict:
+        files = json.loads((run / "stages" / "s0" / MARKER).read_text())["files"]
+        return {k: v["sha256"] for k, v in files.items() if k.endswith(".safetensors")}
+
+    alone = StageRunner(tmp_path / "alone", log=lambda s: None)
+    alone.run([Stage("s0", TinyTraining(0), {"seed": 0})])
+    beside = StageRunner(tmp_path / "beside", log=lambda s: None)
+    beside.run([Stage("s0", TinyTraining(0), {"seed": 0}), Stage("s1", TinyTraining(1), {"seed": 1})], jobs=2)
+    assert weights(tmp_path / "alone") and weights(tmp_path / "alone") == weights(tmp_path / "beside")

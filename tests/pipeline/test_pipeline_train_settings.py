@@ -52,3 +52,25 @@ def test_gse_options_reach_the_gse_arm_and_bad_ones_fail_at_config_time(tmp_path
         PipelineConfig.for_mode("quick", gse_options={"init": "mgse"})
     with pytest.raises(CapvectorError, match=r"GSEConfig\.init_type: expected one of"):
         PipelineConfig.for_mode("quick", gse_options={"init_type": "pissa"})
+
+
+def test_cap_seed_keeps_an_earlier_runs_vector_for_new_downstream_seeds(tmp_path):
+    from testing_common import stage_fingerprints
+
+    first = stage_fingerprints(DemoGraph(PipelineConfig.for_mode("quick", seeds=(0,)), tmp_path))
+    same_vector = stage_fingerprints(DemoGraph(PipelineConfig.for_mode("quick", seeds=(5,), cap_seed=0), tmp_path))
+    new_vector = stage_fingerprints(DemoGraph(PipelineConfig.for_mode("quick", seeds=(5,)), tmp_path))
+    shared = ["cap/sft", "cap/aux", "vector/tiny-vla-vlm_plus_expert", "meta/main", "eval/down/meta"]
+    assert all(first[s] == same_vector[s] != new_vector[s] for s in shared)
+    assert first["down/capvector/seed0"] != same_vector["down/capvector/seed5"]
+
+
+def test_jobs_option_overrides_the_config_and_a_bad_value_fails_before_any_stage(tmp_path, monkeypatch):
+    from testing_common import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.json").write_text('{"mode": "quick", "jobs": 2}')
+    assert PipelineConfig.from_file(tmp_path / "c.json").jobs == 2
+    bad = run_cli("pipeline", "--config", "c.json", "--run-dir", "run", "--jobs", "0")
+    assert bad.code == 2 and "jobs must be positive, found 0" in bad.stderr
+    assert not (tmp_path / "run").exists()

@@ -15,6 +15,9 @@ from capvector.extras import require_extras
 from capvector.pipeline.pretrain import PretrainConfig
 from capvector.pipeline.teacher import TeacherConfig
 
+JOBS_HELP = ("CPU cores to keep busy: stages whose inputs are ready run side by side (a training stage counts its "
+             "threads, rollouts their workers); same results, each stage's output in RUN_DIR/logs/.")
+
 
 def _finish(results: dict, run_dir: Path, started: float) -> None:
     typer.echo(f"\nreport: {run_dir / 'report.md'}  (results.json, plots and videos beside it)")
@@ -33,6 +36,7 @@ def demo_command(
     pretrained: Annotated[Path | None, typer.Option(help="θ_pre policy dir (default: the shipped weights).")] = None,
     policy: Annotated[str, typer.Option(help="Architecture: tiny-vla | tiny-pi0 (its shipped θ_pre unless "
                                              "--pretrained).")] = "tiny-vla",
+    jobs: Annotated[int, typer.Option(help=JOBS_HELP)] = 1,
 ) -> None:
     """The CapVector recipe end to end on the embedded MetaWorld benchmark, with a report. Reruns resume."""
     from capvector.pipeline import PipelineConfig, run_pipeline
@@ -41,7 +45,7 @@ def demo_command(
     if quick and extended:
         raise CapvectorError("choose one of --quick and --extended")
     mode = "quick" if quick else "extended" if extended else "default"
-    cfg = PipelineConfig.for_mode(mode, policy=policy, pretrained=str(pretrained) if pretrained else None)
+    cfg = PipelineConfig.for_mode(mode, policy=policy, pretrained=str(pretrained) if pretrained else None, jobs=jobs)
     run_dir = run_dir or Path(f"runs/demo-{mode}" + ("" if policy == "tiny-vla" else f"-{policy}"))
     started = time.perf_counter()
     typer.echo(f"capvector demo ({mode} mode) in {run_dir}")
@@ -51,12 +55,15 @@ def demo_command(
 def pipeline_command(
     config: Annotated[Path, typer.Option(help="JSON file of PipelineConfig fields (\"mode\" picks the base).")],
     run_dir: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/pipeline"),
+    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP + " Default: the config's \"jobs\" (1).")] = None,
 ) -> None:
     """Run the demo recipe with custom settings (budgets, seeds, sweeps, perturbations)."""
     from capvector.pipeline import PipelineConfig, run_pipeline
 
     require_extras("sim", "plot")
     cfg = PipelineConfig.from_file(config)
+    if jobs is not None:
+        cfg = replace(cfg, jobs=jobs)
     started = time.perf_counter()
     _finish(run_pipeline(cfg, run_dir, log=typer.echo), run_dir, started)
 

@@ -36,7 +36,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, log: Callable[[str], 
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=1) + "\n")
     graph = DemoGraph(cfg, run_dir)
     t0 = time.perf_counter()
-    outcomes = StageRunner(run_dir, log=log).run(graph.stages)
+    outcomes = StageRunner(run_dir, log=log).run(graph.stages, jobs=cfg.jobs)
     ran_s = time.perf_counter() - t0
     stage_s = sum(_stage_seconds(graph, s.name) for s in graph.stages)
     log(f"stages: {sum(o.status != 'cached' for o in outcomes)} ran, {sum(o.status == 'cached' for o in outcomes)} "

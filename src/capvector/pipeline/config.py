@@ -38,6 +38,9 @@ class PipelineConfig:
     policy: str = "tiny-vla"  # the architecture: "tiny-vla" (OFT-style) or "tiny-pi0" (VLM + flow-matching expert)
     pretrained: str | None = None  # a `policy` directory; None = that policy's weights shipped with capvector
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # ≥ 5: the training seed is the unit of every test
+    # the training seed of the D_cap runs (θ_sft, θ_aux), so of the vector; None = the first of `seeds`. A run on new
+    # downstream seeds that names an earlier run's cap_seed tests that run's vector (and reuses its cached stages)
+    cap_seed: int | None = None
     # task splits: None = the named split of `capvector.sim.tasks.SPLITS`; a list of MetaWorld v3 task names
     pretrain_tasks: tuple[str, ...] | None = None  # what θ_pre was trained on (checked disjoint from the others)
     cap_tasks: tuple[str, ...] | None = None  # D_cap
@@ -118,6 +121,9 @@ class PipelineConfig:
     ood_episodes: int = 5  # per task, seed and perturbation
     videos: int = 1
     threads: int = 2
+    # CPU cores the pipeline may keep busy: with more than 1, stages whose inputs are ready run side by side, each
+    # counting `threads` (training) or `workers` (rollouts) against it. Results are the same however many.
+    jobs: int = 1
     # "test": a reported run, kept off the validation ranges; "validation": a run to choose a setting or to check a
     # test-range result on, which must use the validation ranges (its report says it is not a reported result)
     ranges: str = "test"
@@ -132,7 +138,7 @@ class PipelineConfig:
         if not self.down_budgets or list(self.down_budgets) != sorted(set(self.down_budgets)):
             raise CapvectorError(f"pipeline config: down_budgets must be increasing, found {self.down_budgets}")
         for name in ("cap_steps", "tuner_steps", "eval_episodes", "ood_episodes", "batch_size", "cap_episodes",
-                     "down_episodes", "forgetting_episodes"):
+                     "down_episodes", "forgetting_episodes", "jobs"):
             if getattr(self, name) <= 0:
                 raise CapvectorError(f"pipeline config: {name} must be positive, found {getattr(self, name)}")
         if self.teacher in self.combine_teachers or len(set(self.combine_teachers)) != len(self.combine_teachers):
@@ -155,18 +161,19 @@ class PipelineConfig:
         """A test run stays off the validation ranges that settings are chosen on; a validation run stays on them."""
         if self.ranges not in ("test", "validation"):
             raise CapvectorError(f"pipeline config: ranges must be 'test' or 'validation', found {self.ranges!r}")
+        seeds = (*self.seeds, *(() if self.cap_seed is None else (self.cap_seed,)))
         if self.ranges == "validation":
-            outside = sorted(s for s in self.seeds if s not in VALIDATION_TRAIN_SEEDS)
+            outside = sorted(s for s in seeds if s not in VALIDATION_TRAIN_SEEDS)
             if outside or self.eval_seed != VALIDATION_EVAL_SEED:
                 raise CapvectorError(
                     f"pipeline config: a validation run uses training seeds {VALIDATION_TRAIN_SEEDS.start}–"
                     f"{VALIDATION_TRAIN_SEEDS.stop - 1} and rollout base seed {VALIDATION_EVAL_SEED}; found training "
-                    f"seeds {outside or list(self.seeds)} / rollout seed {self.eval_seed}")
+                    f"seeds {outside or list(seeds)} / rollout seed {self.eval_seed}")
             return
-        chosen_on = sorted(s for s in self.seeds if s in VALIDATION_TRAIN_SEEDS)
+        chosen_on = sorted(s for s in seeds if s in VALIDATION_TRAIN_SEEDS)
         if chosen_on or self.eval_seed == VALIDATION_EVAL_SEED:
             raise CapvectorError(
-                f"pipeline config: training seeds {chosen_on or list(self.seeds)} / rollout seed {self.eval_seed} "
+                f"pipeline config: training seeds {chosen_on or list(seeds)} / rollout seed {self.eval_seed} "
                 f"overlap the validation ranges (training seeds {VALIDATION_TRAIN_SEEDS.start}–"
                 f"{VALIDATION_TRAIN_SEEDS.stop - 1}, rollout base seed {VALIDATION_EVAL_SEED}) that settings are "
                 "chosen on; reported runs use other seeds (a run to choose on sets \"ranges\": \"validation\")")

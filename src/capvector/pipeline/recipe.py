@@ -108,7 +108,7 @@ class DemoGraph:
 
     def _add(self, name: str, work: Any, deps: tuple[str, ...] = (), resumable: bool = False,
              label: str = "") -> str:
-        self.stages.append(Stage(name, work, work.params(), deps, resumable, label))
+        self.stages.append(Stage(name, work, work.params(), deps, resumable, label, getattr(work, "cores", 1)))
         return name
 
     def _policy(self, stage: str) -> str:
@@ -229,7 +229,8 @@ class DemoGraph:
         """One extraction run on D_cap from θ_pre: the same steps, seed and order for every run, so SFT and each
         aux-SFT differ only in the auxiliary loss (and, for aux-SFT, its teacher)."""
         c = self.cfg
-        settings = self._train_settings(c.cap_steps, c.seeds[0], c.cap_lr, aux_weight=c.aux_weight if aux else 0.0,
+        seed = c.seeds[0] if c.cap_seed is None else c.cap_seed
+        settings = self._train_settings(c.cap_steps, seed, c.cap_lr, aux_weight=c.aux_weight if aux else 0.0,
                                         aux_layer=c.aux_layer, teacher=teacher)
         return self._add(name, Train(self._policy(pre), self._data(data), settings), (pre, data), resumable=True,
                          label=label)

@@ -363,6 +363,8 @@ def write_report(res: dict[str, Any], run_dir: Path, videos: list[str]) -> Path:
 def _ranges_line(c: dict[str, Any]) -> str:
     """Which seed ranges the run used, and what that makes its findings."""
     episodes = f"episodes 0–{c['eval_episodes'] - 1} per task and seed"
+    if c.get("cap_seed") is not None:
+        episodes += f"; the vector from D_cap runs of training seed {c['cap_seed']}"
     if c.get("ranges", "test") == "validation":
         return (f"**Validation ranges (this run)**: training seeds {c['seeds']}, rollout base seed {c['eval_seed']}, "
                 f"{episodes}. A validation run is for choosing a setting or checking a test-range result; its "

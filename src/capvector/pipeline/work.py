@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,6 +69,10 @@ class Train:
     data: str
     train: TrainSettings  # output_dir, init and progress are set when the stage runs
     orth: OrthSettings | None = None
+
+    @property
+    def cores(self) -> int:
+        return self.train.config.threads or os.cpu_count() or 1
 
     def params(self) -> dict[str, Any]:
         # Paths are fingerprinted through the stage's dependencies, not as strings.
@@ -159,6 +164,10 @@ class Evaluate:
     perturbations: tuple[str, ...] = ("none",)
     workers: int = 2
     videos: int = 0
+
+    @property
+    def cores(self) -> int:
+        return max(1, self.workers)
 
     def params(self) -> dict[str, Any]:
         return {"kind": "eval", **{k: v for k, v in self.__dict__.items() if k not in ("policy", "workers")}}
