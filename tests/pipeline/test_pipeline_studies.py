@@ -153,3 +153,17 @@ def test_shipped_study_configs_use_the_test_ranges_and_reuse_the_versatility_cel
     assert PipelineConfig.from_file(CONFIGS / "dcap_diversity.json").cap_scene_sweep
     forgetting = PipelineConfig.from_file(CONFIGS / "forgetting.json")
     assert forgetting.forgetting and forgetting.tuners == ("full", "lora", "gse") and forgetting.tuner_steps == 150
+
+
+def test_the_lambda_orth_test_stage_reuses_orth_longs_vector_on_new_seeds(tmp_path):
+    """configs/orth_weight_1e-3.json tests a setting seen on orth_long's seeds: other training seeds, the same
+    vector (cap_seed 0) and everything upstream of the downstream fine-tunes from a copy of that run."""
+    long = PipelineConfig.from_file(CONFIGS / "orth_long.json")
+    test = PipelineConfig.from_file(CONFIGS / "orth_weight_1e-3.json")
+    assert not set(test.seeds) & set(long.seeds) and test.cap_seed == long.seeds[0] and test.orth_weight == 1e-3
+    before = _fingerprints(DemoGraph(long, tmp_path))
+    after = _fingerprints(DemoGraph(test, tmp_path))
+    upstream = {"pretrained", "data/cap", "data/down", "cap/sft", "cap/aux", "eval/cap/pretrained", "eval/cap/sft",
+                "eval/cap/aux", "vector/tiny-vla-vlm_plus_expert", "meta/main", "eval/down/pretrained",
+                "eval/down/meta"}
+    assert {n for n in after if before.get(n) == after[n]} == upstream
