@@ -55,6 +55,9 @@ class Stage:
     label: str = ""  # what the progress line shows; defaults to the name
     cores: int = 1  # CPU cores the stage keeps busy: what it counts for against `StageRunner.run`'s `jobs`
 
+    def __post_init__(self) -> None:
+        self.label = self.label or self.name
+
 
 @dataclass
 class StageOutcome:
@@ -182,11 +185,10 @@ class StageRunner:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     stage, resume, t0 = running.pop(future)
-                    label = stage.label or stage.name
                     try:
                         summary = future.result()
                     except BaseException as e:  # noqa: BLE001 - re-raised once the running stages are done
-                        self.log(f"{position[stage.name]} {label}: failed ({type(e).__name__}: {e}); "
+                        self.log(f"{position[stage.name]} {stage.label}: failed ({type(e).__name__}: {e}); "
                                  f"its output: {self.log_path(stage.name)}")
                         failure = failure or e
                         continue
@@ -202,25 +204,25 @@ class StageRunner:
 
     def _cached(self, stage: Stage, position: str) -> StageOutcome:
         record = json.loads((self.directory(stage.name) / MARKER).read_text())
-        self.log(f"{position} {stage.label or stage.name}: cached ({record['seconds']:.0f} s when it ran)")
+        self.log(f"{position} {stage.label}: cached ({record['seconds']:.0f} s when it ran)")
         return StageOutcome(stage.name, "cached", 0.0, record["summary"])
 
     def _start(self, stage: Stage, fp: str, reason: str, position: str, log: Path | None = None) -> bool:
         """Prepare the stage's directory (kept when an interrupted resumable stage continues, else emptied) and
         mark it started; returns whether it resumes."""
         directory = self.directory(stage.name)
-        label = stage.label or stage.name
         started = directory / STARTED
         resume = (stage.resumable and reason == "not run" and started.is_file()
                   and json.loads(started.read_text()).get("fingerprint") == fp)
         if not resume and directory.exists():
             if reason != "not run" or any(directory.iterdir()):
-                self.log(f"{position} {label}: redoing ({reason if reason != 'not run' else 'partial output'})")
+                self.log(f"{position} {stage.label}: redoing ({reason if reason != 'not run' else 'partial output'})")
             shutil.rmtree(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / MARKER).unlink(missing_ok=True)
         atomic_write_text(started, json.dumps({"fingerprint": fp}))
-        self.log(f"{position} {label}: {'resuming' if resume else 'running'}" + (f" (output: {log})" if log else ""))
+        where = f" (output: {log})" if log else ""
+        self.log(f"{position} {stage.label}: {'resuming' if resume else 'running'}{where}")
         return resume
 
     def _finish(self, stage: Stage, fp: str, summary: dict[str, Any], seconds: float, resume: bool,
@@ -234,7 +236,7 @@ class StageRunner:
                   "summary": summary, "files": files}
         atomic_write_text(directory / MARKER, json.dumps(record, indent=1, default=str) + "\n")
         (directory / STARTED).unlink(missing_ok=True)
-        self.log(f"{position} {stage.label or stage.name}: done in {seconds:.0f} s")
+        self.log(f"{position} {stage.label}: done in {seconds:.0f} s")
         return StageOutcome(stage.name, "resumed" if resume else "ran", seconds, summary)
 
 
